@@ -1,0 +1,14 @@
+"""Reward-model finetuning on reasoning pairs (Bradley-Terry) from a given initial model (see README.md)."""
+
+from kfp import dsl
+
+from components.images import GPU_IMAGE
+
+
+@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
+def finetune(profile: str, overrides: dict, run_name: str, variant: str, init_model: dsl.Input[dsl.Model],
+             data: dsl.Input[dsl.Dataset], model: dsl.Output[dsl.Model]):
+    from codepmp import stages
+
+    stages.finetune(profile, overrides, run_name, init_dir=init_model.path, data_dir=data.path,
+                    out_dir=model.path, variant=variant)

@@ -1,0 +1,60 @@
+"""Kubernetes placement for pipeline tasks on a cluster: GPU node pools, credentials, shared memory.
+
+Credentials never enter the pipeline spec: tasks read them from the `codepmp-s3` Secret and the
+`codepmp-env` ConfigMap that manifests/pipeline-namespace creates in the run's namespace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kfp import kubernetes
+
+CLIENT_ENV = ("CODEPMP_S3_ENDPOINT", "CODEPMP_BUCKET", "MLFLOW_TRACKING_URI")
+SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+@dataclass
+class ClusterSpec:
+    accelerator_type: str = "nvidia.com/gpu"
+    """Extended resource name requested by GPU stages."""
+    gpus: int = 1
+    """GPUs per GPU-stage pod."""
+    gpu_node_selector: dict[str, str] = field(default_factory=dict)
+    """Node labels that pick the GPU pool, e.g. {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}."""
+    gpu_tolerations: list[dict] = field(default_factory=lambda: [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+    """Tolerations for the GPU pool's taints."""
+    cpu_request: str = "2"
+    """CPU request for every pod."""
+    memory_request: str = "8G"
+    """Memory request for every pod (GPU stages get `gpu_memory`)."""
+    gpu_memory: str = "64G"
+    """Memory request and limit for GPU-stage pods."""
+    shm_size: str = "16Gi"
+    """Size of the memory-backed /dev/shm (DataLoader workers and NCCL need more than the 64 MB default)."""
+    secret: str = "codepmp-s3"
+    """Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for the object store."""
+    config_map: str = "codepmp-env"
+    """ConfigMap with the object-store endpoint, bucket and MLflow tracking URI."""
+
+
+def apply(task, spec: ClusterSpec, gpu: bool):
+    kubernetes.use_secret_as_env(task, spec.secret, {k: k for k in SECRET_ENV})
+    kubernetes.use_config_map_as_env(task, spec.config_map, {k: k for k in CLIENT_ENV})
+    kubernetes.add_pod_label(task, "app.kubernetes.io/part-of", "codepmp")
+    # The NetworkPolicies in manifests/ admit MinIO and MLflow traffic only from pods with this label.
+    kubernetes.add_pod_label(task, "codepmp.io/pipeline-pod", "true")
+    kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                               size_limit=spec.shm_size)
+    task.set_cpu_request(spec.cpu_request)
+    if gpu:
+        task.set_accelerator_type(spec.accelerator_type).set_accelerator_limit(spec.gpus)
+        task.set_memory_request(spec.gpu_memory).set_memory_limit(spec.gpu_memory)
+        for key, value in spec.gpu_node_selector.items():
+            kubernetes.add_node_selector(task, key, value)
+        for toleration in spec.gpu_tolerations:
+            kubernetes.add_toleration(task, **toleration)
+    else:
+        task.set_memory_request(spec.memory_request)
+    return task

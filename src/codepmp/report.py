@@ -1,0 +1,46 @@
+"""The end-of-run summary, read back from MLflow (the record every stage wrote), not from local state."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+STAGE_ORDER = ["crawl", "synthesize", "base_model", "reasoning_data", "pretrain", "finetune", "evaluate", "register"]
+HEADLINE = ["pairwise_accuracy", "bon1_rm", "bon4_rm", "bon8_rm", "bon8_random", "bon8_majority", "bon8_oracle"]
+
+
+def stage_runs(experiment: str, run_name: str) -> list[dict]:
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=[experiment], output_format="list",
+                              filter_string=f"tags.`codepmp.run` = '{run_name}'")
+    rows = [{"stage": r.data.tags.get("codepmp.stage", "?"), "variant": r.data.tags.get("codepmp.variant", ""),
+             "metrics": r.data.metrics, "run_id": r.info.run_id} for r in runs]
+    return sorted(rows, key=lambda r: (STAGE_ORDER.index(r["stage"]) if r["stage"] in STAGE_ORDER else 99,
+                                       r["variant"]))
+
+
+def summary_text(experiment: str, run_name: str, root: str | Path, total_s: float | None = None) -> str:
+    rows = stage_runs(experiment, run_name)
+    lines = [f"\n== codepmp run {run_name} ==", f"{'stage':<24}{'wall (s)':>10}"]
+    for r in rows:
+        label = r["stage"] + (f" ({r['variant']})" if r["variant"] else "")
+        lines.append(f"{label:<24}{r['metrics'].get('wall_s', float('nan')):>10.1f}")
+    if total_s is not None:
+        lines.append(f"{'total (pipeline)':<24}{total_s:>10.1f}")
+    evaluation = next((r["metrics"] for r in rows if r["stage"] == "evaluate"), {})
+    keys = [k for k in HEADLINE if f"pmp.{k}" in evaluation]
+    if keys:
+        lines += ["", f"{'metric':<24}{'PMP':>10}{'control':>10}"]
+        lines += [f"{k:<24}{evaluation[f'pmp.{k}']:>10.3f}{evaluation.get(f'control.{k}', float('nan')):>10.3f}"
+                  for k in keys]
+    reg = next((r["metrics"] for r in rows if r["stage"] == "register"), None)
+    if reg:
+        lines += ["", f"registered model version {int(reg.get('version', -1))}; "
+                      f"champion alias {'MOVED to it' if reg.get('promoted') else 'kept by the previous version'}"]
+    lines += [f"MLflow UI: {os.environ.get('MLFLOW_TRACKING_URI', '?')}", f"artifacts: {root}"]
+    return "\n".join(lines)
+
+
+def print_summary(experiment: str, run_name: str, root: str | Path, total_s: float | None = None) -> None:
+    print(summary_text(experiment, run_name, root, total_s), flush=True)

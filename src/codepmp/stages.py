@@ -1,0 +1,166 @@
+"""Pipeline stages as plain functions over local folders: what KFP components and the CLI both call.
+
+Each stage loads its config from (profile, overrides), runs inside one MLflow run tagged with the
+pipeline run name, logs its wall time and results, and turns a `CodepmpError` into one line on stderr
+and exit code 2 (no stack trace for bad input).
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from codepmp.config import PipelineConfig, load_config
+from codepmp.errors import CodepmpError
+
+
+def stage(name: str) -> Callable:
+    """Decorate `fn(cfg, run_name, **kwargs) -> dict`; the wrapper takes (profile, overrides, run_name, **kwargs)."""
+
+    def wrap(fn: Callable[..., dict]) -> Callable[..., dict]:
+        @functools.wraps(fn)
+        def run_stage(profile: str, overrides: dict | None, run_name: str, **kwargs: Any) -> dict:
+            from codepmp import tracking
+
+            try:
+                cfg = load_config(profile, overrides)
+                params = {"profile": profile, **_section_params(cfg, name)}
+                with tracking.stage_run(cfg.experiment, name, run_name, params):
+                    start = time.perf_counter()
+                    result = fn(cfg, run_name, **kwargs)
+                    result["wall_s"] = round(time.perf_counter() - start, 2)
+                    tracking.log_stage_result(result)
+                print(f"[{name}] done in {result['wall_s']:.1f}s: "
+                      + ", ".join(f"{k}={v}" for k, v in result.items() if isinstance(v, (int, float, str))),
+                      flush=True)
+                return result
+            except CodepmpError as exc:
+                print(f"codepmp {name}: error: {exc}", file=sys.stderr, flush=True)
+                raise SystemExit(2) from None
+
+        return run_stage
+
+    return wrap
+
+
+def _section_params(cfg: PipelineConfig, name: str) -> dict:
+    section = {"pretrain": "pretrain", "finetune": "finetune", "crawl": "crawl", "synthesize": "synthesize",
+               "reasoning_data": "reasoning", "evaluate": "evaluate", "register": "promote"}.get(name)
+    params = {"base_model": cfg.base_model}
+    if section:
+        params.update({f"{section}.{k}": v for k, v in getattr(cfg, section).__dict__.items()})
+    return params
+
+
+def _mlflow_log(metrics: dict, step: int) -> None:
+    import mlflow
+
+    mlflow.log_metrics(metrics, step=step)
+
+
+@stage("crawl")
+def crawl(cfg: PipelineConfig, run_name: str, out_dir: str) -> dict:
+    from codepmp.crawl import run_crawl
+
+    stats = run_crawl(cfg.crawl, out_dir)
+    return {"files_seen": stats["files_seen"], "files_kept": stats["files_kept"],
+            **{f"dropped_{k}": v for k, v in stats["dropped"].items()}}
+
+
+@stage("synthesize")
+def synthesize(cfg: PipelineConfig, run_name: str, crawl_dir: str, out_dir: str) -> dict:
+    from codepmp.synthesize.run import run_synthesis
+
+    stats = run_synthesis(cfg.synthesize, crawl_dir, out_dir)
+    return {"files": stats["files"], "pairs": stats["pairs"],
+            **{f"dropped_{k}": v for k, v in stats["dropped"].items()}}
+
+
+@stage("base_model")
+def base_model(cfg: PipelineConfig, run_name: str, out_dir: str) -> dict:
+    """Copy the resolved base model into an artifact folder, so every later stage reads one exact copy."""
+    from codepmp.models import resolve
+
+    source = resolve(cfg.base_model)
+    if not Path(source).is_dir():
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        AutoModelForCausalLM.from_pretrained(source).save_pretrained(out_dir)
+        AutoTokenizer.from_pretrained(source).save_pretrained(out_dir)
+    else:
+        shutil.copytree(source, out_dir, dirs_exist_ok=True)
+    return {"base_model": cfg.base_model}
+
+
+@stage("reasoning_data")
+def reasoning_data(cfg: PipelineConfig, run_name: str, out_dir: str) -> dict:
+    from codepmp.reasoning.build import build_reasoning_data
+
+    return build_reasoning_data(cfg.reasoning, out_dir)
+
+
+def _checkpointer(run_name: str, stage_name: str):
+    from codepmp.storage import ObjectStore
+    from codepmp.train.checkpoint import StoreCheckpointer
+
+    store = ObjectStore.from_env()
+    store.ensure_bucket()
+    return StoreCheckpointer(store, f"runs/{run_name}/{stage_name}/checkpoints")
+
+
+@stage("pretrain")
+def pretrain(cfg: PipelineConfig, run_name: str, base_dir: str, pairs_dir: str, out_dir: str) -> dict:
+    from codepmp.synthesize.run import read_pairs
+    from codepmp.train.loop import train
+
+    return train(cfg.pretrain, base_dir, read_pairs(pairs_dir), out_dir,
+                 checkpointer=_checkpointer(run_name, "pretrain"), log=_mlflow_log)
+
+
+@stage("finetune")
+def finetune(cfg: PipelineConfig, run_name: str, init_dir: str, data_dir: str, out_dir: str,
+             variant: str) -> dict:
+    import mlflow
+
+    from codepmp.reasoning.build import read_pairs
+    from codepmp.train.loop import train
+
+    mlflow.set_tag("codepmp.variant", variant)
+    return train(cfg.finetune, init_dir, read_pairs(data_dir, "train"), out_dir,
+                 checkpointer=_checkpointer(run_name, f"finetune-{variant}"), log=_mlflow_log)
+
+
+@stage("evaluate")
+def evaluate(cfg: PipelineConfig, run_name: str, models: dict[str, str], data_dir: str, report_path: str,
+             results_path: str) -> dict:
+    import mlflow
+
+    from codepmp.atomic import write_json
+    from codepmp.evaluate.run import evaluate_model, report_markdown
+    from codepmp.reasoning.build import read_table
+
+    results = {name: evaluate_model(cfg.evaluate, path, data_dir, cfg.reasoning.seed) for name, path in models.items()}
+    report = report_markdown(results, cfg.evaluate, len(read_table(data_dir, "dev")))
+    Path(report_path).write_text(report)
+    write_json(results, results_path)
+    mlflow.log_text(report, "report.md")
+    flat = {f"{name}.{k}": v for name, metrics in results.items() for k, v in metrics.items()}
+    mlflow.log_metrics(flat)
+    return flat
+
+
+@stage("register")
+def register(cfg: PipelineConfig, run_name: str, model_dir: str, results_path: str) -> dict:
+    import json
+
+    from codepmp.tracking import register_reward_model
+
+    metrics = json.loads(Path(results_path).read_text())["pmp"]
+    outcome = register_reward_model(model_dir, cfg.promote.registered_model, metrics, cfg.evaluate.gate_metric,
+                                    alias=cfg.promote.alias, run_name=run_name)
+    return {"registered_model": outcome["name"], "version": int(outcome["version"]),
+            "promoted": int(bool(outcome["promoted"])), "gate_value": outcome["value"]}

@@ -1,0 +1,35 @@
+"""Resumable checkpoints in the object store: one prefix per step, a completion marker written last."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+STEP_DIR = re.compile(r"step-(\d{8})/")
+
+
+class StoreCheckpointer:
+    """Checkpoints under `s3://bucket/<prefix>/step-XXXXXXXX/`; only marked (complete) ones are resumable."""
+
+    def __init__(self, store, prefix: str, keep: int = 2):
+        self.store, self.prefix, self.keep = store, prefix.rstrip("/"), keep
+
+    def _steps(self) -> list[int]:
+        steps = {int(m.group(1)) for k in self.store.list(self.prefix + "/") if (m := STEP_DIR.search(k))}
+        return sorted(s for s in steps if self.store.is_done(self._key(s)))
+
+    def _key(self, step: int) -> str:
+        return f"{self.prefix}/step-{step:08d}"
+
+    def latest(self) -> int | None:
+        steps = self._steps()
+        return steps[-1] if steps else None
+
+    def save(self, step: int, local_dir: Path) -> None:
+        self.store.upload_dir(local_dir, self._key(step))
+        self.store.mark_done(self._key(step), {"step": step})
+        for old in self._steps()[:-self.keep]:
+            self.store.delete_prefix(self._key(old))
+
+    def restore(self, step: int, local_dir: Path) -> None:
+        self.store.download_dir(self._key(step), local_dir)

@@ -1,0 +1,648 @@
+"""Offline checks of the Kubernetes manifests and the container images' Dockerfiles.
+
+Every kustomization is rendered with `kubectl kustomize` and each rendered document is validated
+against the Kubernetes OpenAPI schemas that ship inside `kubernetes-validate`, so no cluster and no
+network are needed. The Dockerfiles are parsed, not built (there is no container engine in CI).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import subprocess
+import sys
+from fnmatch import fnmatch
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+MANIFESTS = REPO / "manifests"
+IMAGES = REPO / "images"
+
+# Pinned rather than "latest known to kubernetes-validate" so a package upgrade cannot silently
+# change what the manifests are checked against. 1.32 matches the kubectl on the dev machines.
+KUBERNETES_VERSION = "1.32.0"
+
+NAMESPACE = "codepmp"
+PIPELINE_NAMESPACE = "kubeflow-user-example-com"
+SERVICE_OVERLAYS = ["base", "overlays/dev", "overlays/production"]
+ALL_KUSTOMIZATIONS = [*SERVICE_OVERLAYS, "pipeline-namespace"]
+
+PLACEHOLDER_PREFIX = "replace-me-"
+PIPELINE_POD_LABEL = ("codepmp.io/pipeline-pod", "true")
+TORCH_PIN = "torch==2.13.0"
+
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"}
+
+
+# --------------------------------------------------------------------------- rendering helpers
+
+
+def _kubectl() -> str:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not on PATH: it is needed to render the kustomizations")
+    return kubectl
+
+
+def _validator_command() -> list[str]:
+    script = Path(sys.executable).with_name("kubernetes-validate")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "kubernetes_validate"]
+
+
+_RENDERED: dict[str, str] = {}
+
+
+def render(kustomization: str) -> str:
+    if kustomization not in _RENDERED:
+        proc = subprocess.run(
+            [_kubectl(), "kustomize", str(MANIFESTS / kustomization)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, f"kubectl kustomize {kustomization} failed:\n{proc.stderr}"
+        _RENDERED[kustomization] = proc.stdout
+    return _RENDERED[kustomization]
+
+
+def docs(kustomization: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all(render(kustomization)) if d]
+
+
+def find(objs: list[dict], kind: str, name: str) -> dict:
+    matches = [o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected exactly one {kind}/{name}, found {len(matches)}"
+    return matches[0]
+
+
+def pod_specs(objs: list[dict]) -> list[tuple[str, dict]]:
+    specs = []
+    for o in objs:
+        if o["kind"] in WORKLOAD_KINDS:
+            specs.append((f"{o['kind']}/{o['metadata']['name']}", o["spec"]["template"]["spec"]))
+        elif o["kind"] == "CronJob":
+            template = o["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+            specs.append((f"CronJob/{o['metadata']['name']}", template))
+        elif o["kind"] == "Pod":
+            specs.append((f"Pod/{o['metadata']['name']}", o["spec"]))
+    return specs
+
+
+def containers(spec: dict) -> list[dict]:
+    return [*spec.get("initContainers", []), *spec.get("containers", [])]
+
+
+def env_of(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def secret_data(secret: dict) -> dict[str, str]:
+    data = {k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()}
+    data.update(secret.get("stringData", {}))
+    return data
+
+
+# --------------------------------------------------------------------------- schema validation
+
+
+@pytest.mark.parametrize("kustomization", ALL_KUSTOMIZATIONS)
+def test_renders_and_validates_strictly_offline(kustomization, tmp_path):
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(render(kustomization))
+    assert docs(kustomization), f"{kustomization} rendered no objects"
+    proc = subprocess.run(
+        [*_validator_command(), "--strict", "--quiet", "-k", KUBERNETES_VERSION, str(rendered)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    # An unknown kind is only a WARN with exit code 0; it would mean that object went unchecked.
+    assert "WARN" not in output and "ERROR" not in output, output
+
+
+# --------------------------------------------------------------------------- expected objects
+
+
+@pytest.mark.parametrize("kustomization", SERVICE_OVERLAYS)
+def test_expected_objects_exist(kustomization):
+    objs = docs(kustomization)
+
+    assert find(objs, "Namespace", NAMESPACE)
+    for o in objs:
+        if o["kind"] != "Namespace":
+            assert o["metadata"].get("namespace") == NAMESPACE, (
+                f"{o['kind']}/{o['metadata']['name']}"
+            )
+
+    for name, port in [("minio", 9000), ("mlflow", 5000), ("mlflow-postgres", 5432)]:
+        ports = [p["port"] for p in find(objs, "Service", name)["spec"]["ports"]]
+        assert port in ports, f"Service {name} does not expose {port}"
+
+    find(objs, "Deployment", "minio")
+    find(objs, "Deployment", "mlflow")
+    postgres = find(objs, "StatefulSet", "mlflow-postgres")
+    assert postgres["spec"]["volumeClaimTemplates"], "Postgres has no persistent volume"
+    find(objs, "PersistentVolumeClaim", "minio-data")
+    find(objs, "Job", "codepmp-buckets")
+
+    s3 = secret_data(find(objs, "Secret", "codepmp-s3"))
+    assert set(s3) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert "POSTGRES_PASSWORD" in secret_data(find(objs, "Secret", "mlflow-postgres"))
+
+    env = find(objs, "ConfigMap", "codepmp-env")["data"]
+    assert env == {
+        "CODEPMP_S3_ENDPOINT": "http://minio.codepmp.svc.cluster.local:9000",
+        "CODEPMP_BUCKET": "codepmp",
+        "MLFLOW_TRACKING_URI": "http://mlflow.codepmp.svc.cluster.local:5000",
+    }
+
+    find(objs, "ServiceAccount", "codepmp-pipeline")
+    find(objs, "Role", "codepmp-pipeline")
+    binding = find(objs, "RoleBinding", "codepmp-pipeline")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "codepmp-pipeline", "namespace": NAMESPACE}
+    ]
+
+    deny = find(objs, "NetworkPolicy", "default-deny")
+    assert deny["spec"]["podSelector"] == {}
+    assert deny["spec"]["policyTypes"] == ["Ingress"]
+    assert not deny["spec"].get("ingress"), "default-deny must not admit anything"
+
+
+@pytest.mark.parametrize("kustomization", SERVICE_OVERLAYS)
+def test_configmap_endpoints_name_the_rendered_services(kustomization):
+    objs = docs(kustomization)
+    env = find(objs, "ConfigMap", "codepmp-env")["data"]
+    for key, service in [("CODEPMP_S3_ENDPOINT", "minio"), ("MLFLOW_TRACKING_URI", "mlflow")]:
+        url = urlparse(env[key])
+        name, namespace, *_ = url.hostname.split(".")
+        svc = find(objs, "Service", name)
+        assert name == service and namespace == svc["metadata"]["namespace"], env[key]
+        assert url.port in [p["port"] for p in svc["spec"]["ports"]], env[key]
+
+
+def test_pipeline_namespace_gets_copies_and_identity_only():
+    objs = docs("pipeline-namespace")
+    for o in objs:
+        assert o["metadata"].get("namespace") == PIPELINE_NAMESPACE, o["metadata"]["name"]
+    kinds = sorted((o["kind"], o["metadata"]["name"]) for o in objs)
+    assert kinds == [
+        ("ConfigMap", "codepmp-env"),
+        ("Role", "codepmp-pipeline"),
+        ("RoleBinding", "codepmp-pipeline"),
+        ("Secret", "codepmp-s3"),
+        ("ServiceAccount", "codepmp-pipeline"),
+    ]
+    base = docs("base")
+    assert (
+        find(objs, "ConfigMap", "codepmp-env")["data"]
+        == find(base, "ConfigMap", "codepmp-env")["data"]
+    )
+    assert set(secret_data(find(objs, "Secret", "codepmp-s3"))) == set(
+        secret_data(find(base, "Secret", "codepmp-s3"))
+    )
+    binding = find(objs, "RoleBinding", "codepmp-pipeline")
+    assert binding["subjects"][0]["namespace"] == PIPELINE_NAMESPACE
+
+
+# --------------------------------------------------------------------------- workload hygiene
+
+
+def _image_is_pinned(image: str) -> bool:
+    if "@sha256:" in image:
+        return True
+    last = image.rsplit("/", 1)[-1]
+    if ":" not in last:
+        return False
+    tag = last.rsplit(":", 1)[1]
+    return bool(tag) and tag != "latest"
+
+
+@pytest.mark.parametrize(
+    "image,pinned",
+    [
+        ("quay.io/minio/minio:RELEASE.2025-09-07T16-13-09Z", True),
+        ("registry:5000/team/app:1.2", True),
+        ("postgres@sha256:" + "0" * 64, True),
+        ("postgres", False),
+        ("registry:5000/team/app", False),
+        ("ghcr.io/x/y:latest", False),
+    ],
+)
+def test_image_pin_check_itself(image, pinned):
+    assert _image_is_pinned(image) is pinned
+
+
+@pytest.mark.parametrize("kustomization", SERVICE_OVERLAYS)
+def test_every_container_is_pinned_bounded_and_unprivileged(kustomization):
+    specs = pod_specs(docs(kustomization))
+    assert specs
+    for owner, spec in specs:
+        pod_sc = spec.get("securityContext", {})
+        assert spec.get("automountServiceAccountToken") is False, f"{owner} mounts an API token"
+        for c in containers(spec):
+            where = f"{owner} container {c['name']}"
+            assert _image_is_pinned(c["image"]), f"{where}: image {c['image']} is not pinned"
+            limits = c.get("resources", {}).get("limits", {})
+            requests = c.get("resources", {}).get("requests", {})
+            assert {"cpu", "memory"} <= set(limits), f"{where}: missing cpu/memory limits"
+            assert {"cpu", "memory"} <= set(requests), f"{where}: missing cpu/memory requests"
+            sc = c.get("securityContext", {})
+            run_as_non_root = sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot"))
+            run_as_user = sc.get("runAsUser", pod_sc.get("runAsUser"))
+            assert run_as_non_root is True, f"{where}: runAsNonRoot not set"
+            assert run_as_user not in (None, 0), f"{where}: needs an explicit non-root runAsUser"
+            assert sc.get("allowPrivilegeEscalation") is False, where
+            assert sc.get("capabilities", {}).get("drop") == ["ALL"], where
+            assert sc.get("readOnlyRootFilesystem") is True, where
+
+
+@pytest.mark.parametrize("kustomization", SERVICE_OVERLAYS)
+def test_servers_have_probes(kustomization):
+    objs = docs(kustomization)
+    for kind, name in [
+        ("Deployment", "minio"),
+        ("Deployment", "mlflow"),
+        ("StatefulSet", "mlflow-postgres"),
+    ]:
+        for c in find(objs, kind, name)["spec"]["template"]["spec"]["containers"]:
+            assert "readinessProbe" in c and "livenessProbe" in c, f"{kind}/{name} {c['name']}"
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+_CREDENTIAL_PATTERNS = [
+    re.compile(r"\bAKIA[0-9A-Z]{16}\b"),
+    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+    re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}\b"),
+]
+
+
+@pytest.mark.parametrize("kustomization", ALL_KUSTOMIZATIONS)
+def test_secrets_hold_only_documented_placeholders(kustomization):
+    secrets = [o for o in docs(kustomization) if o["kind"] == "Secret"]
+    assert secrets
+    for secret in secrets:
+        for key, value in secret_data(secret).items():
+            assert value.startswith(PLACEHOLDER_PREFIX), (
+                f"Secret {secret['metadata']['name']} key {key} is not a '{PLACEHOLDER_PREFIX}...' "
+                "placeholder; real credentials must not be committed"
+            )
+
+
+def test_no_credential_lookalikes_in_manifest_sources():
+    files = [p for p in MANIFESTS.rglob("*") if p.is_file()]
+    assert files
+    for path in files:
+        text = path.read_text()
+        for pattern in _CREDENTIAL_PATTERNS:
+            assert not pattern.search(text), f"{path.relative_to(REPO)} matches {pattern.pattern}"
+
+
+def test_secret_env_files_are_placeholders_and_documented():
+    env_files = sorted(MANIFESTS.rglob("*.env"))
+    secret_files = [p for p in env_files if p.name != "codepmp-env.env"]
+    assert secret_files
+    for path in secret_files:
+        lines = path.read_text().splitlines()
+        assert any(
+            "replace before use" in line.lower() for line in lines if line.startswith("#")
+        ), path
+        for line in lines:
+            if line.strip() and not line.startswith("#"):
+                assert line.split("=", 1)[1].startswith(PLACEHOLDER_PREFIX), f"{path}: {line}"
+    readme = (MANIFESTS / "README.md").read_text().lower()
+    assert "replace before use" in readme
+
+
+# --------------------------------------------------------------------------- servers, policies
+
+
+@pytest.mark.parametrize("kustomization", SERVICE_OVERLAYS)
+def test_mlflow_server_uses_postgres_and_proxies_artifacts_to_minio(kustomization):
+    spec = find(docs(kustomization), "Deployment", "mlflow")["spec"]["template"]["spec"]
+    (server,) = [c for c in spec["containers"] if c["name"] == "mlflow"]
+    argv = [*server.get("command", []), *server.get("args", [])]
+    assert argv[:2] == ["mlflow", "server"]
+    pairs = dict(zip(argv, argv[1:], strict=False))
+    assert pairs["--artifacts-destination"] == "s3://mlflow-artifacts"
+    assert pairs["--host"] == "0.0.0.0" and pairs["--port"] == "5000"
+    assert "--serve-artifacts" in argv
+
+    env = env_of(server)
+    backend = urlparse(env["MLFLOW_BACKEND_STORE_URI"]["value"])
+    assert backend.scheme == "postgresql" and backend.hostname == "mlflow-postgres"
+    assert backend.password == "$(POSTGRES_PASSWORD)", "the password must come from the secret"
+    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-postgres"
+    assert env["MLFLOW_S3_ENDPOINT_URL"]["value"] == "http://minio:9000"
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "codepmp-s3", "key": key}
+    # Dependent $(VAR) references only expand when the variable is defined earlier in the list.
+    names = [e["name"] for e in server["env"]]
+    assert names.index("POSTGRES_PASSWORD") < names.index("MLFLOW_BACKEND_STORE_URI")
+
+    allowed = env["MLFLOW_SERVER_ALLOWED_HOSTS"]["value"].split(",")
+    for host in ("mlflow:5000", f"mlflow.{NAMESPACE}.svc.cluster.local:5000"):
+        assert any(fnmatch(host, pattern) for pattern in allowed), host
+
+
+@pytest.mark.parametrize("kustomization", SERVICE_OVERLAYS)
+def test_minio_and_bucket_job_share_the_pipeline_credentials(kustomization):
+    objs = docs(kustomization)
+    minio = find(objs, "Deployment", "minio")["spec"]["template"]["spec"]["containers"][0]
+    env = env_of(minio)
+    assert env["MINIO_ROOT_USER"]["valueFrom"]["secretKeyRef"] == {
+        "name": "codepmp-s3",
+        "key": "AWS_ACCESS_KEY_ID",
+    }
+    assert env["MINIO_ROOT_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "codepmp-s3",
+        "key": "AWS_SECRET_ACCESS_KEY",
+    }
+    job = find(objs, "Job", "codepmp-buckets")["spec"]["template"]["spec"]["containers"][0]
+    script = " ".join([*job.get("command", []), *job.get("args", [])])
+    assert "mc mb --ignore-existing" in script
+    for bucket in ("codepmp", "mlflow-artifacts"):
+        assert re.search(rf"\b{re.escape(bucket)}\b", script), bucket
+
+
+def _peers(policy: dict) -> list[dict]:
+    return [peer for rule in policy["spec"].get("ingress", []) for peer in rule.get("from", [])]
+
+
+def _admits_label(peers: list[dict], key: str, value: str) -> bool:
+    return any(p.get("podSelector", {}).get("matchLabels", {}).get(key) == value for p in peers)
+
+
+@pytest.mark.parametrize("kustomization", SERVICE_OVERLAYS)
+def test_network_policies(kustomization):
+    objs = docs(kustomization)
+    policies = {o["metadata"]["name"]: o for o in objs if o["kind"] == "NetworkPolicy"}
+    kubeflow_ns = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kubeflow"}}
+    }
+
+    for name, app, port in [("minio-ingress", "minio", 9000), ("mlflow-ingress", "mlflow", 5000)]:
+        policy = policies[name]
+        assert policy["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": app}
+        peers = _peers(policy)
+        assert kubeflow_ns in peers, f"{name} must admit the kubeflow namespace"
+        assert _admits_label(peers, *PIPELINE_POD_LABEL), f"{name} must admit pipeline pods"
+        ports = [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]]
+        assert ports == [port]
+    assert _admits_label(_peers(policies["minio-ingress"]), "app.kubernetes.io/name", "mlflow")
+
+    postgres = policies["mlflow-postgres-ingress"]
+    assert postgres["spec"]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "mlflow-postgres"
+    }
+    assert _peers(postgres) == [
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "mlflow"}}}
+    ]
+
+    # The selectors above must actually select the pods they are meant for.
+    labels = {
+        o["metadata"]["name"]: o["spec"]["template"]["metadata"]["labels"]
+        for o in objs
+        if o["kind"] in WORKLOAD_KINDS
+    }
+    assert labels["mlflow"]["app.kubernetes.io/name"] == "mlflow"
+    assert labels["codepmp-buckets"]["app.kubernetes.io/name"] == "codepmp-buckets"
+    assert _admits_label(
+        _peers(policies["minio-ingress"]), "app.kubernetes.io/name", "codepmp-buckets"
+    )
+
+
+@pytest.mark.parametrize("kustomization", ALL_KUSTOMIZATIONS)
+def test_rbac_is_read_only_and_named(kustomization):
+    for role in (o for o in docs(kustomization) if o["kind"] in {"Role", "ClusterRole"}):
+        assert role["kind"] == "Role", "no cluster-wide permissions"
+        for rule in role["rules"]:
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"], rule
+            if set(rule["resources"]) & {"secrets", "configmaps"}:
+                assert rule["verbs"] == ["get"], rule
+                assert rule.get("resourceNames"), f"unrestricted read of {rule['resources']}"
+        secrets = {
+            n for r in role["rules"] if "secrets" in r["resources"] for n in r["resourceNames"]
+        }
+        assert "codepmp-s3" in secrets
+
+
+# --------------------------------------------------------------------------- overlays
+
+
+def _storage(objs: list[dict]) -> dict[str, str]:
+    sizes = {
+        "minio": find(objs, "PersistentVolumeClaim", "minio-data")["spec"]["resources"]["requests"][
+            "storage"
+        ]
+    }
+    vct = find(objs, "StatefulSet", "mlflow-postgres")["spec"]["volumeClaimTemplates"][0]
+    sizes["postgres"] = vct["spec"]["resources"]["requests"]["storage"]
+    return sizes
+
+
+def _bytes(quantity: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return int(quantity[: -len(suffix)]) * factor
+    return int(quantity)
+
+
+def _memory_limit(objs: list[dict], kind: str, name: str, container: str) -> int:
+    spec = find(objs, kind, name)["spec"]["template"]["spec"]
+    (c,) = [c for c in spec["containers"] if c["name"] == container]
+    return _bytes(c["resources"]["limits"]["memory"])
+
+
+def test_dev_is_single_replica_and_smaller_than_production():
+    dev, prod = docs("overlays/dev"), docs("overlays/production")
+    for o in dev:
+        if o["kind"] in {"Deployment", "StatefulSet"}:
+            assert o["spec"].get("replicas", 1) == 1, o["metadata"]["name"]
+    dev_sizes, prod_sizes = _storage(dev), _storage(prod)
+    for key in dev_sizes:
+        assert _bytes(dev_sizes[key]) < _bytes(prod_sizes[key]), key
+    for kind, name, container in [
+        ("Deployment", "minio", "minio"),
+        ("Deployment", "mlflow", "mlflow"),
+        ("StatefulSet", "mlflow-postgres", "postgres"),
+    ]:
+        dev_memory = _memory_limit(dev, kind, name, container)
+        assert dev_memory < _memory_limit(prod, kind, name, container), f"{kind}/{name}"
+
+
+def test_production_spreads_mlflow_and_guards_it_with_a_pdb():
+    objs = docs("overlays/production")
+    mlflow = find(objs, "Deployment", "mlflow")
+    assert mlflow["spec"]["replicas"] >= 2
+    anti = mlflow["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    terms = anti.get("requiredDuringSchedulingIgnoredDuringExecution", []) + [
+        t["podAffinityTerm"]
+        for t in anti.get("preferredDuringSchedulingIgnoredDuringExecution", [])
+    ]
+    assert any(
+        t["labelSelector"]["matchLabels"] == {"app.kubernetes.io/name": "mlflow"} for t in terms
+    )
+    pdb = find(objs, "PodDisruptionBudget", "mlflow")
+    assert pdb["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "mlflow"}
+    assert pdb["spec"]["minAvailable"] < mlflow["spec"]["replicas"], (
+        "a PDB as large as the Deployment blocks drains"
+    )
+
+
+# --------------------------------------------------------------------------- Dockerfiles
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs with line continuations joined and comments dropped."""
+    instructions, current = [], ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            current += line[:-1] + " "
+            continue
+        current += line
+        keyword, _, rest = current.partition(" ")
+        instructions.append((keyword.upper(), rest.strip()))
+        current = ""
+    assert not current, f"{path}: dangling line continuation"
+    return instructions
+
+
+DOCKERFILES = sorted(IMAGES.glob("*/Dockerfile"))
+CODEPMP_DOCKERFILES = [IMAGES / "cpu" / "Dockerfile", IMAGES / "gpu" / "Dockerfile"]
+
+
+def _ids(paths):
+    return [p.parent.name for p in paths]
+
+
+def test_expected_dockerfiles_exist():
+    assert {p.parent.name for p in DOCKERFILES} >= {"cpu", "gpu", "mlflow"}
+    assert (REPO / ".dockerignore").exists()
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=_ids(DOCKERFILES))
+def test_dockerfile_bases_are_pinned(path):
+    stages: set[str] = set()
+    for keyword, args in dockerfile_instructions(path):
+        if keyword != "FROM":
+            continue
+        words = [w for w in args.split() if not w.startswith("--")]
+        image = words[0]
+        assert "$" not in image, f"{path}: FROM {image} depends on a build arg"
+        if image.lower() not in stages:
+            assert _image_is_pinned(image), f"{path}: FROM {image} is not pinned to a tag"
+        if len(words) >= 3 and words[1].lower() == "as":
+            stages.add(words[2].lower())
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=_ids(DOCKERFILES))
+def test_dockerfile_runs_as_non_root(path):
+    users = [args for keyword, args in dockerfile_instructions(path) if keyword == "USER"]
+    assert users, f"{path}: no USER instruction"
+    user = users[-1].split(":")[0]
+    assert user not in {"root", "0"}, f"{path}: final USER is {users[-1]}"
+    last_from = max(i for i, (k, _) in enumerate(dockerfile_instructions(path)) if k == "FROM")
+    last_user = max(i for i, (k, _) in enumerate(dockerfile_instructions(path)) if k == "USER")
+    assert last_user > last_from, f"{path}: USER is not set in the final stage"
+
+
+def _pip_installs(path: Path) -> list[str]:
+    return [
+        args
+        for keyword, args in dockerfile_instructions(path)
+        if keyword == "RUN" and "pip install" in args
+    ]
+
+
+@pytest.mark.parametrize("path", CODEPMP_DOCKERFILES, ids=_ids(CODEPMP_DOCKERFILES))
+def test_codepmp_image_installs_pinned_torch_then_the_lock_then_the_project(path):
+    installs = _pip_installs(path)
+    torch_steps = [i for i, cmd in enumerate(installs) if re.search(r"(?<![\w-])torch\b", cmd)]
+    assert torch_steps, f"{path}: torch is never installed"
+    first = installs[torch_steps[0]]
+    assert TORCH_PIN in first.split(), f"{path}: torch must be pinned exactly ({TORCH_PIN})"
+    assert "--index-url https://download.pytorch.org/whl/" in first, (
+        f"{path}: torch must come from the PyTorch index"
+    )
+    for cmd in installs:
+        for spec in re.findall(r"(?<![\w-])torch\s*(?:[=<>!~]=?|===)\s*[^\s]+", cmd):
+            assert spec.replace(" ", "") == TORCH_PIN, f"{path}: conflicting torch spec {spec}"
+
+    lock_steps = [
+        i for i, cmd in enumerate(installs) if re.search(r"-r\s+\S*requirements\.lock\b", cmd)
+    ]
+    assert lock_steps, f"{path}: requirements.lock is never installed"
+    project_steps = [i for i, cmd in enumerate(installs) if "--no-deps" in cmd]
+    assert project_steps, f"{path}: the project is not installed with --no-deps"
+    assert torch_steps[0] < lock_steps[0] < project_steps[-1], f"{path}: wrong install order"
+
+    text = path.read_text()
+    assert "requirements.lock" in " ".join(
+        a for k, a in dockerfile_instructions(path) if k == "COPY"
+    )
+    assert re.search(r"\bDS_BUILD_OPS=0\b", text), f"{path}: DS_BUILD_OPS=0 is not set"
+    assert "HF_HOME=/home/app/.cache" in text
+    entrypoints = [a for k, a in dockerfile_instructions(path) if k == "ENTRYPOINT"]
+    assert entrypoints and "codepmp" in entrypoints[-1]
+
+
+def test_cpu_image_uses_the_cpu_wheel_and_gpu_image_the_cuda_wheel():
+    cpu = " ".join(_pip_installs(IMAGES / "cpu" / "Dockerfile"))
+    assert "download.pytorch.org/whl/cpu" in cpu
+    gpu_path = IMAGES / "gpu" / "Dockerfile"
+    gpu = " ".join(_pip_installs(gpu_path))
+    assert re.search(r"download\.pytorch\.org/whl/(cu\d+|\$\{TORCH_CUDA\})", gpu)
+    froms = [a for k, a in dockerfile_instructions(gpu_path) if k == "FROM"]
+    assert re.match(r"nvidia/cuda:[\d.]+-(cudnn-)?runtime-", froms[-1]), froms[-1]
+    for package in ("vllm", "deepspeed"):
+        assert re.search(rf"(?<![\w-]){package}==\d", gpu), (
+            f"{package} is not pinned in the GPU image"
+        )
+
+
+def _lock_pins() -> dict[str, str]:
+    lock = REPO / "requirements.lock"
+    assert lock.exists(), "requirements.lock is missing; the images install from it"
+    pins = {}
+    for line in lock.read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9_.-]+)==([^\s;\\]+)", line)
+        if match:
+            pins[match.group(1).lower().replace("_", "-")] = match.group(2)
+    return pins
+
+
+def test_lock_pins_the_same_torch_the_images_install():
+    assert _lock_pins().get("torch") == TORCH_PIN.split("==")[1]
+
+
+def test_mlflow_server_image_matches_the_client_and_the_manifests():
+    version = _lock_pins()["mlflow"]
+    installs = " ".join(_pip_installs(IMAGES / "mlflow" / "Dockerfile"))
+    assert f"mlflow=={version}" in installs.split()
+    assert "psycopg2-binary==" in installs and "boto3==" in installs
+    mlflow = find(docs("base"), "Deployment", "mlflow")["spec"]["template"]["spec"]
+    for c in containers(mlflow):
+        assert c["image"] == f"ghcr.io/codepmp/mlflow-server:{version}", c["image"]
+
+
+def test_images_readme_documents_the_build_commands():
+    readme = (IMAGES / "README.md").read_text()
+    assert "docker build -f images/cpu/Dockerfile -t ghcr.io/codepmp/codepmp-cpu:0.1.0 ." in readme
+    assert "docker build -f images/gpu/Dockerfile -t ghcr.io/codepmp/codepmp-gpu:0.1.0 ." in readme
+    assert "-f images/mlflow/Dockerfile" in readme

@@ -1,0 +1,51 @@
+import pytest
+
+from codepmp.config import PROFILES, load_config, parse_set
+from codepmp.errors import ConfigError
+
+
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_profiles_load(profile):
+    cfg = load_config(profile)
+    assert cfg.profile == profile
+    assert cfg.finetune.lm_coef == 0.0  # finetuning is pure Bradley-Terry in every profile
+
+
+def test_paper_profile_has_paper_hyperparameters():
+    cfg = load_config("paper")
+    assert cfg.base_model == "Qwen/Qwen2-1.5B"
+    assert (cfg.pretrain.lr, cfg.pretrain.max_length, cfg.pretrain.weight_decay) == (1e-6, 1024, 0.1)
+    assert (cfg.pretrain.rm_coef, cfg.pretrain.lm_coef) == (1.0, 1.0)
+    assert cfg.synthesize.strong_model.endswith("deepseek-coder-6.7b-instruct")
+    assert cfg.pretrain.deepspeed_stage == 2
+
+
+def test_overrides_apply_and_coerce_json_numbers():
+    cfg = load_config("tiny", {"pretrain": {"lr": 1, "batch_size": 8.0}, "evaluate": {"best_of_n": [1.0, 2.0]}})
+    assert cfg.pretrain.lr == 1.0 and isinstance(cfg.pretrain.lr, float)
+    assert cfg.pretrain.batch_size == 8 and isinstance(cfg.pretrain.batch_size, int)
+    assert cfg.evaluate.best_of_n == [1, 2]
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    ({"pretrain": {"lrr": 1}}, "pretrain.lrr"),
+    ({"nope": 1}, "'nope'"),
+    ({"pretrain": {"batch_size": "big"}}, "pretrain.batch_size"),
+    ({"pretrain": 3}, "must be a mapping"),
+    ({"pretrain": {"bf16": 1}}, "pretrain.bf16"),
+])
+def test_bad_overrides_name_the_key(overrides, needle):
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        load_config("local", overrides)
+
+
+def test_unknown_profile():
+    with pytest.raises(ConfigError, match="unknown profile 'huge'"):
+        load_config("huge")
+
+
+def test_parse_set():
+    assert parse_set(["pretrain.lr=1e-5", "base_model=foo/bar", "evaluate.best_of_n=[1,2]"]) == {
+        "pretrain": {"lr": 1e-5}, "base_model": "foo/bar", "evaluate": {"best_of_n": [1, 2]}}
+    with pytest.raises(ConfigError):
+        parse_set(["novalue"])

@@ -1,0 +1,69 @@
+"""Training on a tiny random Llama: golden loss, reward readout parity with transformers, DeepSpeed ZeRO-2."""
+
+import pytest
+import torch
+
+from codepmp.config import TrainConfig
+from codepmp.models import load_reward_model
+from codepmp.testing import write_tiny_model
+from codepmp.train.data import Pair, collate, encode, encode_pairs, length_grouped_batches
+from codepmp.train.loop import train
+from codepmp.train.model import PreferenceModel
+
+PAIRS = [Pair(f"### Instruction: task {i}\n\n### Response:", f"\ndef f{i}(x):\n    return x + {i}\n",
+              f"\nf{i} = None") for i in range(8)]
+CFG = TrainConfig(max_length=64, batch_size=2, grad_accum=2, lr=1e-3, warmup_frac=0.25, decay_frac=0.25,
+                  log_every=1, seed=0)
+# Recorded from this exact setup; a change here means the loss, schedule, data order or model changed.
+GOLDEN_FINAL_LOSS = 6.44096
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return str(write_tiny_model(tmp_path_factory.mktemp("tiny") / "model", reward=False, seed=0))
+
+
+def test_encode_marks_response_boundary(tiny_model):
+    _, tokenizer = load_reward_model(tiny_model)
+    enc = encode(tokenizer, "prompt:", " response text", max_length=64)
+    decoded = tokenizer.decode(enc.ids[enc.response_start:])
+    assert decoded.strip() == "response text"
+    assert len(encode(tokenizer, "p", "x " * 500, max_length=16).ids) == 16
+
+
+def test_batches_cover_every_pair_once():
+    batches = length_grouped_batches([5, 1, 9, 3, 7], batch_size=2, seed=1)
+    assert sorted(i for b in batches for i in b) == [0, 1, 2, 3, 4]
+    assert all(len(b) <= 2 for b in batches)
+
+
+def test_reward_readout_matches_transformers_head(tiny_model):
+    model = PreferenceModel.load(tiny_model, with_lm_head=True).eval()
+    encoded = encode_pairs(model.tokenizer, PAIRS[:3], 64)
+    batch = collate(encoded, model.reward_model.config.pad_token_id)
+    with torch.no_grad():
+        ours, logits = model(batch["input_ids"], batch["attention_mask"], lm_rows=3)
+        theirs = model.reward_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(ours, theirs.squeeze(-1).float())
+    assert logits.shape[:2] == (3, batch["input_ids"].shape[1])
+    assert (batch["labels"] != -100).sum() > 0
+
+
+def test_golden_loss_and_saved_model_loads(tiny_model, tmp_path):
+    history = []
+    summary = train(CFG, tiny_model, PAIRS, tmp_path / "out", log=lambda m, s: history.append(m), progress=False)
+    assert summary["steps"] == 2 and len(history) == 2
+    assert history[0]["lm_loss"] > 0 and history[0]["lr"] == pytest.approx(1e-3)
+    assert summary["final_loss"] == pytest.approx(GOLDEN_FINAL_LOSS, abs=1e-4)
+    reloaded, _ = load_reward_model(str(tmp_path / "out"))
+    assert reloaded.config.problem_type == "regression" and reloaded.config.num_labels == 1
+
+
+def test_deepspeed_zero2_matches_plain_torch(tiny_model, tmp_path):
+    pytest.importorskip("deepspeed")
+    plain, ds = [], []
+    train(CFG, tiny_model, PAIRS, tmp_path / "plain", log=lambda m, s: plain.append(m["loss"]), progress=False)
+    cfg = TrainConfig(**{**CFG.__dict__, "deepspeed_stage": 2})
+    train(cfg, tiny_model, PAIRS, tmp_path / "ds", log=lambda m, s: ds.append(m["loss"]), progress=False)
+    assert len(ds) == len(plain) == 2
+    assert ds == pytest.approx(plain, rel=1e-3)
