@@ -95,7 +95,8 @@ class TrainConfig:
     log_every: int = 2
     """Optimizer steps between metric logs to MLflow."""
     checkpoint_every: int = 0
-    """Optimizer steps between resumable checkpoints in the object store; 0 = only at the end."""
+    """Optimizer steps between resumable checkpoints in the object store (model, optimizer, scheduler,
+    step, config); 0 = none. A restarted stage resumes from the newest complete one."""
     seed: int = 0
     """Seed for shuffling and head initialisation."""
 
@@ -186,7 +187,7 @@ def _paper() -> dict[str, Any]:
                        "max_pairs": 0, "max_code_chars": 8000, "description_tokens": 1024,
                        "code_tokens": 1024, "batch_size": 64},
         "pretrain": paper_train,
-        "finetune": {**paper_train, "lm_coef": 0.0, "lr": 1e-6, "grad_accum": 8, "checkpoint_every": 0},
+        "finetune": {**paper_train, "lm_coef": 0.0, "lr": 1e-6, "grad_accum": 8, "checkpoint_every": 200},
         "reasoning": {"train_problems": 7273, "dev_problems": 200, "candidates_per_problem": 64},
         "evaluate": {"best_of_n": [1, 2, 4, 8, 16, 32, 64], "max_length": 1024, "batch_size": 32},
     }

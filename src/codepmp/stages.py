@@ -33,7 +33,7 @@ def stage(name: str) -> Callable:
                     start = time.perf_counter()
                     result = fn(cfg, run_name, **kwargs)
                     result["wall_s"] = round(time.perf_counter() - start, 2)
-                    tracking.log_stage_result(result)
+                    _log_result(result)
                 print(f"[{name}] done in {result['wall_s']:.1f}s: "
                       + ", ".join(f"{k}={v}" for k, v in result.items() if isinstance(v, (int, float, str))),
                       flush=True)
@@ -45,6 +45,14 @@ def stage(name: str) -> Callable:
         return run_stage
 
     return wrap
+
+
+def _log_result(result: dict) -> None:
+    """Numbers become run metrics (the summary table reads wall_s from here), strings become tags."""
+    import mlflow
+
+    mlflow.log_metrics({k: float(v) for k, v in result.items() if isinstance(v, (int, float))})
+    mlflow.set_tags({f"codepmp.{k}": v for k, v in result.items() if isinstance(v, str)})
 
 
 def _section_params(cfg: PipelineConfig, name: str) -> dict:

@@ -56,7 +56,7 @@ def report_markdown(results: dict[str, dict], cfg: EvaluateConfig, dev_pairs: in
     """A side-by-side table of every metric, one column per model."""
     names = list(results)
     keys = list(next(iter(results.values())))
-    lines = [f"# codepmp evaluation\n", f"GSM8K dev pairs: {dev_pairs}; best-of-N over N in {cfg.best_of_n} "
+    lines = ["# codepmp evaluation\n", f"GSM8K dev pairs: {dev_pairs}; best-of-N over N in {cfg.best_of_n} "
              f"({cfg.bon_trials} draws per problem). Gate metric: `{cfg.gate_metric}`.\n",
              "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for key in keys:

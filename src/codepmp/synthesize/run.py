@@ -51,7 +51,9 @@ def run_synthesis(cfg: SynthesizeConfig, crawl_dir: str | Path, out_dir: str | P
         rows = rows[: cfg.max_pairs]
     models = _OneModel(cfg.batch_size)
     describe = Sampling(cfg.description_tokens, cfg.temperature, cfg.top_p, cfg.seed)
-    implement = Sampling(cfg.code_tokens, cfg.temperature, cfg.top_p, cfg.seed + 1)
+    # Distinct seeds so that a profile using one model for both roles still samples two different answers.
+    implement_strong = Sampling(cfg.code_tokens, cfg.temperature, cfg.top_p, cfg.seed + 1)
+    implement_weak = Sampling(cfg.code_tokens, cfg.temperature, cfg.top_p, cfg.seed + 2)
     dropped = {"empty_description": 0, "empty_chosen": 0, "empty_rejected": 0, "identical": 0}
 
     descriptions = models.get(cfg.summarizer_model).generate(
@@ -59,8 +61,8 @@ def run_synthesis(cfg: SynthesizeConfig, crawl_dir: str | Path, out_dir: str | P
     kept = [(r, d) for r, d in zip(rows, descriptions) if not is_empty(d)]
     dropped["empty_description"] = len(rows) - len(kept)
     prompts = [pair_prompt(d) for _, d in kept]
-    chosen = models.get(cfg.strong_model).generate(prompts, implement, desc="chosen")
-    rejected = models.get(cfg.weak_model).generate(prompts, implement, desc="rejected")
+    chosen = models.get(cfg.strong_model).generate(prompts, implement_strong, desc="chosen")
+    rejected = models.get(cfg.weak_model).generate(prompts, implement_weak, desc="rejected")
 
     records = []
     for (row, description), good, bad in zip(kept, chosen, rejected):

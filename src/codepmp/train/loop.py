@@ -115,9 +115,9 @@ def train(cfg: TrainConfig, init_model: str, pairs: list[Pair], out_dir: str | P
                 and step + 1 < total_steps:
             _save(checkpointer, step + 1, model, optimizer, scheduler, engine, cfg)
 
+    # No checkpoint at the end: the saved model is the stage's output, and optimizer state for a run
+    # that is over would only cost an upload (for a 135M model, 1.6 GB).
     model.save(out_dir)
-    if checkpointer is not None:
-        _save(checkpointer, total_steps, model, optimizer, scheduler, engine, cfg)
     final = history[-1] if history else {}
     return {"steps": total_steps, "resumed_from": start, "pairs": len(pairs),
             "micro_batches_dropped": len(micro) - total_steps * grad_accum,

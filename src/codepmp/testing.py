@@ -1,0 +1,91 @@
+"""Helpers for tests: tiny random models that build offline in about a second.
+
+    from codepmp.testing import write_tiny_model
+    lm_dir = write_tiny_model(tmp_path / "lm", reward=False)
+    rm_dir = write_tiny_model(tmp_path / "rm", reward=True)
+
+Both folders load with `AutoTokenizer` plus `AutoModelForCausalLM` / `AutoModelForSequenceClassification`.
+The tokenizer is a byte-level BPE (any text encodes, nothing is unknown), its pad token is its eos
+token, and it carries a small chat template so instruct-style code paths run too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EOS_TOKEN = "</s>"
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+TRAINING_TEXTS = [
+    "def add(a, b):\n    return a + b\n",
+    "class Stack:\n    def __init__(self):\n        self.items = []\n",
+    "for i in range(10):\n    print(i * i)\n",
+    "import os\nimport sys\n\nif __name__ == '__main__':\n    sys.exit(main())\n",
+    "Instruction: Natalia sold 48 clips in April and half as many in May. How many in total?\n",
+    "Response: 48 / 2 = 24. 48 + 24 = 72. The answer is 72.\n",
+    "### Instruction: Please read the following code description carefully.\n### Response:",
+]
+
+
+def build_tiny_tokenizer(vocab_size: int = 384):
+    """Return a `PreTrainedTokenizerFast` with a byte-level BPE trained on a few code and math strings."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(TRAINING_TEXTS, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN, model_max_length=512
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_llama_config(vocab_size: int, eos_token_id: int, reward: bool):
+    """Return a 2-layer, 32-wide `LlamaConfig`; with `reward` a 1-label regression head."""
+    from transformers import LlamaConfig
+
+    extra = {"num_labels": 1, "problem_type": "regression"} if reward else {}
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=eos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=eos_token_id,
+        tie_word_embeddings=False,
+        **extra,
+    )
+
+
+def write_tiny_model(path: str | Path, reward: bool = False, seed: int = 0) -> Path:
+    """Save a tiny random Llama causal LM (or, with `reward`, a 1-label reward model) plus tokenizer to `path`."""
+    import torch
+    from transformers import LlamaForCausalLM, LlamaForSequenceClassification
+
+    path = Path(path)
+    tokenizer = build_tiny_tokenizer()
+    config = tiny_llama_config(len(tokenizer), tokenizer.eos_token_id, reward)
+    torch.manual_seed(seed)
+    model_class = LlamaForSequenceClassification if reward else LlamaForCausalLM
+    model = model_class(config)
+    if not reward:
+        model.generation_config.pad_token_id = tokenizer.eos_token_id
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -1,0 +1,222 @@
+"""MLflow helpers shared by every stage: one run per stage, reward-model registration, gated promotion.
+
+    from codepmp.tracking import stage_run, register_reward_model
+    with stage_run("codepmp", "pretrain", "r1", cfg.to_dict()):
+        mlflow.log_metric("loss", 0.7, step=1)
+    register_reward_model(rm_dir, "codepmp-reward-model", {"pairwise_accuracy": 0.71}, "pairwise_accuracy")
+
+Clients read only MLFLOW_TRACKING_URI (the embedded stack's server or a cluster's); artifacts go
+through the server's proxied artifact store, so no S3 settings are needed here. An unreachable
+server fails in a few seconds with a ServiceError that names the URI. Importing this module turns
+MLflow's client telemetry off unless MLFLOW_DISABLE_TELEMETRY is already set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from codepmp.errors import InputError, ServiceError
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+TRACKING_URI_VAR = "MLFLOW_TRACKING_URI"
+HEALTH_TIMEOUT_S = 3.0
+MAX_PARAM_CHARS = 6000
+RUN_TAG = "codepmp.run"
+STAGE_TAG = "codepmp.stage"
+GATE_TAG = "codepmp.gate_metric"
+MODEL_ARTIFACT_NAME = "reward_model"
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """{"pretrain": {"lr": 1e-5}, "tags": [1, 2]} -> {"pretrain.lr": "1e-05", "tags": "[1, 2]"}."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_params(value, f"{name}."))
+        else:
+            text = value if isinstance(value, str) else json.dumps(value, default=str)
+            flat[name] = text[:MAX_PARAM_CHARS]
+    return flat
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, or a ServiceError saying how to set it."""
+    uri = os.environ.get(TRACKING_URI_VAR, "").strip()
+    if not uri:
+        raise ServiceError(f"{TRACKING_URI_VAR} is not set (run `codepmp up` and "
+                           f"`source ~/.codepmp/stack/env.sh`, or point it at an MLflow server)")
+    return uri
+
+
+def check_tracking_server(uri: str | None = None) -> str:
+    """Probe `<uri>/health` with a short timeout; returns the URI or raises ServiceError naming it."""
+    uri = uri or tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return uri
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S) as response:
+            if response.status == 200:
+                return uri
+            reason = f"HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        reason = f"HTTP {exc.code}"
+    except (OSError, ValueError) as exc:
+        reason = str(getattr(exc, "reason", exc))
+    raise ServiceError(f"MLflow tracking server {uri} ({TRACKING_URI_VAR}) is unreachable: {reason}")
+
+
+@contextlib.contextmanager
+def _mlflow_errors(what: str) -> Iterator[None]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise InputError(f"{what}: {exc.message}") from None
+        raise ServiceError(f"{what} failed at {os.environ.get(TRACKING_URI_VAR)}: {exc.message}") from exc
+
+
+@contextlib.contextmanager
+def stage_run(experiment: str, stage: str, run_name: str,
+              params: Mapping[str, Any] | None = None) -> Iterator[Any]:
+    """Run the block inside the MLflow run "<run_name>/<stage>" of `experiment`, with flattened params.
+
+    The run is tagged codepmp.run=<run_name> and codepmp.stage=<stage>; it nests under an active run.
+    """
+    uri = check_tracking_server()
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    with _mlflow_errors(f"MLflow experiment '{experiment}'"):
+        mlflow.set_experiment(experiment)
+    nested = mlflow.active_run() is not None
+    with mlflow.start_run(run_name=f"{run_name}/{stage}", nested=nested,
+                          tags={RUN_TAG: run_name, STAGE_TAG: stage}) as run:
+        if params:
+            mlflow.log_params(flatten_params(params))
+        yield run
+
+
+def check_reward_model_dir(model_dir: str | Path) -> Path:
+    """InputError unless `model_dir` is an HF folder of a 1-label regression sequence classifier."""
+    model_dir = Path(model_dir)
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise InputError(f"{model_dir} is not a Hugging Face model folder (no config.json)")
+    config = json.loads(config_path.read_text())
+    num_labels = len(config.get("id2label") or {}) or config.get("num_labels", 2)
+    if num_labels != 1 or config.get("problem_type") != "regression":
+        raise InputError(f"{model_dir} must hold a reward model with num_labels=1 and "
+                         f"problem_type='regression' (got num_labels={num_labels}, "
+                         f"problem_type={config.get('problem_type')!r}); without 'regression' the "
+                         f"text-classification pipeline applies a sigmoid to the reward")
+    return model_dir.resolve()
+
+
+def load_reward_model(model_dir: Path) -> dict[str, Any]:
+    """{"model": AutoModelForSequenceClassification, "tokenizer": AutoTokenizer} read from `model_dir`."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return {"model": model, "tokenizer": tokenizer}
+
+
+def pip_requirements() -> list[str]:
+    """Pinned requirements of a logged reward model (given explicitly, so MLflow does not infer them
+    by loading the model in a subprocess)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in ("mlflow", "torch", "transformers",
+                                                                    "tokenizers", "accelerate")]
+
+
+def _tag_value(tags: Mapping[str, str], name: str) -> float | None:
+    try:
+        return float(tags[name])
+    except (KeyError, ValueError):
+        return None
+
+
+def _apply_gate(client: Any, name: str, version: str, alias: str, gate_metric: str,
+                value: float | None, force: bool) -> dict[str, Any]:
+    """Move `alias` to `version` when forced, unheld, or `value` beats the holder's gate tag."""
+    with _mlflow_errors(f"registered model '{name}'"):
+        holder = client.get_registered_model(name).aliases.get(alias)
+        previous_value = None
+        if holder is not None:
+            previous_value = _tag_value(client.get_model_version(name, holder).tags, gate_metric)
+        beats_holder = (holder is None or previous_value is None
+                        or (value is not None and value > previous_value))
+        promoted = holder != version and (force or beats_holder)
+        if promoted:
+            client.set_registered_model_alias(name, alias, version)
+    return {"name": name, "version": version, "promoted": promoted, "previous_version": holder,
+            "previous_value": previous_value, "value": value}
+
+
+def register_reward_model(model_dir: str | Path, registered_model: str, metrics: Mapping[str, float],
+                          gate_metric: str, alias: str = "champion", run_name: str = "manual",
+                          experiment: str = "codepmp") -> dict[str, Any]:
+    """Log the HF reward-model folder with the transformers flavor, register a version, tag it with
+    `metrics`, and move `alias` to it only if metrics[gate_metric] beats the current holder's tag.
+
+    Logs into the active run, or else into a new "<run_name>/register" run of `experiment`.
+    Returns {name, version, promoted, previous_version, previous_value, value}.
+    """
+    model_dir = check_reward_model_dir(model_dir)
+    if gate_metric not in metrics:
+        raise InputError(f"gate metric '{gate_metric}' is not among the metrics {sorted(metrics)}")
+    check_tracking_server()
+    import mlflow
+
+    run_context = (contextlib.nullcontext() if mlflow.active_run() is not None else
+                   stage_run(experiment, "register", run_name,
+                             {"registered_model": registered_model, "gate_metric": gate_metric}))
+    with run_context, _mlflow_errors(f"registering '{registered_model}'"):
+        mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
+        model_info = mlflow.transformers.log_model(
+            transformers_model=load_reward_model(model_dir), name=MODEL_ARTIFACT_NAME,
+            task="text-classification", registered_model_name=registered_model,
+            pip_requirements=pip_requirements())
+        version = str(model_info.registered_model_version)
+    client = mlflow.MlflowClient()
+    with _mlflow_errors(f"tagging '{registered_model}' version {version}"):
+        for key, value in metrics.items():
+            client.set_model_version_tag(registered_model, version, key, str(float(value)))
+        client.set_model_version_tag(registered_model, version, RUN_TAG, run_name)
+        client.set_model_version_tag(registered_model, version, GATE_TAG, gate_metric)
+    return _apply_gate(client, registered_model, version, alias, gate_metric,
+                       float(metrics[gate_metric]), force=False)
+
+
+def promote(registered_model: str, version: str | int, alias: str = "champion",
+            gate_metric: str = "pairwise_accuracy", force: bool = False) -> dict[str, Any]:
+    """Move `alias` to `version` if its `gate_metric` tag beats the current holder's, or always with `force`.
+
+    The manual path behind `make promote`. Returns the same dict as `register_reward_model`.
+    """
+    uri = check_tracking_server()
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    version = str(version)
+    with _mlflow_errors(f"version {version} of registered model '{registered_model}'"):
+        tags = client.get_model_version(registered_model, version).tags
+    value = _tag_value(tags, gate_metric)
+    if value is None and not force:
+        raise InputError(f"version {version} of '{registered_model}' has no numeric '{gate_metric}' "
+                         f"tag to compare; evaluate it first or promote with force")
+    return _apply_gate(client, registered_model, version, alias, gate_metric, value, force)
