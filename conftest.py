@@ -56,3 +56,25 @@ def stack_env(stack: Stack) -> Iterator[dict[str, str]]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+PIPELINE_TEST_EXPERIMENT = "codepmp-pipeline-test"
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_run(stack_env, tmp_path_factory) -> dict:
+    """One kfp.local run of the whole pipeline at the `tiny` profile (real SmolLM2), shared by the
+    pipeline test and the components' tier-2 tests: a run costs minutes on 2 cores, so it happens once.
+    """
+    from pipelines.run import run_local
+
+    root = tmp_path_factory.mktemp("kfp-local")
+    overrides = {"experiment": PIPELINE_TEST_EXPERIMENT, "promote": {"registered_model": PIPELINE_TEST_EXPERIMENT}}
+    run_local("tiny", overrides, "pipeline-test", str(root))
+    (run_dir,) = [p for p in root.iterdir() if p.is_dir()]
+    # kfp.local names repeated tasks by creation order: the PMP finetune is created before the control.
+    names = {"crawl": "crawl", "synthesize": "synthesize", "base_model": "base-model",
+             "reasoning_data": "reasoning-data", "pretrain": "pretrain", "finetune": "finetune",
+             "finetune_control": "finetune-2", "evaluate": "evaluate", "register": "register"}
+    return {"root": root, "run_name": "pipeline-test", "experiment": PIPELINE_TEST_EXPERIMENT,
+            "registered_model": PIPELINE_TEST_EXPERIMENT, "tasks": {k: run_dir / v for k, v in names.items()}}

@@ -37,6 +37,15 @@ def _ensure_services(start_embedded: bool = True) -> str:
     return "embedded"
 
 
+def _preflight() -> None:
+    """Fail in seconds, naming the endpoint, before any stage starts on a service that is down."""
+    from codepmp.storage import ObjectStore
+    from codepmp.tracking import check_tracking_server
+
+    ObjectStore.from_env().ensure_bucket()
+    check_tracking_server()
+
+
 def cmd_up(args) -> None:
     from codepmp.stack import Stack
 
@@ -64,6 +73,7 @@ def cmd_run(args) -> None:
 
     load_config(args.profile, args.overrides)  # fail on bad keys before anything starts
     mode = _ensure_services()
+    _preflight()
     run_name = args.run_name or f"{args.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     root = Path(args.root).resolve() / run_name
     print(f"codepmp run {run_name}: profile={args.profile}, services={mode}, artifacts under {root}", flush=True)

@@ -4,7 +4,14 @@ import pytest
 
 from codepmp.errors import InputError
 from codepmp.evaluate.metrics import best_of_n, pairwise_accuracy
-from codepmp.reasoning.gsm8k import Problem, candidate_pool, corrupt, final_answer, load_problems, training_pairs
+from codepmp.reasoning.gsm8k import (
+    Problem,
+    candidate_pool,
+    corrupt,
+    final_answer,
+    load_problems,
+    training_pairs,
+)
 
 
 def test_final_answer_normalizes():

@@ -6,7 +6,13 @@ import torch
 from codepmp.config import TrainConfig
 from codepmp.models import load_reward_model
 from codepmp.testing import write_tiny_model
-from codepmp.train.data import Pair, collate, encode, encode_pairs, length_grouped_batches
+from codepmp.train.data import (
+    Pair,
+    collate,
+    encode,
+    encode_pairs,
+    length_grouped_batches,
+)
 from codepmp.train.loop import train
 from codepmp.train.model import PreferenceModel
 

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
+from codepmp.atomic import atomic_dir
 from codepmp.config import TrainConfig
 from codepmp.errors import InputError
 from codepmp.train.data import Pair, collate, encode_pairs, length_grouped_batches
@@ -117,7 +118,8 @@ def train(cfg: TrainConfig, init_model: str, pairs: list[Pair], out_dir: str | P
 
     # No checkpoint at the end: the saved model is the stage's output, and optimizer state for a run
     # that is over would only cost an upload (for a 135M model, 1.6 GB).
-    model.save(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        model.save(tmp)
     final = history[-1] if history else {}
     return {"steps": total_steps, "resumed_from": start, "pairs": len(pairs),
             "micro_batches_dropped": len(micro) - total_steps * grad_accum,
@@ -149,7 +151,9 @@ def _restore(checkpointer, step, model, optimizer, scheduler, engine) -> int:
         for file in sorted((Path(tmp) / "model").glob("*.safetensors")):
             weights.update(load_file(str(file)))
         lm_head = weights.pop("lm_head.weight", None)
-        model.reward_model.load_state_dict(weights, strict=False)
+        missing, unexpected = model.reward_model.load_state_dict(weights, strict=False)
+        if unexpected or any(not k.endswith("lm_head.weight") for k in missing):
+            raise RuntimeError(f"checkpoint does not match the model: missing {missing}, unexpected {unexpected}")
         if lm_head is not None and model.lm_head is not None:
             model.lm_head.data.copy_(lm_head)
         state = torch.load(Path(tmp) / "state.pt", weights_only=False)

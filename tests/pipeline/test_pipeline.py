@@ -1,0 +1,62 @@
+"""The whole pipeline at the `tiny` profile through kfp.local, on the real packaged SmolLM2 model,
+plus the compiled YAML a cluster would get.
+
+    .venv/bin/python -m pytest tests/pipeline -q
+"""
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from codepmp.report import stage_runs, summary_text
+from pipelines.run import compile_pipeline
+
+STAGES = ["crawl", "synthesize", "base-model", "reasoning-data", "pretrain", "finetune", "finetune-2", "evaluate",
+          "register"]
+
+
+@pytest.mark.integration
+def test_tiny_pipeline_end_to_end(tiny_pipeline_run):
+    experiment, run_name = tiny_pipeline_run["experiment"], tiny_pipeline_run["run_name"]
+    runs = stage_runs(experiment, run_name)
+    by_stage = {(r["stage"], r["variant"]): r["metrics"] for r in runs}
+    assert set(by_stage) == {("crawl", ""), ("synthesize", ""), ("base_model", ""), ("reasoning_data", ""),
+                             ("pretrain", ""), ("finetune", "pmp"), ("finetune", "control"), ("evaluate", ""),
+                             ("register", "")}
+    assert all(m["wall_s"] > 0 for m in by_stage.values())
+    assert by_stage[("synthesize", "")]["pairs"] >= 1
+    assert "lm_loss" in by_stage[("pretrain", "")] and "lm_loss" not in by_stage[("finetune", "pmp")]
+    evaluation = by_stage[("evaluate", "")]
+    for variant in ("pmp", "control"):
+        assert 0.0 <= evaluation[f"{variant}.pairwise_accuracy"] <= 1.0
+        assert evaluation[f"{variant}.bon4_oracle"] == 1.0
+    assert by_stage[("register", "")]["promoted"] == 1.0  # first version of a new registered model
+    champion = mlflow.MlflowClient().get_model_version_by_alias(tiny_pipeline_run["registered_model"], "champion")
+    assert champion.version == str(int(by_stage[("register", "")]["version"]))
+    report = tiny_pipeline_run["tasks"]["evaluate"] / "report"
+    assert "| pairwise_accuracy |" in report.read_text()
+    summary = summary_text(experiment, run_name, tiny_pipeline_run["root"])
+    assert "finetune (control)" in summary and "champion alias MOVED" in summary
+
+
+def test_compiled_yaml_holds_every_stage_and_cluster_settings(tmp_path):
+    spec_file = tmp_path / "cluster.yaml"
+    spec_file.write_text(yaml.safe_dump({"gpus": 2, "gpu_node_selector": {"pool": "h100"}}))
+    out = compile_pipeline(str(tmp_path / "codepmp.yaml"), str(spec_file))
+    docs = list(yaml.safe_load_all(Path(out).read_text()))
+    spec, platform = docs[0], docs[1]
+    tasks = spec["root"]["dag"]["tasks"]
+    assert sorted(tasks) == sorted(f"{s}" for s in STAGES)
+    assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"profile", "overrides", "run_name"}
+    executors = spec["deploymentSpec"]["executors"]
+    pretrain_exec = executors[tasks["pretrain"]["componentRef"]["name"].replace("comp-", "exec-")]
+    assert pretrain_exec["container"]["resources"]["accelerator"]["resourceCount"] == "2"
+    assert pretrain_exec["container"]["image"].startswith("ghcr.io/codepmp/codepmp-gpu")
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    pretrain_k8s = json.dumps(k8s[tasks["pretrain"]["componentRef"]["name"].replace("comp-", "exec-")])
+    assert "codepmp-s3" in pretrain_k8s and "/dev/shm" in pretrain_k8s and "h100" in pretrain_k8s
+    crawl_k8s = json.dumps(k8s[tasks["crawl"]["componentRef"]["name"].replace("comp-", "exec-")])
+    assert "codepmp-env" in crawl_k8s and "h100" not in crawl_k8s
