@@ -5,6 +5,8 @@ plus the compiled YAML a cluster would get.
 """
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -60,3 +62,17 @@ def test_compiled_yaml_holds_every_stage_and_cluster_settings(tmp_path):
     assert "codepmp-s3" in pretrain_k8s and "/dev/shm" in pretrain_k8s and "h100" in pretrain_k8s
     crawl_k8s = json.dumps(k8s[tasks["crawl"]["componentRef"]["name"].replace("comp-", "exec-")])
     assert "codepmp-env" in crawl_k8s and "h100" not in crawl_k8s
+
+
+@pytest.mark.integration
+def test_manual_promote_cli_on_the_registered_model(tiny_pipeline_run):
+    name = tiny_pipeline_run["registered_model"]
+
+    def promote(*args):
+        return subprocess.run([sys.executable, "-m", "codepmp.cli", "promote", "--set",
+                               f"promote.registered_model={name}", *args], capture_output=True, text=True, timeout=120)
+
+    same = promote("--version", "1")
+    assert same.returncode == 0 and json.loads(same.stdout)["promoted"] is False  # already the champion
+    missing = promote("--version", "99")
+    assert missing.returncode == 2 and "99" in missing.stderr.strip().splitlines()[-1]

@@ -18,7 +18,7 @@ from codepmp.models import load_causal_lm
 class Sampling:
     max_new_tokens: int
     temperature: float = 0.7
-    top_p: float = 0.95
+    top_p: float = 1.0
     seed: int = 0
 
 
@@ -54,7 +54,8 @@ class TransformersBackend:
             sample = sampling.temperature > 0
             out = self.model.generate(
                 **batch, max_new_tokens=sampling.max_new_tokens, do_sample=sample,
-                temperature=sampling.temperature if sample else None, top_p=sampling.top_p if sample else None,
+                temperature=sampling.temperature if sample else None,
+                top_p=sampling.top_p if sample and sampling.top_p < 1.0 else None,
                 top_k=None, eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id)
             new_tokens = out[:, batch["input_ids"].shape[1]:]
             for i, row in zip(idx, new_tokens):
