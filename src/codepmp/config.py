@@ -106,9 +106,9 @@ class TrainConfig:
 class ReasoningConfig:
     data_dir: str = ""
     """Folder with gsm8k/train.jsonl and gsm8k/dev.jsonl; empty uses the sample shipped in the package."""
-    train_problems: int = 64
+    train_problems: int = 48
     """GSM8K train problems turned into finetuning pairs."""
-    dev_problems: int = 24
+    dev_problems: int = 20
     """GSM8K dev problems for pairwise accuracy and best-of-N."""
     rejected_per_problem: int = 1
     """Corrupted (wrong-answer) solutions paired with each reference solution for finetuning."""
