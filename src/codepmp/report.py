@@ -15,7 +15,7 @@ def stage_runs(experiment: str, run_name: str) -> list[dict]:
     runs = mlflow.search_runs(experiment_names=[experiment], output_format="list",
                               filter_string=f"tags.`codepmp.run` = '{run_name}'")
     rows = [{"stage": r.data.tags.get("codepmp.stage", "?"), "variant": r.data.tags.get("codepmp.variant", ""),
-             "metrics": r.data.metrics, "run_id": r.info.run_id} for r in runs]
+             "metrics": r.data.metrics, "tags": r.data.tags, "run_id": r.info.run_id} for r in runs]
     return sorted(rows, key=lambda r: (STAGE_ORDER.index(r["stage"]) if r["stage"] in STAGE_ORDER else 99,
                                        r["variant"]))
 
@@ -34,10 +34,12 @@ def summary_text(experiment: str, run_name: str, root: str | Path, total_s: floa
         lines += ["", f"{'metric':<24}{'PMP':>10}{'control':>10}"]
         lines += [f"{k:<24}{evaluation[f'pmp.{k}']:>10.3f}{evaluation.get(f'control.{k}', float('nan')):>10.3f}"
                   for k in keys]
-    reg = next((r["metrics"] for r in rows if r["stage"] == "register"), None)
+    reg = next((r for r in rows if r["stage"] == "register"), None)
     if reg:
-        lines += ["", f"registered model version {int(reg.get('version', -1))}; "
-                      f"champion alias {'MOVED to it' if reg.get('promoted') else 'kept by the previous version'}"]
+        name = reg["tags"].get("codepmp.registered_model", "?")
+        moved = "MOVED to it" if reg["metrics"].get("promoted") else "kept by the previous version"
+        lines += ["", f"registered model {name} version {int(reg['metrics'].get('version', -1))}; "
+                      f"champion alias {moved}"]
     lines += [f"MLflow UI: {os.environ.get('MLFLOW_TRACKING_URI', '?')}", f"artifacts: {root}"]
     return "\n".join(lines)
 

@@ -42,6 +42,7 @@ def test_tiny_pipeline_end_to_end(tiny_pipeline_run):
     assert "| pairwise_accuracy |" in report.read_text()
     summary = summary_text(experiment, run_name, tiny_pipeline_run["root"])
     assert "finetune (control)" in summary and "champion alias MOVED" in summary
+    assert f"registered model {tiny_pipeline_run['registered_model']} version {champion.version}" in summary
 
 
 def test_compiled_yaml_holds_every_stage_and_cluster_settings(tmp_path):
