@@ -1,7 +1,7 @@
 """The crawl stage: sources -> filters -> exact dedup -> optional `max_files` cut -> Parquet shards.
 
-    python -m codepmp.crawl out/crawl --max-files 8          # stdlib of this Python
-    python -m codepmp.crawl out/crawl --source ~/src/repo --source repos.tar.gz
+    codepmp crawl --out out/crawl --set crawl.max_files=8                     # stdlib of this Python
+    codepmp crawl --out out/crawl --set 'crawl.sources=["/src/repo", "repos.tar.gz"]'
 
 or from Python:
 
