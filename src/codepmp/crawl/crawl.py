@@ -25,8 +25,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from codepmp.atomic import write_json as write_json_atomic
 from codepmp.config import CrawlConfig
 from codepmp.crawl import filters
@@ -39,6 +37,7 @@ from codepmp.crawl.sources import (
     iter_entries,
 )
 from codepmp.errors import ConfigError, InputError
+from codepmp.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -129,24 +128,26 @@ def run_crawl(
     seen_ids: set[str] = set()
     best: list[tuple[int, dict[str, Any]]] = []  # max-heap of the max_files smallest ids, as (-id, row)
     files_seen = 0
-    with tqdm(desc=f"crawl rank {rank}/{world_size}", unit="file", disable=not progress) as bar:
+    def entries():
         for source in sources:
             for entry in iter_entries(source, excluded):
-                if world_size > 1 and rank_of(entry.path, world_size) != rank:
-                    continue
-                files_seen += 1
-                bar.update()
-                reason, row = _process(entry, source, cfg, seen_ids)
-                if reason:
-                    dropped[reason] += 1
-                elif cfg.max_files <= 0:
-                    writer.add(row)
-                elif len(best) < cfg.max_files:
-                    heapq.heappush(best, (-int(row["id"], 16), row))
-                else:
-                    dropped["max_files"] += 1
-                    if int(row["id"], 16) < -best[0][0]:
-                        heapq.heapreplace(best, (-int(row["id"], 16), row))
+                if world_size == 1 or rank_of(entry.path, world_size) == rank:
+                    yield source, entry
+
+    for source, entry in progress_bar(entries(), desc=f"crawl rank {rank}/{world_size}", unit="file",
+                                      disable=not progress):
+        files_seen += 1
+        reason, row = _process(entry, source, cfg, seen_ids)
+        if reason:
+            dropped[reason] += 1
+        elif cfg.max_files <= 0:
+            writer.add(row)
+        elif len(best) < cfg.max_files:
+            heapq.heappush(best, (-int(row["id"], 16), row))
+        else:
+            dropped["max_files"] += 1
+            if int(row["id"], 16) < -best[0][0]:
+                heapq.heapreplace(best, (-int(row["id"], 16), row))
     for _, row in sorted(best, reverse=True):
         writer.add(row)
     shards = writer.close()

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from codepmp.config import EvaluateConfig
 from codepmp.evaluate.metrics import best_of_n, pairwise_accuracy
 from codepmp.models import load_reward_model
+from codepmp.progress import progress
 from codepmp.reasoning.build import read_table
 from codepmp.train.data import encode
 
@@ -23,7 +23,7 @@ def score(model_dir: str, texts: list[tuple[str, str]], batch_size: int, max_len
     encoded = [encode(tokenizer, p, r, max_length).ids for p, r in texts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     scores = [0.0] * len(encoded)
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
+    for start in progress(range(0, len(order), batch_size), desc=desc, unit="batch"):
         idx = order[start:start + batch_size]
         width = max(len(encoded[i]) for i in idx)
         ids = torch.full((len(idx), width), tokenizer.pad_token_id)

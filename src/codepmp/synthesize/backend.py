@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
 
 from codepmp.models import load_causal_lm
+from codepmp.progress import progress
 
 
 @dataclass
@@ -45,8 +45,8 @@ class TransformersBackend:
         order = sorted(range(len(texts)), key=lambda i: lengths[i])
         outputs: list[str] = [""] * len(texts)
         eos = list({self.tokenizer.eos_token_id, *_as_list(self.model.generation_config.eos_token_id)} - {None})
-        for start in tqdm(range(0, len(order), self.batch_size), desc=f"{desc} ({self.model_spec})",
-                          unit="batch"):
+        for start in progress(range(0, len(order), self.batch_size), desc=f"{desc} ({self.model_spec})",
+                              unit="batch"):
             idx = order[start:start + self.batch_size]
             batch = self.tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
                                    add_special_tokens=not self.tokenizer.chat_template).to(self.device)

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm import tqdm
 
 from codepmp.atomic import atomic_dir
 from codepmp.config import TrainConfig
 from codepmp.errors import InputError
+from codepmp.progress import progress as progress_bar
 from codepmp.train.data import Pair, collate, encode_pairs, length_grouped_batches
 from codepmp.train.losses import pmp_loss
 from codepmp.train.model import PreferenceModel
@@ -82,8 +82,8 @@ def train(cfg: TrainConfig, init_model: str, pairs: list[Pair], out_dir: str | P
         start = _restore(checkpointer, last, model, optimizer, scheduler, engine)
     model.train()
     tokens, t0, history = 0, time.perf_counter(), []
-    bar = tqdm(range(start, total_steps), desc=f"train ({total_steps} steps)", disable=not progress,
-               initial=start, total=total_steps)
+    bar = progress_bar(range(start, total_steps), desc=f"train ({total_steps} steps)", disable=not progress,
+                       initial=start, total=total_steps, unit="step")
     for step in bar:
         step_parts: list[dict] = []
         for batch_idx in micro[step * grad_accum:(step + 1) * grad_accum]:
