@@ -30,17 +30,19 @@ def build(cluster: "ClusterSpec | None" = None):
                                               "best-of-N evaluation -> MLflow registry")
     def codepmp(profile: str = "local", overrides: dict = {}, run_name: str = "codepmp"):  # noqa: B006
         common = {"profile": profile, "overrides": overrides, "run_name": run_name}
+        # Training checkpoints are scoped to the job, so a retried pod resumes and a new run never does.
+        training = {**common, "job_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
         tasks = {}
         tasks["crawl"] = crawl(**common)
         tasks["synthesize"] = synthesize(**common, shards=tasks["crawl"].outputs["shards"])
         tasks["base_model"] = base_model(**common)
         tasks["reasoning_data"] = reasoning_data(**common)
-        tasks["pretrain"] = pretrain(**common, base=tasks["base_model"].outputs["model"],
+        tasks["pretrain"] = pretrain(**training, base=tasks["base_model"].outputs["model"],
                                      pairs=tasks["synthesize"].outputs["pairs"])
         data = tasks["reasoning_data"].outputs["data"]
-        tasks["finetune-pmp"] = finetune(**common, variant="pmp", init_model=tasks["pretrain"].outputs["model"],
+        tasks["finetune-pmp"] = finetune(**training, variant="pmp", init_model=tasks["pretrain"].outputs["model"],
                                          data=data)
-        tasks["finetune-control"] = finetune(**common, variant="control",
+        tasks["finetune-control"] = finetune(**training, variant="control",
                                              init_model=tasks["base_model"].outputs["model"], data=data)
         tasks["evaluate"] = evaluate(**common, pmp_model=tasks["finetune-pmp"].outputs["model"],
                                      control_model=tasks["finetune-control"].outputs["model"], data=data)

@@ -10,7 +10,8 @@ from components.evaluate.component import evaluate
 
 @pytest.mark.integration
 def test_python_func(stack_env, tiny_overrides, reasoning_dir, tmp_path):
-    pmp, control = write_tiny_model(tmp_path / "a", reward=True, seed=1), write_tiny_model(tmp_path / "b", reward=True, seed=2)
+    pmp = write_tiny_model(tmp_path / "a", reward=True, seed=1)
+    control = write_tiny_model(tmp_path / "b", reward=True, seed=2)
     metrics, report, results = (dsl.Metrics(uri=str(tmp_path / "metrics")), dsl.Markdown(uri=str(tmp_path / "r.md")),
                                 dsl.Artifact(uri=str(tmp_path / "results.json")))
     evaluate.python_func(profile="tiny", overrides=tiny_overrides, run_name="t1", pmp_model=dsl.Model(uri=str(pmp)),

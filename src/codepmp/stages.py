@@ -111,27 +111,31 @@ def reasoning_data(cfg: PipelineConfig, run_name: str, out_dir: str) -> dict:
     return build_reasoning_data(cfg.reasoning, out_dir)
 
 
-def _checkpointer(run_name: str, stage_name: str):
+def _checkpointer(run_name: str, job_id: str, stage_name: str):
+    """Checkpoints scoped to one pipeline job: a retried pod of the job resumes, a new run starts fresh
+    even when it reuses the run name."""
     from codepmp.storage import ObjectStore
     from codepmp.train.checkpoint import StoreCheckpointer
 
     store = ObjectStore.from_env()
     store.ensure_bucket()
-    return StoreCheckpointer(store, f"runs/{run_name}/{stage_name}/checkpoints")
+    scope = f"{run_name}/{job_id}" if job_id else run_name
+    return StoreCheckpointer(store, f"runs/{scope}/{stage_name}/checkpoints")
 
 
 @stage("pretrain")
-def pretrain(cfg: PipelineConfig, run_name: str, base_dir: str, pairs_dir: str, out_dir: str) -> dict:
+def pretrain(cfg: PipelineConfig, run_name: str, base_dir: str, pairs_dir: str, out_dir: str,
+             job_id: str = "") -> dict:
     from codepmp.synthesize.run import read_pairs
     from codepmp.train.loop import train
 
     return train(cfg.pretrain, base_dir, read_pairs(pairs_dir), out_dir,
-                 checkpointer=_checkpointer(run_name, "pretrain"), log=_mlflow_log)
+                 checkpointer=_checkpointer(run_name, job_id, "pretrain"), log=_mlflow_log)
 
 
 @stage("finetune")
 def finetune(cfg: PipelineConfig, run_name: str, init_dir: str, data_dir: str, out_dir: str,
-             variant: str) -> dict:
+             variant: str, job_id: str = "") -> dict:
     import mlflow
 
     from codepmp.reasoning.build import read_pairs
@@ -139,7 +143,7 @@ def finetune(cfg: PipelineConfig, run_name: str, init_dir: str, data_dir: str, o
 
     mlflow.set_tag("codepmp.variant", variant)
     return train(cfg.finetune, init_dir, read_pairs(data_dir, "train"), out_dir,
-                 checkpointer=_checkpointer(run_name, f"finetune-{variant}"), log=_mlflow_log)
+                 checkpointer=_checkpointer(run_name, job_id, f"finetune-{variant}"), log=_mlflow_log)
 
 
 @stage("evaluate")

@@ -68,7 +68,8 @@ def train(cfg: TrainConfig, init_model: str, pairs: list[Pair], out_dir: str | P
     pad_id = model.reward_model.config.pad_token_id
     encoded = encode_pairs(model.tokenizer, pairs, cfg.max_length)
     lengths = [max(len(c.ids), len(r.ids)) for c, r in encoded]
-    micro = [b for epoch in range(cfg.epochs) for b in length_grouped_batches(lengths, cfg.batch_size, cfg.seed + epoch)]
+    micro = [batch for epoch in range(cfg.epochs)
+             for batch in length_grouped_batches(lengths, cfg.batch_size, cfg.seed + epoch)]
     grad_accum = min(cfg.grad_accum, len(micro))
     total_steps = len(micro) // grad_accum
 
