@@ -48,11 +48,13 @@ def test_reward_readout_matches_transformers_head(tiny_model):
     encoded = encode_pairs(model.tokenizer, PAIRS[:3], 64)
     batch = collate(encoded, model.reward_model.config.pad_token_id)
     with torch.no_grad():
-        ours, logits = model(batch["input_ids"], batch["attention_mask"], lm_rows=3)
+        ours, logits, targets = model(batch["input_ids"], batch["attention_mask"], lm_labels=batch["labels"])
         theirs = model.reward_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     torch.testing.assert_close(ours, theirs.squeeze(-1).float())
-    assert logits.shape[:2] == (3, batch["input_ids"].shape[1])
-    assert (batch["labels"] != -100).sum() > 0
+    labelled = int((batch["labels"] != -100).sum())
+    # A prompt precedes every response, so each labelled token has a position that predicts it.
+    assert labelled > 0 and logits.shape[0] == targets.shape[0] == labelled
+    assert targets.tolist() == batch["labels"][batch["labels"] != -100].tolist()
 
 
 def test_golden_loss_and_saved_model_loads(tiny_model, tmp_path):

@@ -91,9 +91,9 @@ def train(cfg: TrainConfig, init_model: str, pairs: list[Pair], out_dir: str | P
             batch = {k: v.to(device) for k, v in collate([encoded[i] for i in batch_idx], pad_id).items()}
             n = len(batch_idx)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                rewards, logits = model(batch["input_ids"], batch["attention_mask"],
-                                        lm_rows=n if cfg.lm_coef else 0)
-                loss, parts = pmp_loss(rewards[:n], rewards[n:], logits, batch["labels"], cfg.rm_coef, cfg.lm_coef)
+                rewards, lm_logits, lm_targets = model(batch["input_ids"], batch["attention_mask"],
+                                                       lm_labels=batch["labels"] if cfg.lm_coef else None)
+                loss, parts = pmp_loss(rewards[:n], rewards[n:], lm_logits, lm_targets, cfg.rm_coef, cfg.lm_coef)
             if engine is not None:
                 engine.backward(loss)
                 engine.step()

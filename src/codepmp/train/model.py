@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from codepmp.models import load_reward_model, resolve
-from codepmp.train.losses import last_token_index
+from codepmp.train.losses import last_token_index, next_token_targets
 
 LM_HEAD_FILE = "lm_head.safetensors"
 
@@ -55,14 +55,20 @@ class PreferenceModel(nn.Module):
     def lm_weight(self) -> torch.Tensor:
         return self.lm_head if self.lm_head is not None else self.backbone.get_input_embeddings().weight
 
-    def forward(self, input_ids, attention_mask, lm_rows: int = 0):
-        """Rewards for every row, and LM logits for the first `lm_rows` rows (the chosen half) if > 0."""
+    def forward(self, input_ids, attention_mask, lm_labels=None):
+        """Rewards for every row; with `lm_labels` (for the first rows: the chosen half) also the LM logits
+        and targets at the positions that predict a labelled response token."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         last = last_token_index(input_ids, self.reward_model.config.pad_token_id)
         pooled = hidden[torch.arange(hidden.size(0), device=hidden.device), last]
         rewards = self.reward_model.score(pooled).squeeze(-1).float()
-        logits = F.linear(hidden[:lm_rows], self.lm_weight()) if lm_rows else None
-        return rewards, logits
+        if lm_labels is None:
+            return rewards, None, None
+        keep, targets = next_token_targets(lm_labels)
+        # Only those positions go through the LM head: over a whole batch, logits for a 50k-150k vocabulary
+        # take more memory than the backbone's activations, and prompt positions would be thrown away.
+        logits = F.linear(hidden[: lm_labels.size(0), :-1][keep], self.lm_weight())
+        return rewards, logits, targets
 
     def save(self, out_dir: str | Path) -> None:
         from safetensors.torch import save_file
