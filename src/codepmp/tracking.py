@@ -124,13 +124,10 @@ def check_reward_model_dir(model_dir: str | Path) -> Path:
 
 
 def load_reward_model(model_dir: Path) -> dict[str, Any]:
-    """{"model": AutoModelForSequenceClassification, "tokenizer": AutoTokenizer} read from `model_dir`."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """{"model", "tokenizer"} as the transformers flavor takes them, loaded the way every stage loads them."""
+    from codepmp.models import load_reward_model as load
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    model, tokenizer = load(str(model_dir))
     return {"model": model, "tokenizer": tokenizer}
 
 

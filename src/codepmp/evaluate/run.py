@@ -11,7 +11,7 @@ from codepmp.evaluate.metrics import best_of_n, pairwise_accuracy
 from codepmp.models import load_reward_model
 from codepmp.progress import progress
 from codepmp.reasoning.build import read_table
-from codepmp.train.data import encode
+from codepmp.train.data import encode, pad_right
 
 
 @torch.inference_mode()
@@ -25,12 +25,7 @@ def score(model_dir: str, texts: list[tuple[str, str]], batch_size: int, max_len
     scores = [0.0] * len(encoded)
     for start in progress(range(0, len(order), batch_size), desc=desc, unit="batch"):
         idx = order[start:start + batch_size]
-        width = max(len(encoded[i]) for i in idx)
-        ids = torch.full((len(idx), width), tokenizer.pad_token_id)
-        mask = torch.zeros_like(ids)
-        for row, i in enumerate(idx):
-            ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
-            mask[row, : len(encoded[i])] = 1
+        ids, mask = pad_right([encoded[i] for i in idx], tokenizer.pad_token_id)
         logits = model(input_ids=ids, attention_mask=mask).logits.squeeze(-1).float()
         for i, value in zip(idx, logits.tolist()):
             scores[i] = value

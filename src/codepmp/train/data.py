@@ -43,17 +43,22 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> li
     return batches
 
 
+def pad_right(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, L] input ids padded on the right, and the attention mask."""
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for i, seq in enumerate(sequences):
+        input_ids[i, : len(seq)] = torch.tensor(seq)
+        attention_mask[i, : len(seq)] = 1
+    return input_ids, attention_mask
+
+
 def collate(encoded: list[tuple[Encoded, Encoded]], pad_token_id: int) -> dict[str, torch.Tensor]:
     """[2B, L] tensors: rows 0..B-1 chosen, B..2B-1 rejected; labels mark chosen response tokens only."""
     rows = [c for c, _ in encoded] + [r for _, r in encoded]
-    width = max(len(r.ids) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    labels = torch.full_like(input_ids, -100)
-    for i, row in enumerate(rows):
-        n = len(row.ids)
-        input_ids[i, :n] = torch.tensor(row.ids)
-        attention_mask[i, :n] = 1
-        if i < len(encoded):
-            labels[i, row.response_start:n] = input_ids[i, row.response_start:n]
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels[: len(encoded)]}
+    input_ids, attention_mask = pad_right([r.ids for r in rows], pad_token_id)
+    labels = torch.full((len(encoded), input_ids.size(1)), -100, dtype=torch.long)
+    for i, (chosen, _) in enumerate(encoded):
+        labels[i, chosen.response_start:len(chosen.ids)] = input_ids[i, chosen.response_start:len(chosen.ids)]
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
