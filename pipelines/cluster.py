@@ -37,6 +37,8 @@ class ClusterSpec:
     """Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for the object store."""
     config_map: str = "codepmp-env"
     """ConfigMap with the object-store endpoint, bucket and MLflow tracking URI."""
+    crawl_parallelism: int = 0
+    """Crawl rank pods running at once (KFP ParallelFor parallelism); 0 runs all `crawl.world_size` at once."""
 
 
 def apply(task, spec: ClusterSpec, gpu: bool):

@@ -11,7 +11,8 @@ so the same DAG runs unchanged under kfp.local.
 from kfp import dsl
 
 from components.base_model.component import base_model
-from components.crawl.component import crawl
+from components.crawl.component import crawl, crawl_ranks
+from components.crawl_merge.component import crawl_merge
 from components.evaluate.component import evaluate
 from components.finetune.component import finetune
 from components.pretrain.component import pretrain
@@ -30,11 +31,15 @@ def build(cluster: "ClusterSpec | None" = None):
                                               "best-of-N evaluation -> MLflow registry")
     def codepmp(profile: str = "local", overrides: dict = {}, run_name: str = "codepmp"):  # noqa: B006
         common = {"profile": profile, "overrides": overrides, "run_name": run_name}
+        parallelism = cluster.crawl_parallelism if cluster is not None else 0
         # Training checkpoints are scoped to the job, so a retried pod resumes and a new run never does.
         training = {**common, "job_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
         tasks = {}
-        tasks["crawl"] = crawl(**common)
-        tasks["synthesize"] = synthesize(**common, shards=tasks["crawl"].outputs["shards"])
+        tasks["crawl_ranks"] = crawl_ranks(profile=profile, overrides=overrides)
+        with dsl.ParallelFor(tasks["crawl_ranks"].output, parallelism=parallelism) as rank:
+            tasks["crawl"] = crawl(**common, rank=rank)
+        tasks["crawl_merge"] = crawl_merge(**common).after(tasks["crawl"])
+        tasks["synthesize"] = synthesize(**common, shards=tasks["crawl_merge"].outputs["shards"])
         tasks["base_model"] = base_model(**common)
         tasks["reasoning_data"] = reasoning_data(**common)
         tasks["pretrain"] = pretrain(**training, base=tasks["base_model"].outputs["model"],
@@ -52,8 +57,9 @@ def build(cluster: "ClusterSpec | None" = None):
             task.set_display_name(name)
             if cluster is not None:
                 apply(task, cluster, gpu=name in GPU_STAGES)
-        # Registration and checkpointed training have side effects outside KFP's cache.
-        for name in ("pretrain", "finetune-pmp", "finetune-control", "register"):
+        # Registration, checkpointed training and the crawl (its shards live in the object store, resumed by
+        # chunk markers) have side effects outside KFP's cache.
+        for name in ("crawl", "crawl_merge", "pretrain", "finetune-pmp", "finetune-control", "register"):
             tasks[name].set_caching_options(False)
 
     return codepmp

@@ -2,7 +2,8 @@
 
     codepmp run --profile local                  # whole pipeline through kfp.local (make run)
     codepmp up | down | status                   # embedded S3 + MLflow stack
-    codepmp crawl --out DIR [--set crawl.max_files=100]
+    codepmp crawl --out DIR|s3://B/P [--set crawl.max_files=100]   # --rank R with --set crawl.world_size=N,
+    codepmp crawl-merge --out DIR|s3://B/P                         # then crawl-merge once all ranks are done
     codepmp compile --out build/codepmp.yaml     # then: codepmp submit --package build/codepmp.yaml
     codepmp promote --version 3 [--force]
 """
@@ -89,7 +90,11 @@ def _stage_cmd(name: str):
 
         _ensure_services()
         kwargs = {k: v for k, v in vars(args).items() if k in STAGE_ARGS[name]}
-        if name == "evaluate":
+        if name == "crawl":
+            kwargs = {"location": args.out_dir, "rank": args.rank}
+        elif name == "crawl_merge":
+            kwargs = {"location": args.out_dir, "out_dir": args.out_dir}
+        elif name == "evaluate":
             kwargs = {"models": {"pmp": args.pmp, "control": args.control}, "data_dir": args.data,
                       "report_path": str(Path(args.out) / "report.md"),
                       "results_path": str(Path(args.out) / "results.json")}
@@ -101,6 +106,7 @@ def _stage_cmd(name: str):
 
 STAGE_ARGS = {
     "crawl": ["out_dir"],
+    "crawl_merge": ["out_dir"],
     "synthesize": ["crawl_dir", "out_dir"],
     "reasoning_data": ["out_dir"],
     "pretrain": ["base_dir", "pairs_dir", "out_dir"],
@@ -157,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
         for option in options:
             p.add_argument("--" + option.replace("_dir", "").replace("_", "-"), dest=option, required=True,
                            **({"choices": ["pmp", "control"]} if option == "variant" else {}))
+        if name == "crawl":
+            p.add_argument("--rank", type=int, default=0, help="this worker's rank, 0 <= rank < crawl.world_size")
     p = add("compile", cmd_compile, "compile the pipeline to KFP YAML", config=False)
     p.add_argument("--out", default="build/codepmp.yaml")
     p.add_argument("--cluster-spec", default=None, help="YAML of pipelines.cluster.ClusterSpec fields")

@@ -19,9 +19,101 @@ from codepmp.errors import ConfigError
 
 
 @dataclass
+class GitHubConfig:
+    """The `github` crawl source: REST repository search, then one tarball per repository at a pinned commit."""
+
+    api_url: str = "https://api.github.com"
+    """REST API root; point it at GitHub Enterprise (`https://HOST/api/v3`) or a recorded test server."""
+    token_env: str = "GITHUB_TOKEN"
+    """Environment variable holding the API token (mount it from a Kubernetes Secret); never logged."""
+    min_stars: int = 100
+    """Search only repositories with at least this many stars."""
+    max_repos: int = 100
+    """Crawl at most this many repositories per language (the search API returns at most 1000 per query)."""
+    licenses: list[str] = field(default_factory=lambda: [
+        "MIT", "Apache-2.0", "BSD-2-Clause", "BSD-3-Clause", "ISC", "0BSD", "Unlicense", "CC0-1.0", "Zlib",
+        "MPL-2.0", "BSL-1.0", "PSF-2.0", "Python-2.0"])
+    """SPDX ids (from the API's license detection) whose repositories may be crawled; others are skipped."""
+    max_retries: int = 5
+    """Attempts per request on 5xx, connection errors and timeouts, with exponential backoff."""
+    max_rate_limit_wait_s: float = 3600.0
+    """Longest sleep for a rate-limit reset before the crawl fails with a clear error."""
+    timeout_s: float = 60.0
+    """Per-request connect/read timeout."""
+
+
+@dataclass
+class HubConfig:
+    """The `hf:` crawl source: a Hugging Face dataset (The Stack style) read with `datasets` streaming."""
+
+    split: str = "train"
+    """Dataset split to stream."""
+    data_dir: str = ""
+    """Dataset sub-folder (The Stack: `data/python`); empty for the whole dataset."""
+    content_field: str = "content"
+    """Column holding the file text."""
+    path_field: str = "path"
+    """Column holding the file path (its extension decides the language); `max_stars_repo_path` in The Stack."""
+    repo_field: str = ""
+    """Column naming the source repository, when the dataset has one (`max_stars_repo_name` in The Stack)."""
+    license_field: str = ""
+    """Column with the license (SPDX id or list of them); rows outside `github.licenses` are skipped. Empty: no check."""
+    max_rows: int = 0
+    """Read at most this many rows of the dataset; 0 reads all."""
+
+
+@dataclass
+class DedupConfig:
+    """Exact dedup on normalized content, then MinHash LSH near-dedup (datasketch)."""
+
+    near: bool = True
+    """Drop near-duplicates; exact duplicates are always dropped."""
+    ngram: int = 5
+    """Shingle size in words of the normalized text (lower case, punctuation and whitespace collapsed)."""
+    bands: int = 16
+    """LSH bands; num_perm = bands * rows. Two files become candidates when one band matches."""
+    rows: int = 8
+    """Hash values per band. With 16x8 the candidate curve crosses 50 % near Jaccard 0.7."""
+    threshold: float = 0.7
+    """A candidate is a duplicate when its estimated Jaccard similarity with a kept file is at least this."""
+    seed: int = 1
+    """Seed of the MinHash permutations; every rank and every rerun must use the same."""
+
+
+@dataclass
+class DecontamConfig:
+    """Drop files that share a long word n-gram with an evaluation set."""
+
+    enabled: bool = True
+    """Run decontamination."""
+    ngram: int = 13
+    """N-gram length in normalized words (13 as in the GPT-3 and Llama decontamination studies)."""
+    sets: list[str] = field(default_factory=list)
+    """JSON/JSONL files or folders of them whose text fields are the evaluation data; empty: the reasoning data
+    that `reasoning` and `evaluate` use (packaged GSM8K sample), plus the files of `CODEPMP_EVAL_DATA` if set."""
+
+
+@dataclass
+class ClassifyConfig:
+    """Optional engineering / non-engineering labelling of each kept file with a small LM (the paper's pre-step)."""
+
+    enabled: bool = False
+    """Add the `category` and `engineering_prob` columns."""
+    model: str = "smollm2-135m-instruct"
+    """Classifier LM: packaged alias, HF folder, hub id or s3:// folder."""
+    max_chars: int = 1500
+    """Characters of each file shown to the classifier."""
+    batch_size: int = 8
+    """Files per forward pass."""
+    threshold: float = 0.5
+    """`category` is "engineering" when P(yes) / (P(yes) + P(no)) is at least this."""
+
+
+@dataclass
 class CrawlConfig:
     sources: list[str] = field(default_factory=list)
-    """Directories or tarballs (.tar, .tar.gz, .tgz) to read; empty means the running Python's stdlib."""
+    """Where to read code: local directories or tarballs (.tar, .tar.gz, .tgz), `github` (repository search,
+    see `github`), or `hf:DATASET` (hub id or local dataset folder, see `hub`); empty: this Python's stdlib."""
     languages: list[str] = field(default_factory=lambda: ["python"])
     """Languages to keep, by file extension (see `codepmp.crawl.filters.EXTENSIONS`)."""
     min_bytes: int = 200
@@ -29,13 +121,34 @@ class CrawlConfig:
     max_bytes: int = 100_000
     """Drop files larger than this (StarCoder used 1 MB; prompts here are truncated anyway)."""
     max_line_length: int = 1000
-    """Drop files with any line longer than this (minified or data files)."""
+    """Drop files with any line longer than this (StarCoder: 1000; minified or data files)."""
+    max_mean_line_length: float = 100.0
+    """Drop files whose mean line length is above this (StarCoder: 100)."""
     min_alnum_fraction: float = 0.25
-    """Drop files whose alphanumeric character fraction is below this (data blobs, ASCII art)."""
+    """Drop files whose alphanumeric character fraction is below this (StarCoder: 0.25; data blobs, ASCII art)."""
+    notebooks: bool = True
+    """Convert Jupyter notebooks (.ipynb) to code (their code cells) when their kernel language is kept."""
+    max_archive_bytes: int = 4_000_000_000
+    """Refuse a tarball whose members add up to more than this many bytes (decompression bombs)."""
+    max_archive_members: int = 2_000_000
+    """Refuse a tarball with more members than this (headers alone are a cheap bomb)."""
     max_files: int = 0
     """Keep at most this many files after filtering and dedup, chosen by content hash; 0 keeps all."""
-    shard_rows: int = 5000
-    """Rows per Parquet shard."""
+    world_size: int = 1
+    """Ranks the pipeline fans the crawl out to (KFP ParallelFor); each reads the units whose key hashes to it."""
+    shard_bytes: int = 64_000_000
+    """Input bytes per work unit; each unit writes one Parquet shard (so shards are bounded by this) and a
+    completion marker, and is what a retried task redoes at most."""
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    """Exact and near-duplicate removal."""
+    decontam: DecontamConfig = field(default_factory=DecontamConfig)
+    """Evaluation-set decontamination."""
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    """Optional LM labelling of engineering code."""
+    github: GitHubConfig = field(default_factory=GitHubConfig)
+    """Settings of the `github` source."""
+    hub: HubConfig = field(default_factory=HubConfig)
+    """Settings of the `hf:` source."""
 
 
 @dataclass

@@ -7,7 +7,9 @@ and exit code 2 (no stack trace for bad input).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import os
 import shutil
 import sys
 import time
@@ -56,12 +58,23 @@ def _log_result(result: dict) -> None:
 
 
 def _section_params(cfg: PipelineConfig, name: str) -> dict:
-    section = {"pretrain": "pretrain", "finetune": "finetune", "crawl": "crawl", "synthesize": "synthesize",
-               "reasoning_data": "reasoning", "evaluate": "evaluate", "register": "promote"}.get(name)
+    section = {"pretrain": "pretrain", "finetune": "finetune", "crawl": "crawl", "crawl_merge": "crawl",
+               "synthesize": "synthesize", "reasoning_data": "reasoning", "evaluate": "evaluate",
+               "register": "promote"}.get(name)
     params = {"base_model": cfg.base_model}
     if section:
-        params.update({f"{section}.{k}": v for k, v in getattr(cfg, section).__dict__.items()})
+        params.update(_flatten(dataclasses.asdict(getattr(cfg, section)), section))
     return params
+
+
+def _flatten(values: dict, prefix: str) -> dict:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}.{key}"))
+        else:
+            out[f"{prefix}.{key}"] = value
+    return out
 
 
 def _mlflow_log(metrics: dict, step: int) -> None:
@@ -70,13 +83,43 @@ def _mlflow_log(metrics: dict, step: int) -> None:
     mlflow.log_metrics(metrics, step=step)
 
 
+def crawl_location(cfg: PipelineConfig, run_name: str) -> str:
+    """Where a pipeline's crawl ranks write: the object store, under the run name and the crawl config's
+    fingerprint, so a retried or rerun task resumes its finished chunks and another config never does."""
+    from codepmp.crawl.crawl import config_fingerprint
+    from codepmp.storage import BUCKET_VAR, DEFAULT_BUCKET
+
+    bucket = os.environ.get(BUCKET_VAR) or DEFAULT_BUCKET
+    return f"s3://{bucket}/crawl/{run_name}/{config_fingerprint(cfg.crawl)}"
+
+
+def _crawl_result(stats: dict) -> dict:
+    return {"files_seen": stats["files_seen"], "files_kept": stats["files_kept"],
+            "bytes_kept": stats["bytes_kept"], **{f"dropped_{k}": v for k, v in stats["dropped"].items()}}
+
+
 @stage("crawl")
-def crawl(cfg: PipelineConfig, run_name: str, out_dir: str) -> dict:
+def crawl(cfg: PipelineConfig, run_name: str, rank: int = 0, location: str = "") -> dict:
+    """One rank of the crawl into `location` (default: the object store, see `crawl_location`)."""
     from codepmp.crawl import run_crawl
 
-    stats = run_crawl(cfg.crawl, out_dir)
-    return {"files_seen": stats["files_seen"], "files_kept": stats["files_kept"],
-            **{f"dropped_{k}": v for k, v in stats["dropped"].items()}}
+    stats = run_crawl(cfg.crawl, location or crawl_location(cfg, run_name), rank=rank,
+                      world_size=cfg.crawl.world_size)
+    return {"rank": rank, **_crawl_result(stats)}
+
+
+@stage("crawl_merge")
+def crawl_merge(cfg: PipelineConfig, run_name: str, out_dir: str, location: str = "") -> dict:
+    """Merge the finished ranks; `out_dir` gets `manifest.json` (pointing at the shards) and `stats.json`."""
+    from codepmp.atomic import write_json
+    from codepmp.crawl import finalize_crawl
+
+    manifest = finalize_crawl(cfg.crawl, location or crawl_location(cfg, run_name),
+                              world_size=cfg.crawl.world_size)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    write_json(manifest, Path(out_dir) / "manifest.json")
+    write_json(manifest["stats"], Path(out_dir) / "stats.json")
+    return _crawl_result(manifest["stats"])
 
 
 @stage("synthesize")

@@ -318,3 +318,71 @@ class ObjectStore:
     def done_info(self, prefix: str) -> dict[str, Any]:
         """The JSON stored in `prefix/_SUCCESS`; InputError when the prefix is not marked done."""
         return self.get_json(_folder_prefix(prefix) + DONE_MARKER)
+
+
+class LocalFolder:
+    """A local directory with the same small interface as `StoreFolder`; writes are atomic (temp file + rename)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.location = str(self.root)
+
+    def uri(self, name: str) -> str:
+        return str(self.root / name)
+
+    def put_bytes(self, name: str, data: bytes) -> None:
+        from codepmp.atomic import atomic_path
+
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+
+    def get_bytes(self, name: str) -> bytes:
+        path = self.root / name
+        if not path.is_file():
+            raise InputError(f"{path} does not exist")
+        return path.read_bytes()
+
+    def exists(self, name: str) -> bool:
+        return (self.root / name).is_file()
+
+    def put_json(self, name: str, value: Any) -> None:
+        self.put_bytes(name, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+
+    def get_json(self, name: str) -> Any:
+        try:
+            return json.loads(self.get_bytes(name))
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{self.uri(name)} is not valid JSON: {exc}") from None
+
+
+class StoreFolder(LocalFolder):
+    """A folder `prefix/` of an object-store bucket; puts are atomic (temp key, server-side copy)."""
+
+    def __init__(self, store: ObjectStore, prefix: str):
+        self.store, self.prefix = store, _folder_prefix(prefix)
+        self.location = store.uri(self.prefix)
+
+    def uri(self, name: str) -> str:
+        return self.store.uri(self.prefix + name)
+
+    def put_bytes(self, name: str, data: bytes) -> None:
+        self.store.put_bytes(self.prefix + name, data)
+
+    def get_bytes(self, name: str) -> bytes:
+        return self.store.get_bytes(self.prefix + name)
+
+    def exists(self, name: str) -> bool:
+        return self.store.exists(self.prefix + name)
+
+
+def open_folder(location: str | Path) -> LocalFolder:
+    """`s3://bucket/prefix` (store from the environment, see `ObjectStore.from_env`) or a local directory."""
+    location = str(location)
+    if location.startswith("s3://"):
+        bucket, prefix = parse_s3_uri(location)
+        store = ObjectStore.from_env(bucket=bucket)
+        store.ensure_bucket()
+        return StoreFolder(store, prefix)
+    return LocalFolder(location)

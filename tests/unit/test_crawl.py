@@ -1,116 +1,70 @@
-"""Crawl stage: filters one by one, directory and tarball corpora, dedup, max_files, rank sharding, errors.
+"""Crawl stage end to end: directory and tarball corpora, layout and manifest, resume, dedup, decontamination,
+max_files, rank sharding and merging, errors. The filters one by one are in test_crawl_filters.py.
 
     PYTHONPATH=src python -m pytest tests/unit/test_crawl.py -q
 """
 
 from __future__ import annotations
 
+import bisect
+import colorsys
+import dataclasses
+import fnmatch
+import glob
+import hashlib
+import inspect
 import io
 import json
 import os
+import random
+import re
+import shlex
 import sysconfig
 import tarfile
+import textwrap
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
-from codepmp.config import CrawlConfig
-from codepmp.crawl import filters, read_shards, run_crawl, shards
-from codepmp.crawl.crawl import rank_of
+from codepmp.config import CrawlConfig, DecontamConfig, DedupConfig
+from codepmp.crawl import crawl as crawl_module
+from codepmp.crawl import filters, finalize_crawl, read_shards, run_crawl
+from codepmp.crawl.units import rank_of
 from codepmp.crawl.sources import safe_member_path
 from codepmp.errors import ConfigError, InputError
+from codepmp.storage import LocalFolder
+
+
+WORDS = ("alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega rate price count index total "
+         "width height depth speed score level buffer cache queue stack token parser writer reader").split()
 
 
 def code(name: str, n_funcs: int = 4) -> str:
-    """A plausible, unique Python file of a few hundred bytes."""
-    body = "".join(
-        f"def {name}_{i}(values):\n    total = 0\n    for v in values:\n        total += v * {i}\n    return total\n\n"
-        for i in range(n_funcs)
-    )
+    """A plausible Python file of a few hundred bytes; files of different names share few 5-word shingles."""
+    rng = random.Random(name)
+    body = ""
+    for i in range(n_funcs):
+        a, b, c = rng.sample(WORDS, 3)
+        op = rng.choice("+-*")
+        body += (f"def {name}_{a}_{i}({b}, {c}):\n    {a} = {b} {op} {c} * {rng.randint(2, 99)}\n"
+                 f"    return {a} if {a} > {rng.randint(100, 999)} else {c}\n\n")
     return f'"""Module {name}."""\n\n{body}'
 
 
 def small_cfg(*sources: Path | str, **overrides) -> CrawlConfig:
     values = dict(sources=[str(s) for s in sources], languages=["python"], min_bytes=50, max_bytes=2000,
-                  max_line_length=200, min_alnum_fraction=0.25, shard_rows=100)
+                  max_line_length=200, min_alnum_fraction=0.25)
     values.update(overrides)
     return CrawlConfig(**values)
 
 
-def shard_bytes(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.glob("shard-*.parquet"))}
+def output_bytes(out: Path) -> dict[str, bytes]:
+    """Every file a crawl wrote, by relative path."""
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
 
-# ---------------------------------------------------------------- filters, one by one
-
-
-@pytest.mark.parametrize("path,language", [
-    ("a.py", "python"), ("pkg/A.PY", "python"), ("x.js", "javascript"), ("x.ts", "typescript"),
-    ("X.java", "java"), ("x.h", "c"), ("x.hpp", "cpp"), ("x.go", "go"), ("x.rs", "rust"), ("run.sh", "shell"),
-    ("README.md", None), ("Makefile", None), ("archive.tar.gz", None), (".py", None), ("dir.py/file", None),
-])
-def test_language_of(path, language):
-    assert filters.language_of(path) == language
-
-
-def test_path_drop_reason():
-    assert filters.path_drop_reason("a.py", ["python"]) is None
-    assert filters.path_drop_reason("a.js", ["python"]) == "language"
-    assert filters.path_drop_reason("a.txt", ["python"]) == "extension"
-
-
-def test_decode_utf8():
-    assert filters.decode_utf8(b"x = 1\n") == "x = 1\n"
-    assert filters.decode_utf8("s = 'é'\n".encode()) == "s = 'é'\n"
-    assert filters.decode_utf8(b"x = 1\x00\n") is None
-    assert filters.decode_utf8(b"s = '\xe9'\n") is None  # latin-1
-    assert filters.decode_utf8(b"") == ""
-
-
-def test_size_drop_reason_bounds_are_inclusive():
-    assert filters.size_drop_reason(9, 10, 20) == "too_small"
-    assert filters.size_drop_reason(10, 10, 20) is None
-    assert filters.size_drop_reason(20, 10, 20) is None
-    assert filters.size_drop_reason(21, 10, 20) == "too_large"
-
-
-def test_longest_line_and_count_lines():
-    assert filters.longest_line("ab\ncde\n") == 3
-    assert filters.longest_line("") == 0
-    assert filters.longest_line("ab\x0ccd") == 5  # form feed is not a line break for this filter
-    assert [filters.count_lines(t) for t in ("", "a", "a\n", "a\nb", "a\n\n")] == [0, 1, 1, 2, 2]
-
-
-def test_alnum_fraction():
-    assert filters.alnum_fraction("") == 0.0
-    assert filters.alnum_fraction("ab!!") == 0.5
-    assert filters.alnum_fraction("é_1 ") == 0.5  # any script counts; underscore does not
-    assert filters.alnum_fraction("abcd") == 1.0
-
-
-def test_is_autogenerated_looks_only_at_the_head():
-    assert filters.is_autogenerated("# Code generated by protoc-gen-go. DO NOT EDIT.\npackage x\n")
-    assert filters.is_autogenerated("# AUTO-GENERATED FILE\n")
-    assert filters.is_autogenerated("\n" * 4 + "# autogenerated\n")
-    assert not filters.is_autogenerated("\n" * 5 + "# autogenerated\n")
-    assert not filters.is_autogenerated("def generate():\n    return 1\n")
-
-
-def test_content_drop_reason_boundaries_and_order():
-    cfg = CrawlConfig(min_bytes=10, max_bytes=1000, max_line_length=20, min_alnum_fraction=0.5)
-    assert filters.content_drop_reason(b"a\x00", cfg) == ("encoding", None)  # encoding checked before size
-    assert filters.content_drop_reason(b"abcdefghi", cfg)[0] == "too_small"
-    assert filters.content_drop_reason(b"abcdefghij", cfg) == (None, "abcdefghij")
-    assert filters.content_drop_reason(b"a" * 1001, cfg)[0] == "too_large"
-    assert filters.content_drop_reason(b"a" * 20 + b"\nb", cfg)[0] is None
-    assert filters.content_drop_reason(b"a" * 21 + b"\nb", cfg)[0] == "long_line"
-    assert filters.content_drop_reason(b"abcde+++++", cfg)[0] is None  # exactly 0.5 alnum
-    assert filters.content_drop_reason(b"abcd++++++", cfg)[0] == "low_alnum"
-    assert filters.content_drop_reason(b"# generated by hand\nx = 1\n", cfg)[0] == "autogenerated"
-
-
-def test_content_id_is_sha256_hex():
-    assert filters.content_id(b"") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+# ---------------------------------------------------------------- paths and ranks
 
 
 @pytest.mark.parametrize("name,safe", [
@@ -158,52 +112,92 @@ def dir_corpus(tmp_path: Path) -> Path:
     return root
 
 
-def test_directory_corpus_exact_stats(dir_corpus: Path, tmp_path: Path):
+
+
+def test_directory_corpus_exact_stats_and_layout(dir_corpus: Path, tmp_path: Path):
     out = tmp_path / "out"
     stats = run_crawl(small_cfg(dir_corpus), out, progress=False)
-    assert stats == {
-        "files_seen": 16,
-        "files_kept": 3,
-        "bytes_kept": len(code("a")) + len(code("b")) + len(code("c")),
-        "dropped": {"not_regular": 3, "extension": 1, "language": 1, "encoding": 2, "too_small": 1,
-                    "too_large": 1, "long_line": 1, "low_alnum": 1, "autogenerated": 1, "duplicate": 1},
-        "shards": ["shard-00000-00000.parquet"],
-        "rank": 0,
-        "world_size": 1,
-        "sources": [str(dir_corpus)],
-    }
+    kept = [code("a"), code("b"), code("c")]
+    assert stats["files_seen"] == 16 and stats["files_kept"] == 3
+    assert stats["bytes_kept"] == sum(map(len, kept))
+    assert stats["dropped"] == {"not_regular": 3, "extension": 1, "language": 1, "binary": 1, "encoding": 1,
+                                "too_small": 1, "too_large": 1, "long_line": 1, "low_alnum": 1,
+                                "autogenerated": 1, "duplicate": 1}
+    assert stats["files_seen"] == stats["files_kept"] + sum(stats["dropped"].values())
     assert json.loads((out / "stats.json").read_text()) == stats
+    assert sorted(output_bytes(out)) == ["_SUCCESS", "manifest.json", "rank-00000/_SUCCESS",
+                                         "rank-00000/chunk-00000.json", "rank-00000/manifest.json",
+                                         "rank-00000/shard-00000.parquet", "stats.json"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    [shard] = manifest["shards"]
+    assert shard["rows"] == 3 and shard["sha256"] == hashlib.sha256((out / shard["name"]).read_bytes()).hexdigest()
     rows = read_shards(out)
     assert sorted(r["path"] for r in rows) == ["a.py", "b.py", "pkg/c.py"]
     a = next(r for r in rows if r["path"] == "a.py")  # the first copy in walk order wins
-    assert a == {"id": filters.content_id(code("a").encode()), "source": str(dir_corpus), "path": "a.py",
-                 "language": "python", "content": code("a"), "size_bytes": len(code("a")),
-                 "n_lines": code("a").count("\n")}
+    assert a["id"] == filters.content_id(code("a").encode()) and a["content"] == code("a")
+    assert (a["source"], a["language"], a["size_bytes"], a["n_lines"]) == (
+        str(dir_corpus), "python", len(code("a")), code("a").count("\n"))
+    assert a["repo"] is None and a["category"] is None
     assert [r["id"] for r in rows] == sorted(r["id"] for r in rows)
     assert not any("secret" in r["content"] for r in rows)
-    assert sorted(p.name for p in out.iterdir()) == ["shard-00000-00000.parquet", "stats.json"]
 
 
-def test_shard_rows_splits_and_rerun_removes_stale_shards(dir_corpus: Path, tmp_path: Path):
-    out = tmp_path / "out"
-    stats = run_crawl(small_cfg(dir_corpus, shard_rows=2), out, progress=False)
-    assert stats["shards"] == ["shard-00000-00000.parquet", "shard-00000-00001.parquet"]
-    assert len(read_shards(out)) == 3
-    stats = run_crawl(small_cfg(dir_corpus, shard_rows=5), out, progress=False)
-    assert stats["shards"] == ["shard-00000-00000.parquet"]
-    assert sorted(p.name for p in out.iterdir()) == ["shard-00000-00000.parquet", "stats.json"]
+def test_shard_bytes_bounds_shards_and_rerun_is_identical(many_files: Path, tmp_path: Path):
+    cfg = small_cfg(many_files, shard_bytes=2000)
+    stats = run_crawl(cfg, tmp_path / "one", progress=False)
+    manifest = json.loads((tmp_path / "one" / "manifest.json").read_text())
+    assert stats["shards"] == len(manifest["shards"]) > 3
+    assert all(s["bytes"] < 20_000 for s in manifest["shards"])
+    run_crawl(cfg, tmp_path / "two", progress=False)
+    before = output_bytes(tmp_path / "one")
+    assert before == output_bytes(tmp_path / "two")
+    run_crawl(cfg, tmp_path / "one", progress=False)  # a rerun in place reuses every chunk, same bytes
+    assert output_bytes(tmp_path / "one") == before
 
 
-def test_a_killed_write_leaves_no_shard(dir_corpus: Path, tmp_path: Path, monkeypatch):
-    def write_half_then_die(table, where, **kwargs):
-        Path(where).write_bytes(b"PAR1 half a shard")
-        raise KeyboardInterrupt
+@pytest.mark.parametrize("die_at", ["shard", "marker"])
+def test_resume_after_a_kill_mid_chunk(many_files: Path, tmp_path: Path, monkeypatch, die_at: str):
+    """A kill while writing chunk 2's shard (half-written) or just before its marker: no partial shard is
+    visible, the rerun redoes only unfinished chunks and ends byte-identical to an uninterrupted run."""
+    cfg = small_cfg(many_files, shard_bytes=2000)
+    run_crawl(cfg, tmp_path / "clean", progress=False)
+    out = tmp_path / "killed"
+    real_put = LocalFolder.put_bytes
 
-    monkeypatch.setattr(shards.pq, "write_table", write_half_then_die)
-    out = tmp_path / "out"
+    def put_then_die(self, name, data):
+        target = "shard-00002.parquet" if die_at == "shard" else "chunk-00002.json"
+        if name.endswith(target):
+            if die_at == "shard":
+                (self.root / name).parent.mkdir(parents=True, exist_ok=True)
+                (self.root / name).with_name(".partial").write_bytes(data[: len(data) // 2])
+            raise KeyboardInterrupt
+        real_put(self, name, data)
+
+    monkeypatch.setattr(LocalFolder, "put_bytes", put_then_die)
     with pytest.raises(KeyboardInterrupt):
-        run_crawl(small_cfg(dir_corpus), out, progress=False)
-    assert list(out.iterdir()) == []
+        run_crawl(cfg, out, progress=False)
+    monkeypatch.setattr(LocalFolder, "put_bytes", real_put)
+    assert not (out / "manifest.json").exists()
+    assert sorted(p.name for p in (out / "rank-00000").glob("chunk-*.json")) == ["chunk-00000.json",
+                                                                                 "chunk-00001.json"]
+    processed = []
+    real_process = crawl_module._RankWorker._process
+
+    def counting(self, chunk, index, progress):
+        processed.append(index)
+        return real_process(self, chunk, index, progress)
+
+    monkeypatch.setattr(crawl_module._RankWorker, "_process", counting)
+    run_crawl(cfg, out, progress=False)
+    assert processed and processed[0] == 2
+    (out / "rank-00000" / ".partial").unlink(missing_ok=True)
+    assert output_bytes(out) == output_bytes(tmp_path / "clean")
+
+
+def test_changed_config_does_not_reuse_chunks(many_files: Path, tmp_path: Path):
+    run_crawl(small_cfg(many_files), tmp_path / "out", progress=False)
+    with pytest.raises(InputError, match="too_small=24"):
+        run_crawl(small_cfg(many_files, min_bytes=1900), tmp_path / "out", progress=False)
 
 
 def test_two_sources_dedup_across_them(dir_corpus: Path, tmp_path: Path):
@@ -260,7 +254,50 @@ def test_corrupt_tarball_is_an_input_error(tmp_path: Path):
         run_crawl(small_cfg(bad), tmp_path / "out", progress=False)
 
 
-# ---------------------------------------------------------------- max_files and sharding
+# ---------------------------------------------------------------- near-dedup and decontamination
+
+
+def stdlib_source(module) -> str:
+    return inspect.getsource(module)
+
+
+def test_near_duplicates_are_dropped_and_distinct_files_kept(tmp_path: Path):
+    """Real code: textwrap with a variable renamed everywhere (estimated Jaccard ~0.83) and reformatted
+    (2-space indent, no spaces after commas or around "="), next to five unrelated stdlib modules."""
+    root = tmp_path / "near"
+    root.mkdir()
+    original = stdlib_source(textwrap)
+    (root / "a_original.py").write_text(original)
+    (root / "b_renamed.py").write_text(re.sub(r"\bwidth\b", "line_width", original))
+    (root / "c_reformatted.py").write_text(original.replace("    ", "  ").replace(", ", ",").replace(" = ", "="))
+    distinct = [colorsys, bisect, shlex, fnmatch, glob]
+    for module in distinct:
+        (root / f"d_{module.__name__}.py").write_text(stdlib_source(module))
+    cfg = small_cfg(root, max_bytes=50_000, max_line_length=1000)
+    stats = run_crawl(cfg, tmp_path / "out", progress=False)
+    assert stats["dropped"] == {"near_duplicate": 2}
+    assert sorted(r["path"] for r in read_shards(tmp_path / "out")) == ["a_original.py"] + sorted(
+        f"d_{m.__name__}.py" for m in distinct)
+    exact_only = run_crawl(dataclasses.replace(cfg, dedup=DedupConfig(near=False)), tmp_path / "exact",
+                           progress=False)
+    assert exact_only["files_kept"] == 8
+
+
+def test_a_planted_gsm8k_problem_is_decontaminated(tmp_path: Path):
+    problem = json.loads((Path(__file__).parents[2] / "src/codepmp/reasoning/data/gsm8k_dev.jsonl")
+                         .read_text().splitlines()[0])["question"]
+    root = tmp_path / "contaminated"
+    root.mkdir()
+    (root / "solver.py").write_text(f'"""{problem}"""\n\n' + code("solver"))
+    (root / "clean.py").write_text(code("clean"))
+    stats = run_crawl(small_cfg(root), tmp_path / "out", progress=False)
+    assert stats["dropped"] == {"contaminated": 1}
+    assert [r["path"] for r in read_shards(tmp_path / "out")] == ["clean.py"]
+    off = run_crawl(small_cfg(root, decontam=DecontamConfig(enabled=False)), tmp_path / "off", progress=False)
+    assert off["files_kept"] == 2
+
+
+# ---------------------------------------------------------------- max_files, ranks and merging
 
 
 @pytest.fixture
@@ -272,6 +309,10 @@ def many_files(tmp_path: Path) -> Path:
     return root
 
 
+def test_many_files_are_all_distinct(many_files: Path, tmp_path: Path):
+    assert run_crawl(small_cfg(many_files), tmp_path / "out", progress=False)["files_kept"] == 24
+
+
 def test_max_files_is_deterministic_and_keeps_smallest_ids(many_files: Path, tmp_path: Path):
     run_crawl(small_cfg(many_files), tmp_path / "all", progress=False)
     all_ids = [r["id"] for r in read_shards(tmp_path / "all")]
@@ -279,30 +320,42 @@ def test_max_files_is_deterministic_and_keeps_smallest_ids(many_files: Path, tmp
     second = run_crawl(small_cfg(many_files, max_files=5), tmp_path / "two", progress=False)
     assert first == second
     assert first["files_kept"] == 5 and first["dropped"] == {"max_files": 19}
-    assert shard_bytes(tmp_path / "one") == shard_bytes(tmp_path / "two")
+    assert output_bytes(tmp_path / "one") == output_bytes(tmp_path / "two")
     assert [r["id"] for r in read_shards(tmp_path / "one")] == sorted(all_ids)[:5]
 
 
-def test_max_files_does_not_depend_on_paths(many_files: Path, tmp_path: Path):
-    renamed = tmp_path / "renamed"
-    renamed.mkdir()
-    for i, f in enumerate(sorted(many_files.rglob("*.py"), reverse=True)):
-        (renamed / f"z{i:02d}.py").write_bytes(f.read_bytes())
-    run_crawl(small_cfg(many_files, max_files=4), tmp_path / "a", progress=False)
-    run_crawl(small_cfg(renamed, max_files=4), tmp_path / "b", progress=False)
-    assert [r["id"] for r in read_shards(tmp_path / "a")] == [r["id"] for r in read_shards(tmp_path / "b")]
-
-
-def test_ranks_partition_the_corpus(many_files: Path, tmp_path: Path):
+def test_ranks_partition_the_corpus_and_merge(many_files: Path, tmp_path: Path):
     cfg = small_cfg(many_files)
     whole = run_crawl(cfg, tmp_path / "whole", progress=False)
-    parts = [run_crawl(cfg, tmp_path / f"rank{r}", rank=r, world_size=2, progress=False) for r in range(2)]
-    ids = [{row["id"] for row in read_shards(tmp_path / f"rank{r}")} for r in range(2)]
+    out = tmp_path / "ranks"
+    parts = [run_crawl(cfg, out, rank=0, world_size=2, progress=False)]
+    with pytest.raises(InputError, match="rank 1 of 2 has not finished"):
+        finalize_crawl(cfg, out, world_size=2)
+    parts.append(run_crawl(cfg, out, rank=1, world_size=2, progress=False))
+    ids = [{row["id"] for shard in json.loads((out / f"rank-{r:05d}/manifest.json").read_text())["shards"]
+            for row in pq.read_table(out / shard["name"], columns=["id"]).to_pylist()} for r in range(2)]
     assert ids[0] and ids[1] and not ids[0] & ids[1]
-    assert ids[0] | ids[1] == {row["id"] for row in read_shards(tmp_path / "whole")}
     assert sum(p["files_seen"] for p in parts) == whole["files_seen"]
-    assert [p["shards"] for p in parts] == [["shard-00000-00000.parquet"], ["shard-00001-00000.parquet"]]
-    assert [p["rank"] for p in parts] == [0, 1] and {p["world_size"] for p in parts} == {2}
+    merged = finalize_crawl(cfg, out, world_size=2)
+    assert merged["stats"]["files_kept"] == whole["files_kept"]
+    assert {r["id"] for r in read_shards(out)} == ids[0] | ids[1] == {r["id"] for r in read_shards(tmp_path / "whole")}
+
+
+def test_merge_drops_near_duplicates_kept_by_two_ranks(tmp_path: Path):
+    root = tmp_path / "split"
+    root.mkdir()
+    original = stdlib_source(textwrap)
+    names = [f"file{i}.py" for i in range(40)]
+    first = names[0]
+    other = next(n for n in names if rank_of(n, 2) != rank_of(first, 2))
+    (root / first).write_text(original)
+    (root / other).write_text(re.sub(r"\bwidth\b", "line_width", original))
+    cfg = small_cfg(root, max_bytes=50_000, max_line_length=1000)
+    for rank in range(2):
+        run_crawl(cfg, tmp_path / "out", rank=rank, world_size=2, progress=False)
+    merged = finalize_crawl(cfg, tmp_path / "out", world_size=2)
+    assert merged["stats"]["dropped"] == {"cross_rank_duplicate": 1} and len(merged["excluded"]) == 1
+    assert len(read_shards(tmp_path / "out")) == 1
 
 
 def test_empty_rank_is_not_an_error(tmp_path: Path):
@@ -311,7 +364,7 @@ def test_empty_rank_is_not_an_error(tmp_path: Path):
     (root / "only.py").write_text(code("only"))
     owner = rank_of("only.py", 2)
     empty = run_crawl(small_cfg(root), tmp_path / "empty", rank=1 - owner, world_size=2, progress=False)
-    assert empty["files_seen"] == 0 and empty["shards"] == []
+    assert empty["files_seen"] == 0 and empty["shards"] == 0
 
 
 def test_bad_rank_is_an_input_error(many_files: Path, tmp_path: Path):
@@ -352,7 +405,7 @@ def test_unknown_language_is_a_config_error(many_files: Path, tmp_path: Path):
         run_crawl(small_cfg(many_files, languages=["pyton"]), tmp_path / "out", progress=False)
 
 
-def test_read_shards_of_a_directory_without_shards(tmp_path: Path):
+def test_read_shards_of_a_directory_without_a_crawl(tmp_path: Path):
     with pytest.raises(InputError, match=str(tmp_path)):
         read_shards(tmp_path)
 

@@ -1,6 +1,6 @@
-"""Crawl stage: local directories and tarballs -> filtered, deduplicated Parquet shards of code files."""
+"""Crawl stage: local, GitHub and Hugging Face sources -> filtered, decontaminated, deduplicated Parquet shards."""
 
-from codepmp.crawl.crawl import run_crawl
+from codepmp.crawl.crawl import finalize_crawl, run_crawl
 from codepmp.crawl.shards import read_shards
 
-__all__ = ["read_shards", "run_crawl"]
+__all__ = ["finalize_crawl", "read_shards", "run_crawl"]

@@ -1,0 +1,127 @@
+"""Decontamination: drop crawled files that share a long word n-gram with an evaluation set.
+
+    from codepmp.config import DecontamConfig
+    from codepmp.crawl.decontam import Decontaminator
+    decontam = Decontaminator.from_config(DecontamConfig(sets=["../shared/data/gsm8k", "math/dev.jsonl"]))
+    decontam.is_contaminated(word_ids(words(text)))
+
+A file is contaminated when any window of `ngram` normalized words (the same words as near-dedup: lower case,
+punctuation and layout ignored) also occurs in a string field of an evaluation row. 13 words is long enough
+that ordinary code and prose do not collide by chance, and short enough to catch a copied problem statement
+or solution inside a docstring or a test fixture.
+
+Evaluation sets are JSON Lines or JSON files (a list of rows), or folders of them; every string value of a
+row (nested lists and objects included) is indexed. By default the reasoning data that `reasoning` and
+`evaluate` use is indexed (the packaged GSM8K sample), plus every such file under `$CODEPMP_EVAL_DATA`
+(point it at your GSM8K / MATH / LogiQA 2.0 / ReClor copies on a cluster).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from codepmp.config import DecontamConfig
+from codepmp.crawl.dedup import batch_ngram_hashes, ngram_hashes, word_ids, words
+from codepmp.errors import InputError
+
+EVAL_DATA_VAR = "CODEPMP_EVAL_DATA"
+EVAL_SUFFIXES = (".jsonl", ".json")
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def _rows(path: Path) -> Iterator[Any]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"evaluation set {path} is not valid JSON: {exc}") from None
+        yield from data if isinstance(data, list) else [data]
+        return
+    for number, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"evaluation set {path} line {number} is not valid JSON: {exc}") from None
+
+
+def eval_files(sets: list[str]) -> list[Path]:
+    """The JSON/JSONL files named by `sets` (files or folders, searched recursively), sorted; InputError if none."""
+    files: list[Path] = []
+    for item in sets:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix in EVAL_SUFFIXES and p.is_file())
+            if not found:
+                raise InputError(f"evaluation set folder {path} has no {'/'.join(EVAL_SUFFIXES)} files")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise InputError(f"evaluation set {path} does not exist (crawl.decontam.sets)")
+    return files
+
+
+def default_sets() -> list[str]:
+    """The packaged reasoning data, plus `$CODEPMP_EVAL_DATA` when set."""
+    packaged = resources.files("codepmp.reasoning").joinpath("data")
+    sets = [str(packaged)]
+    if os.environ.get(EVAL_DATA_VAR):
+        sets.append(os.environ[EVAL_DATA_VAR])
+    return sets
+
+
+class Decontaminator:
+    """A set of hashed `ngram`-word windows of the evaluation data."""
+
+    def __init__(self, ngram: int, texts: list[str], sources: list[str]):
+        if ngram < 1:
+            from codepmp.errors import ConfigError
+
+            raise ConfigError(f"crawl.decontam.ngram must be >= 1, got {ngram}")
+        self.ngram = ngram
+        self.sources = sources
+        grams = [ngram_hashes(ids, ngram) for ids in map(word_ids, map(words, texts)) if len(ids) >= ngram]
+        self._grams = set(np.concatenate(grams).tolist()) if grams else set()
+
+    @classmethod
+    def from_config(cls, cfg: DecontamConfig) -> Decontaminator:
+        files = eval_files(cfg.sets or default_sets())
+        texts = [text for path in files for row in _rows(path) for text in _strings(row)]
+        return cls(cfg.ngram, texts, [str(p) for p in files])
+
+    @property
+    def size(self) -> int:
+        """Distinct evaluation n-grams indexed."""
+        return len(self._grams)
+
+    def is_contaminated(self, ids: np.ndarray) -> bool:
+        """True when a window of `ngram` of these word ids occurs in the evaluation data."""
+        if len(ids) < self.ngram or not self._grams:
+            return False
+        return not self._grams.isdisjoint(ngram_hashes(ids, self.ngram).tolist())
+
+    def contaminated(self, id_arrays: list[np.ndarray]) -> list[bool]:
+        """`is_contaminated` of each array, with the n-grams of all of them computed in one pass."""
+        if not self._grams:
+            return [False] * len(id_arrays)
+        return [len(grams) > 0 and len(ids) >= self.ngram and not self._grams.isdisjoint(grams.tolist())
+                for ids, grams in zip(id_arrays, batch_ngram_hashes(id_arrays, self.ngram))]
