@@ -40,7 +40,15 @@ import pyarrow.parquet as pq
 
 from codepmp.config import CrawlConfig
 from codepmp.crawl import filters
-from codepmp.crawl.dedup import Deduplicator, content_hash, signature_bytes, signature_from_bytes, word_ids, words
+from codepmp.crawl.dedup import (
+    Deduplicator,
+    batch_ngram_hashes,
+    content_hash,
+    signature_bytes,
+    signature_from_bytes,
+    word_ids,
+    words,
+)
 from codepmp.crawl.units import Unit, chunk_fingerprint, chunks, iter_units, source_specs
 from codepmp.errors import ConfigError, InputError
 from codepmp.progress import progress as progress_bar
@@ -50,6 +58,8 @@ log = logging.getLogger(__name__)
 
 SOURCE_REASONS = ("not_regular", "unsafe_path", "bad_archive", "license", "unreadable")
 STATE_REASONS = ("contaminated", "duplicate", "near_duplicate", "cross_rank_duplicate", "max_files")
+DEDUP_BATCH_CHARS = 4_000_000
+"""Text per words/shingles/signatures batch: big enough to amortize numpy calls, small enough for memory."""
 MANIFEST = "manifest.json"
 DONE = "_SUCCESS"
 
@@ -221,15 +231,29 @@ class _RankWorker:
         return verdict.reason, verdict, data
 
     def _dedup(self, candidates, dropped: Counter[str]) -> list[dict[str, Any]]:
-        """Decontaminate, then exact and near dedup in input order; the kept files become rows."""
-        token_lists = [words(text) for _, _, text, _, _ in candidates]
-        id_arrays = [word_ids(tokens) for tokens in token_lists]
+        """Decontaminate, then exact and near dedup in input order; the kept files become rows.
+
+        Words and shingles are computed for a few MB of text at a time: a word list costs ~50 bytes per word
+        as Python objects, several times the text itself.
+        """
+        rows = []
+        start = 0
+        while start < len(candidates):
+            stop, chars = start, 0
+            while stop < len(candidates) and (stop == start or chars < DEDUP_BATCH_CHARS):
+                chars += len(candidates[stop][2])
+                stop += 1
+            rows += self._dedup_batch(candidates[start:stop], dropped)
+            start = stop
+        return rows
+
+    def _dedup_batch(self, candidates, dropped: Counter[str]) -> list[dict[str, Any]]:
+        id_arrays = [word_ids(words(text)) for _, _, text, _, _ in candidates]
         contaminated = (self.decontam.contaminated(id_arrays) if self.decontam is not None
                         else [False] * len(candidates))
-        from codepmp.crawl.dedup import batch_ngram_hashes
-
         clean = [i for i, bad in enumerate(contaminated) if not bad]
         shingles = batch_ngram_hashes([id_arrays[i] for i in clean], self.cfg.dedup.ngram)
+        del id_arrays
         signatures = dict(zip(clean, self.dedup.signatures_of_shingles(shingles)))
         rows = []
         for i, (unit, entry, text, language, data) in enumerate(candidates):

@@ -60,7 +60,6 @@ kernel (ipykernel) is Python, so unlabelled notebooks are Python in practice."""
 PYTHON_CELL_MAGICS = frozenset({"time", "timeit", "capture", "prun", "debug", "skip"})
 """Cell magics whose body is still Python; any other cell magic (`%%bash`, `%%html`, ...) drops the cell."""
 
-_VERSION_SUFFIX = re.compile(r"[\d.]+$")
 _IPYTHON_LINE = re.compile(r"^([ \t]*)(?=%|!(?!=))", re.MULTILINE)
 
 
@@ -116,7 +115,7 @@ def kernel_name(notebook: dict[str, Any]) -> str:
 def kernel_language(kernel: str) -> str | None:
     """Crawl language of a kernel name: exact match in KERNEL_LANGUAGES, else without a version suffix."""
     name = kernel.strip().lower()
-    return KERNEL_LANGUAGES.get(name) or KERNEL_LANGUAGES.get(_VERSION_SUFFIX.sub("", name))
+    return KERNEL_LANGUAGES.get(name) or KERNEL_LANGUAGES.get(name.rstrip("0123456789."))
 
 
 def code_cell_sources(notebook: dict[str, Any]) -> Iterator[str]:
