@@ -16,7 +16,7 @@ import yaml
 from codepmp.report import stage_runs, summary_text
 from pipelines.run import compile_pipeline
 
-STAGES = ["crawl", "synthesize", "base-model", "reasoning-data", "pretrain", "finetune", "finetune-2", "evaluate",
+STAGES = ["crawl-ranks", "for-loop-1", "crawl-merge", "synthesize", "base-model", "reasoning-data", "pretrain", "finetune", "finetune-2", "evaluate",
           "register"]
 
 
@@ -25,7 +25,7 @@ def test_tiny_pipeline_end_to_end(tiny_pipeline_run):
     experiment, run_name = tiny_pipeline_run["experiment"], tiny_pipeline_run["run_name"]
     runs = stage_runs(experiment, run_name)
     by_stage = {(r["stage"], r["variant"]): r["metrics"] for r in runs}
-    assert set(by_stage) == {("crawl", ""), ("synthesize", ""), ("base_model", ""), ("reasoning_data", ""),
+    assert set(by_stage) == {("crawl", ""), ("crawl_merge", ""), ("synthesize", ""), ("base_model", ""), ("reasoning_data", ""),
                              ("pretrain", ""), ("finetune", "pmp"), ("finetune", "control"), ("evaluate", ""),
                              ("register", "")}
     assert all(m["wall_s"] > 0 for m in by_stage.values())
@@ -53,6 +53,9 @@ def test_compiled_yaml_holds_every_stage_and_cluster_settings(tmp_path):
     spec, platform = docs[0], docs[1]
     tasks = spec["root"]["dag"]["tasks"]
     assert sorted(tasks) == sorted(f"{s}" for s in STAGES)
+    fan_out = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]
+    assert list(fan_out) == ["crawl"]  # one crawl task per rank, items from crawl-ranks' output
+    assert tasks["for-loop-1"]["parameterIterator"]["items"] == {"inputParameter": "pipelinechannel--crawl-ranks-Output"}
     assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"profile", "overrides", "run_name"}
     executors = spec["deploymentSpec"]["executors"]
     pretrain_exec = executors[tasks["pretrain"]["componentRef"]["name"].replace("comp-", "exec-")]
@@ -61,7 +64,7 @@ def test_compiled_yaml_holds_every_stage_and_cluster_settings(tmp_path):
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     pretrain_k8s = json.dumps(k8s[tasks["pretrain"]["componentRef"]["name"].replace("comp-", "exec-")])
     assert "codepmp-s3" in pretrain_k8s and "/dev/shm" in pretrain_k8s and "h100" in pretrain_k8s
-    crawl_k8s = json.dumps(k8s[tasks["crawl"]["componentRef"]["name"].replace("comp-", "exec-")])
+    crawl_k8s = json.dumps(k8s[fan_out["crawl"]["componentRef"]["name"].replace("comp-", "exec-")])
     assert "codepmp-env" in crawl_k8s and "h100" not in crawl_k8s
 
 
