@@ -163,6 +163,8 @@ class SynthesizeConfig:
     """Model that writes the rejected implementation (paper: deepseek-coder-1.3b-instruct)."""
     max_pairs: int = 32
     """Number of crawled files to synthesize pairs from; 0 uses every file."""
+    categories: list[str] = field(default_factory=list)
+    """Use only crawled files of these categories ("engineering", "other"; set by `crawl.classify`); empty: all."""
     temperature: float = 0.7
     """Sampling temperature for all three generations (paper: 0.7); 0 means greedy."""
     top_p: float = 1.0

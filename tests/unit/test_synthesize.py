@@ -35,3 +35,22 @@ def test_batched_generation_matches_one_by_one(tmp_path):
     batched = TransformersBackend(model, batch_size=4).generate(prompts, greedy)
     single = TransformersBackend(model, batch_size=1).generate(prompts, greedy)
     assert batched == single and len(batched) == 4
+
+
+def test_select_files_by_category_then_max_pairs():
+    import pytest
+
+    from codepmp.config import SynthesizeConfig
+    from codepmp.errors import InputError
+    from codepmp.synthesize.run import select_files
+
+    rows = [{"id": str(i), "category": "engineering" if i % 2 else "other"} for i in range(6)]
+    assert select_files(rows, SynthesizeConfig(max_pairs=0), "x") == rows
+    picked = select_files(rows, SynthesizeConfig(max_pairs=2, categories=["engineering"]), "x")
+    assert [r["id"] for r in picked] == ["1", "3"]
+    with pytest.raises(InputError, match="crawl.classify.enabled"):
+        select_files([{"id": "1", "category": None}], SynthesizeConfig(categories=["engineering"]), "x")
+    with pytest.raises(InputError, match="no crawled file"):
+        select_files(rows, SynthesizeConfig(categories=["tests"]), "x")
+    with pytest.raises(InputError, match="no crawled files"):
+        select_files([], SynthesizeConfig(), "x")

@@ -43,12 +43,22 @@ class _OneModel:
         return self.backend
 
 
-def run_synthesis(cfg: SynthesizeConfig, crawl_dir: str | Path, out_dir: str | Path) -> dict:
-    rows = read_shards(crawl_dir)
+def select_files(rows: list[dict], cfg: SynthesizeConfig, where: str) -> list[dict]:
+    """The crawled files to synthesize from: those of `cfg.categories` (if set), then the first `max_pairs`."""
     if not rows:
-        raise InputError(f"synthesize: no crawled files in '{crawl_dir}'")
-    if cfg.max_pairs:
-        rows = rows[: cfg.max_pairs]
+        raise InputError(f"synthesize: no crawled files in '{where}'")
+    if cfg.categories:
+        if all(r.get("category") is None for r in rows):
+            raise InputError(f"synthesize.categories is set but the crawl in '{where}' has no categories "
+                             "(run it with crawl.classify.enabled=true)")
+        rows = [r for r in rows if r.get("category") in cfg.categories]
+        if not rows:
+            raise InputError(f"synthesize: no crawled file in '{where}' has a category in {cfg.categories}")
+    return rows[: cfg.max_pairs] if cfg.max_pairs else rows
+
+
+def run_synthesis(cfg: SynthesizeConfig, crawl_dir: str | Path, out_dir: str | Path) -> dict:
+    rows = select_files(read_shards(crawl_dir), cfg, str(crawl_dir))
     models = _OneModel(cfg.batch_size)
     describe = Sampling(cfg.description_tokens, cfg.temperature, cfg.top_p, cfg.seed)
     # Distinct seeds so that a profile using one model for both roles still samples two different answers.
