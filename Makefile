@@ -10,7 +10,7 @@ export CODEPMP_MODEL_CACHE ?= $(HOME)/.cache/codepmp/models
 # DeepSpeed builds no CUDA/C++ ops at install time; they are JIT-built on GPU nodes when needed.
 export DS_BUILD_OPS := 0
 
-.PHONY: install models run test compile submit up down status promote clean
+.PHONY: install models run test compile submit up down status promote clean bench-crawl
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ status: install
 promote: install
 	@test -n "$(VERSION)" || (echo "usage: make promote VERSION=<registered model version> [ARGS=--force]" >&2; exit 2)
 	$(PY) -m codepmp.cli promote --profile $(PROFILE) --version $(VERSION) $(ARGS)
+
+bench-crawl: install
+	$(PY) benchmarks/crawl_vs_datatrove.py $(ARGS)
 
 clean:
 	rm -rf build runs .pytest_cache

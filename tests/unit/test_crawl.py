@@ -463,3 +463,17 @@ def test_sigkill_mid_crawl_then_rerun_is_identical(tmp_path: Path):
     leftovers = {k for k in output_bytes(tmp_path / "killed") if Path(k).name.startswith(".")}
     clean = output_bytes(tmp_path / "clean")
     assert {k: v for k, v in output_bytes(tmp_path / "killed").items() if k not in leftovers} == clean
+
+
+def test_classify_adds_a_category_column(many_files: Path, tmp_path: Path):
+    from codepmp.config import ClassifyConfig
+    from codepmp.testing import write_tiny_model
+
+    model = write_tiny_model(tmp_path / "lm", reward=False)
+    cfg = small_cfg(many_files, classify=ClassifyConfig(enabled=True, model=str(model), batch_size=8))
+    run_crawl(cfg, tmp_path / "out", progress=False)
+    rows = read_shards(tmp_path / "out")
+    assert len(rows) == 24
+    assert {r["category"] for r in rows} <= {"engineering", "other"}
+    assert all(0.0 <= r["engineering_prob"] <= 1.0 for r in rows)
+    assert all((r["category"] == "engineering") == (r["engineering_prob"] >= 0.5) for r in rows)

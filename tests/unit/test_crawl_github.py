@@ -529,3 +529,40 @@ def test_huge_long_name_header_is_refused_before_it_is_read():
         tar.addfile(info, io.BytesIO(b""))
     with pytest.raises(InputError, match="decompresses to more than"):
         list(iter_tar_stream(io.BytesIO(buf.getvalue()), label="long", max_members=2, max_bytes=1000))
+
+
+# ---------------------------------------------------------------- the crawl stage over the github source
+
+
+def test_crawl_over_github_plans_once_and_resumes_without_downloading(fake: FakeGitHub, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch):
+    from codepmp.config import CrawlConfig, DecontamConfig
+    from codepmp.crawl import read_shards, run_crawl
+
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TEST_GITHUB_TOKEN", TOKEN)
+
+    def module(seed: int) -> bytes:
+        return "".join(f"def handler_{seed}_{i}(request, retries={i + seed}):\n"
+                       f"    response = request.send(timeout={seed * 7 + i})\n"
+                       f"    return response.json()['field_{seed}_{i}']\n\n" for i in range(8)).encode()
+
+    fake.add(Repo("acme/api", 900, files={"api/client.py": module(1), "api/server.py": module(2)}),
+             Repo("acme/cli", 500, files={"cli/main.py": module(3)}),
+             Repo("gpl/tool", 700, license="GPL-3.0", files={"tool.py": module(4)}))
+    cfg = CrawlConfig(sources=["github"], shard_bytes=1, decontam=DecontamConfig(enabled=False),
+                      github=GitHubConfig(api_url=fake.url, token_env="TEST_GITHUB_TOKEN", min_stars=10))
+    stats = run_crawl(cfg, tmp_path / "out", progress=False)
+    assert stats["files_kept"] == 3 and stats["shards"] == 2  # one chunk (and shard) per repository here
+    rows = read_shards(tmp_path / "out")
+    assert {(r["repo"], r["path"], r["license"]) for r in rows} == {
+        ("acme/api", "api/client.py", "MIT"), ("acme/api", "api/server.py", "MIT"), ("acme/cli", "cli/main.py", "MIT")}
+    assert {r["commit"] for r in rows} == {sha_of("acme/api"), sha_of("acme/cli")}
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["repos"] == {"acme/api": sha_of("acme/api"), "acme/cli": sha_of("acme/cli")}
+    plan = json.loads((tmp_path / "out" / "github-plan.json").read_text())
+    assert [r["repo"] for r in plan["repos"]] == ["acme/api", "acme/cli"] and plan["skipped"] == {"license": 1}
+    before = len(fake.requests)
+    assert run_crawl(cfg, tmp_path / "out", progress=False) == stats
+    assert len(fake.requests) == before  # the plan and every finished chunk are reused: no search, no download

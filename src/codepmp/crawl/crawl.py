@@ -78,7 +78,7 @@ SCHEMA = pa.schema([
     ("content_hash", pa.string()),
     ("minhash", pa.binary()),
     ("category", pa.string()),
-    ("engineering_prob", pa.float32()),
+    ("engineering_prob", pa.float64()),
 ])
 
 
