@@ -37,12 +37,17 @@ class ClusterSpec:
     """Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for the object store."""
     config_map: str = "codepmp-env"
     """ConfigMap with the object-store endpoint, bucket and MLflow tracking URI."""
+    github_secret: str = "codepmp-github"
+    """Secret whose `GITHUB_TOKEN` key the crawl pods get as env (optional: without it the `github` source
+    searches unauthenticated, at GitHub's much lower rate limit)."""
     crawl_parallelism: int = 0
     """Crawl rank pods running at once (KFP ParallelFor parallelism); 0 runs all `crawl.world_size` at once."""
 
 
-def apply(task, spec: ClusterSpec, gpu: bool):
+def apply(task, spec: ClusterSpec, gpu: bool, github: bool = False):
     kubernetes.use_secret_as_env(task, spec.secret, {k: k for k in SECRET_ENV})
+    if github and spec.github_secret:
+        kubernetes.use_secret_as_env(task, spec.github_secret, {"GITHUB_TOKEN": "GITHUB_TOKEN"}, optional=True)
     kubernetes.use_config_map_as_env(task, spec.config_map, {k: k for k in CLIENT_ENV})
     kubernetes.add_pod_label(task, "app.kubernetes.io/part-of", "codepmp")
     # The NetworkPolicies in manifests/ admit MinIO and MLflow traffic only from pods with this label.

@@ -56,7 +56,7 @@ def build(cluster: "ClusterSpec | None" = None):
         for name, task in tasks.items():
             task.set_display_name(name)
             if cluster is not None:
-                apply(task, cluster, gpu=name in GPU_STAGES)
+                apply(task, cluster, gpu=name in GPU_STAGES, github=name == "crawl")
         # Registration, checkpointed training and the crawl (its shards live in the object store, resumed by
         # chunk markers) have side effects outside KFP's cache.
         for name in ("crawl", "crawl_merge", "pretrain", "finetune-pmp", "finetune-control", "register"):

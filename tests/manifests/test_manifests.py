@@ -199,6 +199,7 @@ def test_pipeline_namespace_gets_copies_and_identity_only():
         ("ConfigMap", "codepmp-env"),
         ("Role", "codepmp-pipeline"),
         ("RoleBinding", "codepmp-pipeline"),
+        ("Secret", "codepmp-github"),
         ("Secret", "codepmp-s3"),
         ("ServiceAccount", "codepmp-pipeline"),
     ]

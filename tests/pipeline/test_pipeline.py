@@ -65,7 +65,8 @@ def test_compiled_yaml_holds_every_stage_and_cluster_settings(tmp_path):
     pretrain_k8s = json.dumps(k8s[tasks["pretrain"]["componentRef"]["name"].replace("comp-", "exec-")])
     assert "codepmp-s3" in pretrain_k8s and "/dev/shm" in pretrain_k8s and "h100" in pretrain_k8s
     crawl_k8s = json.dumps(k8s[fan_out["crawl"]["componentRef"]["name"].replace("comp-", "exec-")])
-    assert "codepmp-env" in crawl_k8s and "h100" not in crawl_k8s
+    assert "codepmp-env" in crawl_k8s and "h100" not in crawl_k8s and "codepmp-github" in crawl_k8s
+    assert "codepmp-github" not in pretrain_k8s
 
 
 @pytest.mark.integration
