@@ -100,14 +100,14 @@ def stage_corpus(files: list[tuple[str, str]], planted: Path, out: Path) -> list
     return [str(out / "corpus"), str(planted)]
 
 
-def run_codepmp(sources: list[str], work: Path) -> dict:
+def run_codepmp(sources: list[str], work: Path, decontam: bool = False) -> dict:
     from codepmp.config import CrawlConfig, DecontamConfig
     from codepmp.crawl import read_shards, run_crawl
 
-    cfg = CrawlConfig(sources=sources, max_bytes=1_000_000, decontam=DecontamConfig(enabled=False))
-    stats = run_crawl(cfg, work / "codepmp-out", progress=False)
-    kept = [f"{Path(r['source']).name}/{r['path']}" for r in read_shards(work / "codepmp-out",
-                                                                      columns=("id", "source", "path"))]
+    cfg = CrawlConfig(sources=sources, max_bytes=1_000_000, decontam=DecontamConfig(enabled=decontam))
+    out = work / ("codepmp-decontam-out" if decontam else "codepmp-out")
+    stats = run_crawl(cfg, out, progress=False)
+    kept = [f"{Path(r['source']).name}/{r['path']}" for r in read_shards(out, columns=("id", "source", "path"))]
     return {"kept": kept, "dropped": stats["dropped"]}
 
 
@@ -185,7 +185,10 @@ def run_datatrove(sources: list[str], work: Path) -> dict:
 
 def child(tool: str, sources: list[str], work: Path, result: Path) -> None:
     start = time.perf_counter()
-    out = run_codepmp(sources, work) if tool == "codepmp" else run_datatrove(sources, work)
+    if tool == "datatrove":
+        out = run_datatrove(sources, work)
+    else:
+        out = run_codepmp(sources, work, decontam=tool == "codepmp+decontam")
     out["wall_s"] = time.perf_counter() - start
     result.write_text(json.dumps(out))
 
@@ -207,6 +210,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--limit-mb", type=float, default=0, help="stop listing files after this many MB (0: all)")
     parser.add_argument("--planted", type=int, default=200, help="near-duplicate pairs to plant")
+    parser.add_argument("--eval-data", default="",
+                        help="also run codepmp with decontamination against these evaluation files/folders")
     parser.add_argument("--work", default="", help="working folder (default: a temp folder, removed after)")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--sources", default="", help=argparse.SUPPRESS)
@@ -229,6 +234,12 @@ def main() -> None:
         print(f"corpus: {n_files} .py files, {n_bytes / 1e6:.1f} MB ({len(pairs)} planted near-duplicates)")
         results = {tool: measure(tool, sources, work) for tool in ("datatrove", "codepmp")}
         report(results, pairs, n_files, n_bytes, sources)
+        if args.eval_data:
+            os.environ["CODEPMP_EVAL_DATA"] = args.eval_data
+            extra = measure("codepmp+decontam", sources, work)
+            print(f"\ncodepmp with decontamination ({args.eval_data}): {extra['wall_s']:.1f} s, "
+                  f"{n_bytes / 1e6 / extra['wall_s']:.2f} MB/s, peak {extra['peak_rss_mb']:.0f} MB; "
+                  f"drops per reason: {json.dumps(extra['dropped'])}")
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)

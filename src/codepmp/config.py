@@ -140,9 +140,9 @@ class CrawlConfig:
     """Keep at most this many files after filtering and dedup, chosen by content hash; 0 keeps all."""
     world_size: int = 1
     """Ranks the pipeline fans the crawl out to (KFP ParallelFor); each reads the units whose key hashes to it."""
-    shard_bytes: int = 64_000_000
-    """Input bytes per work unit; each unit writes one Parquet shard (so shards are bounded by this) and a
-    completion marker, and is what a retried task redoes at most."""
+    shard_bytes: int = 32_000_000
+    """Input bytes per chunk; each chunk writes one Parquet shard (so shards are bounded by this) and a
+    completion marker, and is what a retried task redoes at most. Peak memory grows by ~4x this."""
     dedup: DedupConfig = field(default_factory=DedupConfig)
     """Exact and near-duplicate removal."""
     decontam: DecontamConfig = field(default_factory=DecontamConfig)

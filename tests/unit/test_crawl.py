@@ -476,4 +476,5 @@ def test_classify_adds_a_category_column(many_files: Path, tmp_path: Path):
     assert len(rows) == 24
     assert {r["category"] for r in rows} <= {"engineering", "other"}
     assert all(0.0 <= r["engineering_prob"] <= 1.0 for r in rows)
-    assert all((r["category"] == "engineering") == (r["engineering_prob"] >= 0.5) for r in rows)
+    threshold = cfg.classify.threshold
+    assert all((r["category"] == "engineering") == (r["engineering_prob"] >= threshold) for r in rows)

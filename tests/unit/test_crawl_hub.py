@@ -205,3 +205,21 @@ def test_importing_the_crawl_does_not_import_datasets():
     code = "import sys, codepmp.crawl, codepmp.crawl.hub, codepmp.crawl.filters; print('datasets' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_crawl_over_a_hub_folder_keeps_provenance_and_skips_licenses(tmp_path: Path):
+    from codepmp.config import DecontamConfig
+    from codepmp.crawl import read_shards, run_crawl
+
+    def module(i: int) -> str:
+        return "".join(f"def route_{i}_{j}(request, limit={i * 10 + j}):\n    items = request.fetch(limit)\n"
+                       f"    return [item.name_{j} for item in items if item.size > {j + i}]\n\n" for j in range(6))
+
+    rows = [{**row, "content": module(i)} for i, row in enumerate(ROWS)]
+    folder = write_parquet(tmp_path / "stack", rows)
+    cfg = CrawlConfig(sources=[f"hf:{folder}"], hub=STACK, decontam=DecontamConfig(enabled=False))
+    stats = run_crawl(cfg, tmp_path / "out", progress=False)
+    assert stats["dropped"] == {"license": 2}  # c.py (GPL only) and d.js (no license)
+    kept = read_shards(tmp_path / "out")
+    assert sorted((r["path"], r["repo"], r["license"]) for r in kept) == [
+        ("b.py", "o/b", "mit"), ("e.py", "o/e", "Apache-2.0"), ("src/a.py", "o/a", "MIT")]

@@ -192,7 +192,7 @@ class _RankWorker:
 
     def _process(self, chunk: list[Unit], index: int, progress: bool):
         dropped: Counter[str] = Counter()
-        candidates: list[tuple[Unit, Any, str, str, bytes]] = []
+        candidates: list[tuple[Unit, Any, str, str, str, int]] = []
         seen = bytes_seen = 0
         units = progress_bar(chunk, desc=f"crawl rank {self.rank} chunk {index}", unit="unit", disable=not progress)
         for unit in units:
@@ -203,7 +203,8 @@ class _RankWorker:
                 if reason:
                     dropped[reason] += 1
                 else:
-                    candidates.append((unit, entry, verdict.text, verdict.language, data))
+                    # Raw bytes are not kept, only their hash and size: a chunk's text is memory enough.
+                    candidates.append((unit, entry, verdict.text, verdict.language, filters.content_id(data), len(data)))
         rows = self._dedup(candidates, dropped)
         if rows and self.cfg.classify.enabled:
             self._classify(rows)
@@ -248,15 +249,15 @@ class _RankWorker:
         return rows
 
     def _dedup_batch(self, candidates, dropped: Counter[str]) -> list[dict[str, Any]]:
-        id_arrays = [word_ids(words(text)) for _, _, text, _, _ in candidates]
-        contaminated = (self.decontam.contaminated(id_arrays) if self.decontam is not None
-                        else [False] * len(candidates))
+        texts = [text for _, _, text, _, _, _ in candidates]
+        contaminated = self.decontam.contaminated(texts) if self.decontam is not None else [False] * len(texts)
+        id_arrays = [word_ids(words(text)) for text in texts]
         clean = [i for i, bad in enumerate(contaminated) if not bad]
         shingles = batch_ngram_hashes([id_arrays[i] for i in clean], self.cfg.dedup.ngram)
         del id_arrays
         signatures = dict(zip(clean, self.dedup.signatures_of_shingles(shingles)))
         rows = []
-        for i, (unit, entry, text, language, data) in enumerate(candidates):
+        for i, (unit, entry, text, language, row_id, size) in enumerate(candidates):
             if contaminated[i]:
                 dropped["contaminated"] += 1
                 continue
@@ -266,8 +267,8 @@ class _RankWorker:
                 dropped[reason] += 1
                 continue
             rows.append({
-                "id": filters.content_id(data), "source": unit.source, "path": entry.path, "language": language,
-                "content": text, "size_bytes": len(data), "n_lines": filters.count_lines(text),
+                "id": row_id, "source": unit.source, "path": entry.path, "language": language,
+                "content": text, "size_bytes": size, "n_lines": filters.count_lines(text),
                 "repo": entry.repo, "commit": entry.commit, "license": entry.license, "content_hash": key,
                 "minhash": signature_bytes(signatures[i]), "category": None, "engineering_prob": None,
             })

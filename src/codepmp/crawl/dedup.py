@@ -31,7 +31,8 @@ _WORD_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_") | frozenset(ra
 _TO_WORDS = bytes((c + 32 if 65 <= c <= 90 else c) if (c in _WORD_BYTES or 65 <= c <= 90) else 32
                   for c in range(256))
 """Byte table: ASCII letters lower-cased, digits, "_" and non-ASCII (UTF-8 letters) kept, everything else a space."""
-_WORD_CACHE_LIMIT = 2_000_000
+_WORD_CACHE_LIMIT = 500_000
+"""Memoized word hashes (~100 bytes each); the cache is emptied when full, common words come back at once."""
 _MIX = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
                  0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53, 0x94D049BB133111EB, 0xBF58476D1CE4E5B9],
                 dtype=np.uint64)
