@@ -249,9 +249,11 @@ class _RankWorker:
         return rows
 
     def _dedup_batch(self, candidates, dropped: Counter[str]) -> list[dict[str, Any]]:
-        texts = [text for _, _, text, _, _, _ in candidates]
-        contaminated = self.decontam.contaminated(texts) if self.decontam is not None else [False] * len(texts)
-        id_arrays = [word_ids(words(text)) for text in texts]
+        token_lists = [words(text) for _, _, text, _, _, _ in candidates]
+        id_arrays = [word_ids(tokens) for tokens in token_lists]
+        contaminated = (self.decontam.contaminated(token_lists, id_arrays) if self.decontam is not None
+                        else [False] * len(candidates))
+        del token_lists
         clean = [i for i, bad in enumerate(contaminated) if not bad]
         shingles = batch_ngram_hashes([id_arrays[i] for i in clean], self.cfg.dedup.ngram)
         del id_arrays

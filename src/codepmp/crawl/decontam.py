@@ -3,7 +3,8 @@
     from codepmp.config import DecontamConfig
     from codepmp.crawl.decontam import Decontaminator
     decontam = Decontaminator.from_config(DecontamConfig(sets=["../shared/data/gsm8k", "math/dev.jsonl"]))
-    decontam.contaminated([text])            # [True] when the text shares a 13-word window with an eval set
+    tokens = words(text)
+    decontam.contaminated([tokens], [word_ids(tokens)])  # [True]: shares a 13-word window with an eval set
 
 A file is contaminated when any window of `ngram` normalized content words (the words of near-dedup: lower
 case, punctuation and layout ignored; then numbers and one-letter words dropped, see `content_word_ids`) also
@@ -90,14 +91,23 @@ def default_sets() -> list[str]:
     return sets
 
 
-def content_word_ids(text: str) -> np.ndarray:
-    """Ids of the words that carry content: two characters or more, not all digits.
+def content_mask(tokens: list[bytes]) -> np.ndarray:
+    """Which words carry content: two characters or more, not all digits.
 
     Without this, number runs and single letters (matrices, sequences, `a b c d ...`) in MATH solutions
     match test fixtures and tables all over ordinary code: on the stdlib plus site-packages, 13-grams of
     all words flagged 468 files, nearly all for runs like "0 0 0 ..." or "2 3 4 5 ...".
     """
-    return word_ids([w for w in words(text) if len(w) > 1 and not w.isdigit()])
+    count = len(tokens)
+    longer = np.fromiter(map(len, tokens), dtype=np.int64, count=count) > 1
+    digits = np.fromiter(map(bytes.isdigit, tokens), dtype=bool, count=count)
+    return longer & ~digits
+
+
+def content_word_ids(text: str) -> np.ndarray:
+    """Ids of the content words of `text` (see `content_mask`)."""
+    tokens = words(text)
+    return word_ids(tokens)[content_mask(tokens)] if tokens else np.zeros(0, np.uint64)
 
 
 MIN_DISTINCT_FRACTION = 0.5
@@ -136,10 +146,11 @@ class Decontaminator:
         """Distinct evaluation n-grams indexed."""
         return len(self._grams)
 
-    def contaminated(self, texts: list[str]) -> list[bool]:
-        """For each text: does a window of `ngram` of its content words occur in the evaluation data?"""
+    def contaminated(self, token_lists: list[list[bytes]], id_arrays: list[np.ndarray]) -> list[bool]:
+        """For each file (its words and their ids, as near-dedup computes them): does a window of `ngram` of its
+        content words occur in the evaluation data?"""
         if not self._grams:
-            return [False] * len(texts)
-        id_arrays = [content_word_ids(text) for text in texts]
-        return [len(grams) > 0 and len(ids) >= self.ngram and not self._grams.isdisjoint(grams.tolist())
-                for ids, grams in zip(id_arrays, batch_ngram_hashes(id_arrays, self.ngram))]
+            return [False] * len(id_arrays)
+        content = [ids[content_mask(tokens)] if len(ids) else ids for tokens, ids in zip(token_lists, id_arrays)]
+        return [len(ids) >= self.ngram and not self._grams.isdisjoint(grams.tolist())
+                for ids, grams in zip(content, batch_ngram_hashes(content, self.ngram))]
