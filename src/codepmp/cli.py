@@ -5,6 +5,7 @@
     codepmp crawl --out DIR|s3://B/P [--set crawl.max_files=100]   # --rank R with --set crawl.world_size=N,
     codepmp crawl-merge --out DIR|s3://B/P                         # then crawl-merge once all ranks are done
     codepmp compile --out build/codepmp.yaml     # then: codepmp submit --package build/codepmp.yaml
+    codepmp serve --model smollm2-135m-instruct [--port 8000]   # OpenAI-compatible server for synthesis
     codepmp promote --version 3 [--force]
 """
 
@@ -129,6 +130,12 @@ def cmd_submit(args) -> None:
     submit(package, args.profile, args.overrides, args.run_name or f"{args.profile}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
+def cmd_serve(args) -> None:
+    from codepmp.synthesize.server import serve
+
+    serve(args.model, args.host, args.port)
+
+
 def cmd_promote(args) -> None:
     from codepmp.tracking import promote
 
@@ -171,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("submit", cmd_submit, "submit the pipeline to KFP_HOST")
     p.add_argument("--package", default=None, help="compiled YAML (compiled now if omitted)")
     p.add_argument("--cluster-spec", default=None)
+    p = add("serve", cmd_serve, "serve models over an OpenAI-compatible HTTP API (synthesize.backend=openai)",
+            config=False)
+    p.add_argument("--model", action="append", required=True, help="model to serve (repeatable)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
     p = add("promote", cmd_promote, "move the champion alias to a registered version (gated)")
     p.add_argument("--version", required=True, type=int)
     p.add_argument("--force", action="store_true", help="skip the gate metric comparison")

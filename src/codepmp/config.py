@@ -182,6 +182,13 @@ class SynthesizeConfig:
     """Prompts per generation batch (length-sorted, left-padded)."""
     seed: int = 0
     """Sampling seed, so a rerun writes the same pairs."""
+    backend: str = "transformers"
+    """"transformers" (in-process) or "openai": an OpenAI-compatible server at `endpoint` serving the three models
+    under their names (vLLM, TGI, KServe, or `codepmp serve`)."""
+    endpoint: str = ""
+    """Base URL of the OpenAI-compatible server, e.g. http://vllm.models:8000/v1 (backend "openai")."""
+    concurrency: int = 8
+    """Requests in flight at once to the server (backend "openai")."""
 
 
 @dataclass

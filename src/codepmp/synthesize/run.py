@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from codepmp.atomic import write_json, write_table
 from codepmp.config import SynthesizeConfig
 from codepmp.crawl import read_shards
-from codepmp.errors import InputError
+from codepmp.errors import ConfigError, InputError
 from codepmp.synthesize.backend import Sampling, TransformersBackend
 from codepmp.synthesize.prompts import description_prompt, pair_prompt
 from codepmp.train.data import Pair
@@ -32,15 +32,27 @@ def is_empty(text: str) -> bool:
 class _OneModel:
     """Keeps at most one generator in memory, reusing it when consecutive roles share a model."""
 
-    def __init__(self, batch_size: int):
-        self.batch_size, self.spec, self.backend = batch_size, None, None
+    def __init__(self, cfg: SynthesizeConfig):
+        self.cfg, self.spec, self.backend = cfg, None, None
 
-    def get(self, spec: str) -> TransformersBackend:
+    def get(self, spec: str):
         if spec != self.spec:
             self.backend = None
             gc.collect()
-            self.backend, self.spec = TransformersBackend(spec, self.batch_size), spec
+            self.backend, self.spec = _backend(self.cfg, spec), spec
         return self.backend
+
+
+def _backend(cfg: SynthesizeConfig, spec: str):
+    if cfg.backend == "transformers":
+        return TransformersBackend(spec, cfg.batch_size)
+    if cfg.backend == "openai":
+        from codepmp.synthesize.http_backend import OpenAIBackend
+
+        if not cfg.endpoint:
+            raise ConfigError("synthesize.backend is 'openai' but synthesize.endpoint is empty")
+        return OpenAIBackend(cfg.endpoint, spec, concurrency=cfg.concurrency)
+    raise ConfigError(f"unknown synthesize.backend '{cfg.backend}' (known: transformers, openai)")
 
 
 def select_files(rows: list[dict], cfg: SynthesizeConfig, where: str) -> list[dict]:
@@ -59,7 +71,7 @@ def select_files(rows: list[dict], cfg: SynthesizeConfig, where: str) -> list[di
 
 def run_synthesis(cfg: SynthesizeConfig, crawl_dir: str | Path, out_dir: str | Path) -> dict:
     rows = select_files(read_shards(crawl_dir), cfg, str(crawl_dir))
-    models = _OneModel(cfg.batch_size)
+    models = _OneModel(cfg)
     describe = Sampling(cfg.description_tokens, cfg.temperature, cfg.top_p, cfg.seed)
     # Distinct seeds so that a profile using one model for both roles still samples two different answers.
     implement_strong = Sampling(cfg.code_tokens, cfg.temperature, cfg.top_p, cfg.seed + 1)

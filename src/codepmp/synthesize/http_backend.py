@@ -1,0 +1,88 @@
+"""OpenAI-compatible HTTP generation backend: any vLLM / TGI / KServe server in the cluster, or `codepmp serve`.
+
+    from codepmp.synthesize.http_backend import OpenAIBackend
+    backend = OpenAIBackend("http://vllm.models:8000/v1", "deepseek-ai/deepseek-coder-6.7b-instruct")
+    texts = backend.generate(prompts, Sampling(max_new_tokens=1024, temperature=0.7))
+
+Each prompt is one `/chat/completions` request with a single user message, so the server applies the model's
+chat template exactly as the transformers backend does. Requests run concurrently from a bounded pool
+(`concurrency`); 429 and 5xx answers, timeouts and connection errors are retried with exponential backoff
+(honouring `Retry-After`), and a request that still fails raises `ServiceError` naming the endpoint. The API
+key, if any, comes from the environment variable named by `api_key_env` and is never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from codepmp.errors import ServiceError
+from codepmp.progress import progress
+from codepmp.synthesize.backend import Sampling
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class OpenAIBackend:
+    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8,
+                 max_retries: int = 5, timeout_s: float = 600.0, backoff_s: float = 1.0,
+                 sleep: Callable[[float], None] = time.sleep):
+        import requests
+
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model, self.concurrency, self.max_retries = model, max(1, concurrency), max(1, max_retries)
+        self.timeout_s, self.backoff_s, self.sleep = timeout_s, backoff_s, sleep
+        self.session = requests.Session()
+        self.session.headers["Content-Type"] = "application/json"
+        key = os.environ.get(api_key_env, "")
+        if key:
+            self.session.headers["Authorization"] = f"Bearer {key}"
+
+    def __repr__(self) -> str:
+        return f"OpenAIBackend({self.url!r}, {self.model!r})"
+
+    def generate(self, prompts: list[str], sampling: Sampling, desc: str = "generate") -> list[str]:
+        """Completions of `prompts`, in order; greedy when `sampling.temperature` is 0."""
+        def one(index: int) -> str:
+            body = {"model": self.model, "messages": [{"role": "user", "content": prompts[index]}],
+                    "max_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,
+                    "top_p": sampling.top_p, "seed": sampling.seed + index}
+            return self._post(body)["choices"][0]["message"]["content"]
+
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            results = pool.map(one, range(len(prompts)))
+            return list(progress(results, total=len(prompts), desc=f"{desc} ({self.model})", unit="prompt"))
+
+    def _post(self, body: dict) -> dict:
+        import requests
+
+        problem = ""
+        for attempt in range(self.max_retries):
+            wait = self.backoff_s * 2 ** attempt
+            try:
+                response = self.session.post(self.url, json=body, timeout=self.timeout_s)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                problem = type(exc).__name__
+            else:
+                if response.status_code == 200:
+                    try:
+                        return response.json()
+                    except ValueError:
+                        raise ServiceError(f"{self.url} answered with invalid JSON") from None
+                if response.status_code not in RETRY_STATUSES:
+                    raise ServiceError(f"{self.url} refused the request: HTTP {response.status_code} "
+                                       f"{response.text[:200]}")
+                problem = f"HTTP {response.status_code}"
+                retry_after = response.headers.get("Retry-After", "")
+                if retry_after.replace(".", "", 1).isdigit():
+                    wait = float(retry_after)
+            if attempt + 1 < self.max_retries:
+                log.warning("%s: %s, retrying in %.1fs (attempt %d of %d)", self.url, problem, wait, attempt + 1,
+                            self.max_retries)
+                self.sleep(wait)
+        raise ServiceError(f"{self.url} failed {self.max_retries} times, last: {problem}")
