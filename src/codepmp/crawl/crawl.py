@@ -33,7 +33,7 @@ import json
 import logging
 import os
 from collections import Counter
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -49,6 +49,7 @@ from codepmp.crawl.dedup import (
     word_ids,
     words,
 )
+from codepmp.crawl.sources import Entry
 from codepmp.crawl.units import Unit, chunk_fingerprint, chunks, iter_units, source_specs
 from codepmp.errors import ConfigError, InputError
 from codepmp.progress import progress as progress_bar
@@ -138,6 +139,16 @@ def run_crawl(cfg: CrawlConfig, out: str | os.PathLike, rank: int = 0, world_siz
     return manifest["stats"]
 
 
+class _Candidate(NamedTuple):
+    """A file that passed the filters, waiting for decontamination and dedup."""
+
+    unit: Unit
+    entry: Entry
+    verdict: filters.Verdict
+    row_id: str
+    size: int
+
+
 class _RankWorker:
     """One rank's crawl: chunks in order, each either reused (marker matches) or processed and written."""
 
@@ -185,14 +196,13 @@ class _RankWorker:
         """Put a finished chunk's kept files back into the dedup state, as if it had just been processed."""
         if not marker["shard"]:
             return
-        table = pq.read_table(io.BytesIO(self.folder.get_bytes(marker["shard"]["name"])),
-                              columns=["content_hash", "minhash"])
+        table = read_shard_table(self.folder, marker["shard"], ["content_hash", "minhash"])
         for key, sig in zip(table.column("content_hash").to_pylist(), table.column("minhash").to_pylist()):
             self.dedup.add(key, signature_from_bytes(sig))
 
     def _process(self, chunk: list[Unit], index: int, progress: bool):
         dropped: Counter[str] = Counter()
-        candidates: list[tuple[Unit, Any, str, str, str, int]] = []
+        candidates: list[_Candidate] = []
         seen = bytes_seen = 0
         units = progress_bar(chunk, desc=f"crawl rank {self.rank} chunk {index}", unit="unit", disable=not progress)
         for unit in units:
@@ -204,7 +214,7 @@ class _RankWorker:
                     dropped[reason] += 1
                 else:
                     # Raw bytes are not kept, only their hash and size: a chunk's text is memory enough.
-                    candidates.append((unit, entry, verdict.text, verdict.language, filters.content_id(data), len(data)))
+                    candidates.append(_Candidate(unit, entry, verdict, filters.content_id(data), len(data)))
         rows = self._dedup(candidates, dropped)
         if rows and self.cfg.classify.enabled:
             self._classify(rows)
@@ -242,14 +252,14 @@ class _RankWorker:
         while start < len(candidates):
             stop, chars = start, 0
             while stop < len(candidates) and (stop == start or chars < DEDUP_BATCH_CHARS):
-                chars += len(candidates[stop][2])
+                chars += len(candidates[stop].verdict.text)
                 stop += 1
             rows += self._dedup_batch(candidates[start:stop], dropped)
             start = stop
         return rows
 
     def _dedup_batch(self, candidates, dropped: Counter[str]) -> list[dict[str, Any]]:
-        token_lists = [words(text) for _, _, text, _, _, _ in candidates]
+        token_lists = [words(c.verdict.text) for c in candidates]
         id_arrays = [word_ids(tokens) for tokens in token_lists]
         contaminated = (self.decontam.contaminated(token_lists, id_arrays) if self.decontam is not None
                         else [False] * len(candidates))
@@ -259,20 +269,22 @@ class _RankWorker:
         del id_arrays
         signatures = dict(zip(clean, self.dedup.signatures_of_shingles(shingles)))
         rows = []
-        for i, (unit, entry, text, language, row_id, size) in enumerate(candidates):
+        for i, candidate in enumerate(candidates):
             if contaminated[i]:
                 dropped["contaminated"] += 1
                 continue
+            entry, text = candidate.entry, candidate.verdict.text
             key = content_hash(text)
             reason = self.dedup.check(key, signatures[i])
             if reason:
                 dropped[reason] += 1
                 continue
             rows.append({
-                "id": row_id, "source": unit.source, "path": entry.path, "language": language,
-                "content": text, "size_bytes": size, "n_lines": filters.count_lines(text),
-                "repo": entry.repo, "commit": entry.commit, "license": entry.license, "content_hash": key,
-                "minhash": signature_bytes(signatures[i]), "category": None, "engineering_prob": None,
+                "id": candidate.row_id, "source": candidate.unit.source, "path": entry.path,
+                "language": candidate.verdict.language, "content": text, "size_bytes": candidate.size,
+                "n_lines": candidate.verdict.n_lines, "repo": entry.repo, "commit": entry.commit,
+                "license": entry.license, "content_hash": key, "minhash": signature_bytes(signatures[i]),
+                "category": None, "engineering_prob": None,
             })
         return rows
 
@@ -296,6 +308,11 @@ class _RankWorker:
         log.info("crawl rank %d kept %d of %d files (%d bytes) in %d shards", self.rank, stats["files_kept"],
                  stats["files_seen"], stats["bytes_kept"], len(shards))
         return manifest
+
+
+def read_shard_table(folder, shard: dict[str, Any], columns: list[str]) -> pa.Table:
+    """`columns` of one shard listed in a manifest, from a local or object-store folder."""
+    return pq.read_table(io.BytesIO(folder.get_bytes(shard["name"])), columns=columns)
 
 
 def _parquet_bytes(rows: list[dict[str, Any]]) -> bytes:
@@ -370,8 +387,7 @@ def finalize_crawl(cfg: CrawlConfig, out: str | os.PathLike, world_size: int) ->
 
 
 def _column(folder, shard: dict[str, Any], column: str) -> list:
-    table = pq.read_table(io.BytesIO(folder.get_bytes(shard["name"])), columns=[column])
-    return table.column(column).to_pylist()
+    return read_shard_table(folder, shard, [column]).column(column).to_pylist()
 
 
 def _cross_rank_duplicates(cfg: CrawlConfig, folder, manifests) -> tuple[list[str], list[str]]:
@@ -381,8 +397,7 @@ def _cross_rank_duplicates(cfg: CrawlConfig, folder, manifests) -> tuple[list[st
     ids: list[str] = []
     for manifest in manifests:
         for shard in manifest["shards"]:
-            table = pq.read_table(io.BytesIO(folder.get_bytes(shard["name"])),
-                                  columns=["id", "content_hash", "minhash"])
+            table = read_shard_table(folder, shard, ["id", "content_hash", "minhash"])
             for row_id, key, sig in zip(*(table.column(c).to_pylist() for c in ("id", "content_hash", "minhash"))):
                 ids.append(row_id)
                 if dedup.check(key, signature_from_bytes(sig)):

@@ -45,6 +45,8 @@ real source files contain, which would under-count line lengths.
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import posixpath
 import re
@@ -234,6 +236,8 @@ class Verdict:
     language: str | None = None
     """The kept file's language: by extension, or a notebook's kernel language; None for a drop or a file
     whose extension has no language (when `path_drop_reason` was not applied first)."""
+    n_lines: int = dataclasses.field(default=0, compare=False)
+    """Lines of the kept text (counted by the filters already, so the crawl need not count again)."""
 
 
 @dataclass(frozen=True)
@@ -560,7 +564,7 @@ def check_content(data: bytes, path: str, cfg: CrawlConfig) -> Verdict:
         or _generated_reason(text, path, stats)
         or _extension_reason(text, stats, rule)
     )
-    return Verdict(reason) if reason else kept
+    return Verdict(reason) if reason else dataclasses.replace(kept, n_lines=stats.n_lines)
 
 
 def content_drop_reason(data: bytes, cfg: CrawlConfig, path: str = "") -> tuple[str | None, str | None]:

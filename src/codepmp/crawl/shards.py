@@ -10,12 +10,10 @@ store), the ids dropped as duplicates across ranks (`excluded`) and, with `max_f
 
 from __future__ import annotations
 
-import io
 import os
 from typing import Any
 
-import pyarrow.parquet as pq
-
+from codepmp.crawl.crawl import read_shard_table
 from codepmp.errors import InputError
 from codepmp.storage import LocalFolder, open_folder
 
@@ -43,7 +41,7 @@ def read_shards(path: str | os.PathLike, columns: tuple[str, ...] = READ_COLUMNS
     keep = set(manifest["keep"]) if manifest.get("keep") is not None else None
     by_id: dict[str, dict[str, Any]] = {}
     for shard in manifest["shards"]:
-        table = pq.read_table(io.BytesIO(folder.get_bytes(shard["name"])), columns=list(columns))
+        table = read_shard_table(folder, shard, list(columns))
         for row in table.to_pylist():
             if row["id"] in excluded or (keep is not None and row["id"] not in keep):
                 continue

@@ -106,23 +106,24 @@ def _hub_units(cfg: CrawlConfig, spec: str) -> Iterator[Unit]:
 def github_plan(cfg: CrawlConfig, folder=None) -> list[dict]:
     """The repositories to crawl, pinned to commits: read from `folder` when a rank already planned this crawl,
     else searched now and saved there, so every rank and every rerun reads the same repositories."""
-    from codepmp.crawl.github import GitHubSource
-
     if folder is not None and folder.exists(GITHUB_PLAN):
         return folder.get_json(GITHUB_PLAN)["repos"]
-    source = GitHubSource(cfg.github, languages=cfg.languages, max_archive_bytes=cfg.max_archive_bytes,
-                          max_archive_members=cfg.max_archive_members, environ=os.environ)
+    source = _github_source(cfg)
     plan = source.plan()
     if folder is not None:
         folder.put_json(GITHUB_PLAN, {"repos": plan, "skipped": dict(source.skipped)})
     return plan
 
 
-def _github_units(cfg: CrawlConfig, folder) -> Iterator[Unit]:
+def _github_source(cfg: CrawlConfig):
     from codepmp.crawl.github import GitHubSource
 
-    source = GitHubSource(cfg.github, languages=cfg.languages, max_archive_bytes=cfg.max_archive_bytes,
-                          max_archive_members=cfg.max_archive_members, environ=os.environ)
+    return GitHubSource(cfg.github, languages=cfg.languages, max_archive_bytes=cfg.max_archive_bytes,
+                        max_archive_members=cfg.max_archive_members, environ=os.environ)
+
+
+def _github_units(cfg: CrawlConfig, folder) -> Iterator[Unit]:
+    source = _github_source(cfg)
     for repo in github_plan(cfg, folder):
         size = int(repo.get("size_kb") or 1024) * 1024
         yield Unit(GITHUB, repo["repo"], size, lambda repo=repo: source.entries(repo))
