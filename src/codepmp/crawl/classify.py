@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from codepmp.errors import CodepmpError, ConfigError, InputError
+from codepmp.models import chat_prompt, load_for_inference
+from codepmp.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     from codepmp.config import ClassifyConfig
@@ -66,23 +67,10 @@ def _answer_ids(tokenizer, words: Sequence[str], other_words: Sequence[str]) -> 
     return sorted({ids[0] for ids in encoded if ids} - other_first)
 
 
-def _load(spec: str, dtype: torch.dtype):
-    """Load the LM through `codepmp.models`, turning any loading failure into a one-line `InputError`."""
-    from codepmp.models import load_causal_lm
-
-    try:
-        return load_causal_lm(spec, dtype=dtype)
-    except CodepmpError:
-        raise
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"classifier model '{spec}' cannot be loaded: {reason}") from exc
-
-
 class CodeClassifier:
     """Scores files as engineering code with P(yes) / (P(yes) + P(no)) from a causal LM's next token.
 
-    Runs in bf16 on a GPU when there is one, else in fp32 on the CPU (bf16 matmuls are slow on most CPUs).
+    Runs in bf16 on a GPU when there is one, else in fp32 on the CPU (see `codepmp.models.load_for_inference`).
     """
 
     def __init__(self, cfg: ClassifyConfig, prompt: str = PROMPT):
@@ -92,10 +80,7 @@ class CodeClassifier:
             raise ConfigError(f"classify.max_chars must be at least 1, got {cfg.max_chars}")
         self.cfg = cfg
         self.prompt = prompt
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.model, self.tokenizer = _load(cfg.model, dtype)
-        self.model.to(self.device).eval()
+        self.model, self.tokenizer, self.device = load_for_inference(cfg.model, "classifier model")
         self.yes_ids = _answer_ids(self.tokenizer, YES_WORDS, NO_WORDS)
         self.no_ids = _answer_ids(self.tokenizer, NO_WORDS, YES_WORDS)
         if not self.yes_ids or not self.no_ids:
@@ -105,10 +90,7 @@ class CodeClassifier:
     def format(self, code: str, language: str) -> str:
         """The full model input for one file: the question, through the chat template when the model has one."""
         question = self.prompt.format(language=language, code=code[: self.cfg.max_chars])
-        if self.tokenizer.chat_template:
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                                      add_generation_prompt=True)
-        return question + "\nAnswer:"
+        return chat_prompt(self.tokenizer, question, plain_suffix="\nAnswer:")
 
     def _encode(self, code: str, language: str) -> list[int]:
         """Token ids of one prompt, shortening the excerpt until it fits the model's context window.

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from codepmp.models import load_causal_lm
+from codepmp.models import chat_prompt, load_for_inference
 from codepmp.progress import progress
 
 
@@ -26,17 +26,11 @@ class TransformersBackend:
     def __init__(self, model_spec: str, batch_size: int = 16):
         self.model_spec = model_spec
         self.batch_size = batch_size
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.model, self.tokenizer = load_causal_lm(model_spec, dtype=dtype)
-        self.model.to(self.device).eval()
+        self.model, self.tokenizer, self.device = load_for_inference(model_spec, "generation model")
 
     def format(self, prompt: str) -> str:
         """Wrap a prompt in the model's chat template when it has one (instruct models), else use it raw."""
-        if self.tokenizer.chat_template:
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                      add_generation_prompt=True)
-        return prompt
+        return chat_prompt(self.tokenizer, prompt)
 
     @torch.inference_mode()
     def generate(self, prompts: list[str], sampling: Sampling, desc: str = "generate") -> list[str]:
