@@ -73,7 +73,8 @@ def tiny_pipeline_run(stack_env, tmp_path_factory) -> dict:
     run_local("tiny", overrides, "pipeline-test", str(root))
     (run_dir,) = [p for p in root.iterdir() if p.is_dir()]
     # kfp.local names repeated tasks by creation order: the PMP finetune is created before the control.
-    names = {"crawl_merge": "crawl-merge", "synthesize": "synthesize", "base_model": "base-model",
+    names = {"crawl_merge": "crawl-merge", "synthesize": "for-loop-2-iteration-0/synthesize",
+             "synthesize_merge": "synthesize-merge", "base_model": "base-model",
              "reasoning_data": "reasoning-data", "pretrain": "pretrain", "finetune": "finetune",
              "finetune_control": "finetune-2", "evaluate": "evaluate", "register": "register"}
     return {"root": root, "run_name": "pipeline-test", "experiment": PIPELINE_TEST_EXPERIMENT,

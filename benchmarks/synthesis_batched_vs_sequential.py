@@ -2,12 +2,18 @@
 
     .venv/bin/python benchmarks/synthesis_batched_vs_sequential.py                      # SmolLM2, CPU
     .venv/bin/python benchmarks/synthesis_batched_vs_sequential.py --model gemma3-270m --prompts 32
+    python benchmarks/synthesis_batched_vs_sequential.py --vllm --model deepseek-ai/deepseek-coder-1.3b-instruct \
+        --prompts 512 --max-new-tokens 512 --batch-size 64                            # GPU image, one GPU
 
 Same prompts (the paper's description prompt over stdlib files), same model, greedy decoding, in one process.
 The baseline is what a user writes first: the chat template, then `model.generate` per prompt. codepmp's
 backend sorts prompts by length, left-pads batches of `--batch-size` and generates them together. Prints
 new tokens per second of each and their ratio, and checks that the texts are equal (greedy decoding of a
 left-padded batch equals decoding each prompt alone, up to floating-point ties).
+
+With `--vllm` (a GPU with vllm installed) it compares instead codepmp's vLLM backend with its batched
+transformers backend (bf16): tokens/s of each from its own token counts, and how many texts agree (bf16
+kernels differ, so greedy texts may diverge late; the count is reported, not required).
 """
 
 from __future__ import annotations
@@ -56,9 +62,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--max-chars", type=int, default=600)
+    parser.add_argument("--vllm", action="store_true", help="vLLM backend vs batched transformers (GPU)")
     args = parser.parse_args()
 
     from codepmp.synthesize.backend import Sampling, TransformersBackend
+
+    if args.vllm:
+        return vllm_vs_batched(args)
 
     backend = TransformersBackend(args.model, args.batch_size)
     texts = prompts(args.prompts, args.max_chars)
@@ -78,6 +88,33 @@ def main() -> None:
     print(f"sequential generate: {base_s:7.1f} s  {new_tokens / base_s:7.1f} new tok/s")
     print(f"codepmp batched:     {ours_s:7.1f} s  {new_tokens / ours_s:7.1f} new tok/s (same tokens)")
     print(f"speedup {base_s / ours_s:.2f}x; identical texts {same}/{len(texts)}")
+
+
+def vllm_vs_batched(args) -> None:
+    import gc
+
+    from codepmp.synthesize.backend import Sampling, TransformersBackend
+    from codepmp.synthesize.vllm_backend import VLLMBackend
+
+    texts = prompts(args.prompts, args.max_chars)
+    greedy = Sampling(args.max_new_tokens, temperature=0.0)
+    results = {}
+    for name, make in (("hf batched", lambda: TransformersBackend(args.model, args.batch_size)),
+                       ("codepmp vllm", lambda: VLLMBackend(args.model))):
+        backend = make()
+        backend.complete(texts[:2], Sampling(4, temperature=0.0))  # warm-up (CUDA graphs, kernels)
+        start = time.perf_counter()
+        done = backend.complete(texts, greedy, desc=name)
+        seconds = time.perf_counter() - start
+        results[name] = (done, seconds, sum(c.tokens for c in done))
+        print(f"{name:13s} {seconds:7.1f} s  {results[name][2] / seconds:9.1f} new tok/s", flush=True)
+        del backend
+        gc.collect()
+        torch.cuda.empty_cache()
+    (hf, hf_s, hf_tok), (vl, vl_s, vl_tok) = results.values()
+    same = sum(a.text == b.text for a, b in zip(hf, vl))
+    print(f"model {args.model}, {len(texts)} prompts, {args.max_new_tokens} new tokens max, batch {args.batch_size}")
+    print(f"vllm / hf tokens/s: {(vl_tok / vl_s) / (hf_tok / hf_s):.2f}x; identical texts {same}/{len(texts)}")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ class ClusterSpec:
     searches unauthenticated, at GitHub's much lower rate limit)."""
     crawl_parallelism: int = 0
     """Crawl rank pods running at once (KFP ParallelFor parallelism); 0 runs all `crawl.world_size` at once."""
+    synthesize_parallelism: int = 0
+    """Synthesis shard pods running at once (each takes `gpus` GPUs); 0 runs all `synthesize.world_size` at once."""
 
 
 def apply(task, spec: ClusterSpec, gpu: bool, github: bool = False):

@@ -1,4 +1,4 @@
-"""The codepmp pipeline DAG: crawl -> synthesize -> pretrain -> finetune (PMP and control) -> evaluate -> register.
+"""The codepmp pipeline DAG: crawl -> synthesize (both fanned out over shards) -> pretrain -> finetune (PMP and control) -> evaluate -> register.
 
     python -m pipelines.compile --out build/codepmp.yaml     # or `make compile`
 
@@ -18,7 +18,8 @@ from components.finetune.component import finetune
 from components.pretrain.component import pretrain
 from components.reasoning_data.component import reasoning_data
 from components.register.component import register
-from components.synthesize.component import synthesize
+from components.synthesize.component import synthesize, synthesize_shards
+from components.synthesize_merge.component import synthesize_merge
 from pipelines.cluster import ClusterSpec, apply
 
 GPU_STAGES = {"synthesize", "pretrain", "finetune-pmp", "finetune-control"}
@@ -31,19 +32,24 @@ def build(cluster: "ClusterSpec | None" = None):
                                               "best-of-N evaluation -> MLflow registry")
     def codepmp(profile: str = "local", overrides: dict = {}, run_name: str = "codepmp"):  # noqa: B006
         common = {"profile": profile, "overrides": overrides, "run_name": run_name}
-        parallelism = cluster.crawl_parallelism if cluster is not None else 0
+        crawl_parallelism = cluster.crawl_parallelism if cluster is not None else 0
+        synthesize_parallelism = cluster.synthesize_parallelism if cluster is not None else 0
         # Training checkpoints are scoped to the job, so a retried pod resumes and a new run never does.
         training = {**common, "job_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
         tasks = {}
         tasks["crawl_ranks"] = crawl_ranks(profile=profile, overrides=overrides)
-        with dsl.ParallelFor(tasks["crawl_ranks"].output, parallelism=parallelism) as rank:
+        with dsl.ParallelFor(tasks["crawl_ranks"].output, parallelism=crawl_parallelism) as rank:
             tasks["crawl"] = crawl(**common, rank=rank)
         tasks["crawl_merge"] = crawl_merge(**common).after(tasks["crawl"])
-        tasks["synthesize"] = synthesize(**common, shards=tasks["crawl_merge"].outputs["shards"])
+        tasks["synthesize_shards"] = synthesize_shards(profile=profile, overrides=overrides)
+        with dsl.ParallelFor(tasks["synthesize_shards"].output, parallelism=synthesize_parallelism) as shard:
+            tasks["synthesize"] = synthesize(**common, rank=shard, shards=tasks["crawl_merge"].outputs["shards"])
+        tasks["synthesize_merge"] = synthesize_merge(**common,
+                                                     shards=dsl.Collected(tasks["synthesize"].outputs["pairs"]))
         tasks["base_model"] = base_model(**common)
         tasks["reasoning_data"] = reasoning_data(**common)
         tasks["pretrain"] = pretrain(**training, base=tasks["base_model"].outputs["model"],
-                                     pairs=tasks["synthesize"].outputs["pairs"])
+                                     pairs=tasks["synthesize_merge"].outputs["pairs"])
         data = tasks["reasoning_data"].outputs["data"]
         tasks["finetune-pmp"] = finetune(**training, variant="pmp", init_model=tasks["pretrain"].outputs["model"],
                                          data=data)
@@ -57,9 +63,10 @@ def build(cluster: "ClusterSpec | None" = None):
             task.set_display_name(name)
             if cluster is not None:
                 apply(task, cluster, gpu=name in GPU_STAGES, github=name == "crawl")
-        # Registration, checkpointed training and the crawl (its shards live in the object store, resumed by
-        # chunk markers) have side effects outside KFP's cache.
-        for name in ("crawl", "crawl_merge", "pretrain", "finetune-pmp", "finetune-control", "register"):
+        # Registration, checkpointed training, the crawl and the synthesis (their work lives in the object
+        # store, resumed by chunk markers) have side effects outside KFP's cache.
+        for name in ("crawl", "crawl_merge", "synthesize", "pretrain", "finetune-pmp", "finetune-control",
+                     "register"):
             tasks[name].set_caching_options(False)
 
     return codepmp

@@ -4,6 +4,7 @@
     codepmp up | down | status                   # embedded S3 + MLflow stack
     codepmp crawl --out DIR|s3://B/P [--set crawl.max_files=100]   # --rank R with --set crawl.world_size=N,
     codepmp crawl-merge --out DIR|s3://B/P                         # then crawl-merge once all ranks are done
+    codepmp synthesize --crawl DIR --out DIR    # every shard, then the merge; rerun to resume (cache in DIR/cache)
     codepmp compile --out build/codepmp.yaml     # then: codepmp submit --package build/codepmp.yaml
     codepmp serve --model smollm2-135m-instruct [--port 8000]   # OpenAI-compatible server for synthesis
     codepmp promote --version 3 [--force]
@@ -95,6 +96,8 @@ def _stage_cmd(name: str):
             kwargs = {"location": args.out_dir, "rank": args.rank}
         elif name == "crawl_merge":
             kwargs = {"location": args.out_dir, "out_dir": args.out_dir}
+        elif name == "synthesize":
+            kwargs = {**kwargs, "location": str(Path(args.out_dir) / "cache")}
         elif name == "evaluate":
             kwargs = {"models": {"pmp": args.pmp, "control": args.control}, "data_dir": args.data,
                       "report_path": str(Path(args.out) / "report.md"),

@@ -182,13 +182,28 @@ class SynthesizeConfig:
     """Prompts per generation batch (length-sorted, left-padded)."""
     seed: int = 0
     """Sampling seed, so a rerun writes the same pairs."""
+    stop: list[str] = field(default_factory=list)
+    """Extra strings that end a generation (the models' end-of-turn tokens always do)."""
+    drop_unfinished: bool = False
+    """Drop a pair when its description or either implementation hit the token cap without finishing (paper
+    profile: true). Off by default because the CPU profiles' caps cut most outputs; kept ones are counted."""
+    quality_signals: bool = True
+    """Store chosen/rejected length and whether each parses in its language as columns of the pairs."""
+    world_size: int = 1
+    """Shards the synthesis fans out to (one KFP ParallelFor task each); chunk i goes to shard i % world_size."""
+    chunk_rows: int = 64
+    """Files per chunk: the unit of caching and resume (a killed task redoes at most one chunk per role)."""
     backend: str = "transformers"
-    """"transformers" (in-process) or "openai": an OpenAI-compatible server at `endpoint` serving the three models
-    under their names (vLLM, TGI, KServe, or `codepmp serve`)."""
+    """"transformers" (in-process), "vllm" (in-process, GPU image) or "openai": an OpenAI-compatible server at
+    `endpoint` serving the three models under their names (vLLM, TGI, KServe, or `codepmp serve`)."""
+    tensor_parallel_size: int = 1
+    """GPUs each model is split over (backend "vllm"); set it to the GPUs of the synthesis pod."""
     endpoint: str = ""
     """Base URL of the OpenAI-compatible server, e.g. http://vllm.models:8000/v1 (backend "openai")."""
     concurrency: int = 8
     """Requests in flight at once to the server (backend "openai")."""
+    retries: int = 5
+    """Attempts per request before the stage fails (backend "openai"); waits double from 1 s, or Retry-After."""
 
 
 @dataclass
@@ -312,7 +327,8 @@ def _paper() -> dict[str, Any]:
                        "strong_model": "deepseek-ai/deepseek-coder-6.7b-instruct",
                        "weak_model": "deepseek-ai/deepseek-coder-1.3b-instruct",
                        "max_pairs": 0, "max_code_chars": 8000, "description_tokens": 1024,
-                       "code_tokens": 1024, "batch_size": 64},
+                       "code_tokens": 1024, "temperature": 0.7, "drop_unfinished": True, "backend": "vllm", "world_size": 64,
+                       "chunk_rows": 2048},
         "pretrain": paper_train,
         "finetune": {**paper_train, "lm_coef": 0.0, "lr": 1e-6, "grad_accum": 8, "checkpoint_every": 200},
         "reasoning": {"train_problems": 7273, "dev_problems": 200, "candidates_per_problem": 64},

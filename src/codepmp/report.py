@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-STAGE_ORDER = ["crawl", "crawl_merge", "synthesize", "base_model", "reasoning_data", "pretrain", "finetune", "evaluate", "register"]
+STAGE_ORDER = ["crawl", "crawl_merge", "synthesize", "synthesize_merge", "base_model", "reasoning_data", "pretrain",
+               "finetune", "evaluate", "register"]
 HEADLINE = ["pairwise_accuracy", "bon1_rm", "bon4_rm", "bon8_rm", "bon8_random", "bon8_majority", "bon8_oracle"]
 
 

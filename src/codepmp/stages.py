@@ -59,8 +59,8 @@ def _log_result(result: dict) -> None:
 
 def _section_params(cfg: PipelineConfig, name: str) -> dict:
     section = {"pretrain": "pretrain", "finetune": "finetune", "crawl": "crawl", "crawl_merge": "crawl",
-               "synthesize": "synthesize", "reasoning_data": "reasoning", "evaluate": "evaluate",
-               "register": "promote"}.get(name)
+               "synthesize": "synthesize", "synthesize_merge": "synthesize", "reasoning_data": "reasoning",
+               "evaluate": "evaluate", "register": "promote"}.get(name)
     params = {"base_model": cfg.base_model}
     if section:
         params.update(_flatten(dataclasses.asdict(getattr(cfg, section)), section))
@@ -122,13 +122,41 @@ def crawl_merge(cfg: PipelineConfig, run_name: str, out_dir: str, location: str 
     return _crawl_result(manifest["stats"])
 
 
-@stage("synthesize")
-def synthesize(cfg: PipelineConfig, run_name: str, crawl_dir: str, out_dir: str) -> dict:
-    from codepmp.synthesize.run import run_synthesis
+def synthesis_location(run_name: str) -> str:
+    """Where a pipeline's synthesis tasks keep their row cache: the object store under the run name, so a
+    retried task resumes; `synthesize_shard` adds a fingerprint of the files and settings below it."""
+    from codepmp.storage import BUCKET_VAR, DEFAULT_BUCKET
 
-    stats = run_synthesis(cfg.synthesize, crawl_dir, out_dir)
-    return {"files": stats["files"], "pairs": stats["pairs"],
-            **{f"dropped_{k}": v for k, v in stats["dropped"].items()}}
+    return f"s3://{os.environ.get(BUCKET_VAR) or DEFAULT_BUCKET}/synthesize/{run_name}"
+
+
+def _synthesis_result(stats: dict) -> dict:
+    keep = ("rank", "shards", "files", "pairs", "generated_tokens", "generate_s", "rows_per_s", "tokens_per_s")
+    return {**{k: stats[k] for k in keep if k in stats}, **{f"dropped_{k}": v for k, v in stats["dropped"].items()},
+            **{f"truncated_{k}": v for k, v in stats["truncated_kept"].items()}}
+
+
+@stage("synthesize")
+def synthesize(cfg: PipelineConfig, run_name: str, crawl_dir: str, out_dir: str, rank: int | None = None,
+               location: str = "") -> dict:
+    """Shard `rank` of the synthesis into `out_dir` (a pipeline task), or with no rank every shard in turn
+    and then their merge (the CLI). Rows/s and tokens/s of the generation become MLflow metrics."""
+    from codepmp.synthesize.run import run_synthesis, synthesize_shard
+
+    where = location or synthesis_location(run_name)
+    if rank is None:
+        return _synthesis_result(run_synthesis(cfg.synthesize, crawl_dir, out_dir, where))
+    return _synthesis_result(synthesize_shard(cfg.synthesize, crawl_dir, where, out_dir, rank))
+
+
+@stage("synthesize_merge")
+def synthesize_merge(cfg: PipelineConfig, run_name: str, shard_dirs: list[str], out_dir: str) -> dict:
+    """Concatenate the shard tasks' outputs into one pairs.parquet with summed stats."""
+    from codepmp.synthesize.run import merge_shards
+
+    stats = merge_shards(shard_dirs, out_dir)
+    tokens_per_s = stats["generated_tokens"] / stats["generate_s"] if stats["generate_s"] else 0.0
+    return {**_synthesis_result(stats), "tokens_per_s": round(tokens_per_s, 1)}
 
 
 @stage("base_model")

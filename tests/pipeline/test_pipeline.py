@@ -16,7 +16,7 @@ import yaml
 from codepmp.report import stage_runs, summary_text
 from pipelines.run import compile_pipeline
 
-STAGES = ["crawl-ranks", "for-loop-1", "crawl-merge", "synthesize", "base-model", "reasoning-data", "pretrain", "finetune", "finetune-2", "evaluate",
+STAGES = ["crawl-ranks", "for-loop-1", "crawl-merge", "synthesize-shards", "for-loop-2", "synthesize-merge", "base-model", "reasoning-data", "pretrain", "finetune", "finetune-2", "evaluate",
           "register"]
 
 
@@ -25,11 +25,13 @@ def test_tiny_pipeline_end_to_end(tiny_pipeline_run):
     experiment, run_name = tiny_pipeline_run["experiment"], tiny_pipeline_run["run_name"]
     runs = stage_runs(experiment, run_name)
     by_stage = {(r["stage"], r["variant"]): r["metrics"] for r in runs}
-    assert set(by_stage) == {("crawl", ""), ("crawl_merge", ""), ("synthesize", ""), ("base_model", ""), ("reasoning_data", ""),
+    assert set(by_stage) == {("crawl", ""), ("crawl_merge", ""), ("synthesize", ""), ("synthesize_merge", ""),
+                             ("base_model", ""), ("reasoning_data", ""),
                              ("pretrain", ""), ("finetune", "pmp"), ("finetune", "control"), ("evaluate", ""),
                              ("register", "")}
     assert all(m["wall_s"] > 0 for m in by_stage.values())
-    assert by_stage[("synthesize", "")]["pairs"] >= 1
+    assert by_stage[("synthesize_merge", "")]["pairs"] >= 1
+    assert by_stage[("synthesize", "")]["tokens_per_s"] > 0 and by_stage[("synthesize", "")]["rows_per_s"] > 0
     assert "lm_loss" in by_stage[("pretrain", "")] and "lm_loss" not in by_stage[("finetune", "pmp")]
     evaluation = by_stage[("evaluate", "")]
     for variant in ("pmp", "control"):
@@ -67,6 +69,15 @@ def test_compiled_yaml_holds_every_stage_and_cluster_settings(tmp_path):
     crawl_k8s = json.dumps(k8s[fan_out["crawl"]["componentRef"]["name"].replace("comp-", "exec-")])
     assert "codepmp-env" in crawl_k8s and "h100" not in crawl_k8s and "codepmp-github" in crawl_k8s
     assert "codepmp-github" not in pretrain_k8s
+    shards = spec["components"]["comp-for-loop-2"]["dag"]["tasks"]
+    assert list(shards) == ["synthesize"]
+    assert tasks["for-loop-2"]["parameterIterator"]["items"] == {
+        "inputParameter": "pipelinechannel--synthesize-shards-Output"}
+    merged = tasks["synthesize-merge"]["inputs"]["artifacts"]["shards"]
+    assert merged == {"taskOutputArtifact": {"outputArtifactKey": "pipelinechannel--synthesize-pairs",
+                                             "producerTask": "for-loop-2"}}
+    synth_k8s = json.dumps(k8s[shards["synthesize"]["componentRef"]["name"].replace("comp-", "exec-")])
+    assert "h100" in synth_k8s and "/dev/shm" in synth_k8s
 
 
 @pytest.mark.integration

@@ -167,16 +167,140 @@ def test_synthesis_through_the_server_equals_in_process(served: CompletionServer
                                  backend="openai", endpoint=served.url, concurrency=2)
     stats = [run_synthesis(cfg, tmp_path / "crawl", tmp_path / name)
              for cfg, name in ((local, "local"), (remote, "remote"))]
-    assert stats[0] == stats[1]
+    timing = {"generate_s"}
+    assert {k: v for k, v in stats[0].items() if k not in timing} == {k: v for k, v in stats[1].items()
+                                                                       if k not in timing}
     assert read_pairs(tmp_path / "local") == read_pairs(tmp_path / "remote")
 
 
 def test_unknown_backend_and_missing_endpoint_are_config_errors(tmp_path):
     from codepmp.config import SynthesizeConfig
     from codepmp.errors import ConfigError
-    from codepmp.synthesize.run import _backend
+    from codepmp.synthesize.run import make_backend
 
     with pytest.raises(ConfigError, match="endpoint is empty"):
-        _backend(SynthesizeConfig(backend="openai"), "m")
+        make_backend(SynthesizeConfig(backend="openai"), "m")
     with pytest.raises(ConfigError, match="unknown synthesize.backend 'vllm-typo'"):
-        _backend(SynthesizeConfig(backend="vllm-typo"), "m")
+        make_backend(SynthesizeConfig(backend="vllm-typo"), "m")
+
+
+def test_server_reports_token_capped_completions_as_length(served: CompletionServer):
+    """finish_reason "length" when max_tokens cut the answer; the client turns it into finished=False."""
+    import requests
+
+    body = {"model": "tiny", "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 3,
+            "temperature": 0}
+    answer = requests.post(served.url + "/chat/completions", json=body, timeout=30).json()
+    local = served.backends["tiny"].complete([PROMPTS[0]], Sampling(max_new_tokens=3, temperature=0.0))[0]
+    assert answer["choices"][0]["finish_reason"] == ("stop" if local.finished else "length")
+    assert answer["usage"]["completion_tokens"] == local.tokens
+    [remote] = OpenAIBackend(served.url, "tiny").complete([PROMPTS[0]], Sampling(max_new_tokens=3, temperature=0.0))
+    assert remote == local
+
+
+def _serve(model: str) -> tuple:
+    """`codepmp serve` in its own process on a free port: (process, base URL) once it answers /health."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "codepmp.cli", "serve", "--model", model, "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url.removesuffix("/v1") + "/health", timeout=1).ok:
+                return proc, url
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("codepmp serve did not come up in 120 s")
+
+
+def test_server_dying_mid_shard_then_rerun_completes_without_duplicates(tmp_path):
+    """The server process is killed (SIGKILL) halfway through a chunk's requests; the stage fails with a clear
+    error, and a rerun against a new server generates only the chunks not yet cached and writes every pair once,
+    equal to a run that never failed."""
+    import dataclasses
+    import inspect
+    import signal
+    import string
+    import textwrap
+
+    import pyarrow.parquet as pq
+
+    from codepmp.config import CrawlConfig, DecontamConfig, SynthesizeConfig
+    from codepmp.crawl import run_crawl
+    from codepmp.synthesize.run import make_backend, run_synthesis
+    from codepmp.testing import write_tiny_model
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for module in (textwrap, string, inspect):
+        (corpus / f"{module.__name__}.py").write_text(inspect.getsource(module))
+    run_crawl(CrawlConfig(sources=[str(corpus)], max_bytes=200_000, decontam=DecontamConfig(enabled=False)),
+              tmp_path / "crawl", progress=False)
+    model = str(write_tiny_model(tmp_path / "lm", reward=False))
+    base = SynthesizeConfig(summarizer_model=model, strong_model=model, weak_model=model, temperature=0.7,
+                            max_code_chars=200, description_tokens=6, code_tokens=6, chunk_rows=2, max_pairs=0,
+                            backend="openai", concurrency=1, retries=1)
+
+    proc, url = _serve(model)
+    requests_made: list[str] = []
+
+    class DiesMidChunk:
+        """The HTTP backend; in the 3rd chunk (chosen, chunk 0 of 2) the server is killed after 1 of 2 requests."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def complete(self, prompts, sampling, desc="generate"):
+            requests_made.append(desc)
+            if len(requests_made) == 3:
+                self.inner.complete(prompts[:1], sampling, desc)
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+            return self.inner.complete(prompts, sampling, desc)
+
+    try:
+        cfg = dataclasses.replace(base, endpoint=url)
+        with pytest.raises(ServiceError, match="failed 1 times, last: ConnectionError"):
+            run_synthesis(cfg, tmp_path / "crawl", tmp_path / "out",
+                          backend_factory=lambda c, spec: DiesMidChunk(make_backend(c, spec)))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert requests_made == ["description"] * 2 + ["chosen"]
+
+    proc, url = _serve(model)
+    try:
+        rerun: list[str] = []
+
+        def counted(c, spec):
+            backend = make_backend(c, spec)
+            original = backend.complete
+
+            def complete(prompts, sampling, desc="generate"):
+                rerun.append(desc)
+                return original(prompts, sampling, desc)
+
+            backend.complete = complete
+            return backend
+
+        cfg = dataclasses.replace(base, endpoint=url)
+        resumed = run_synthesis(cfg, tmp_path / "crawl", tmp_path / "out", backend_factory=counted)
+        assert rerun == ["chosen"] * 2 + ["rejected"] * 2  # the cached descriptions are not asked for again
+        clean = run_synthesis(cfg, tmp_path / "crawl", tmp_path / "clean")
+    finally:
+        proc.kill()
+        proc.wait()
+    pairs = pq.read_table(tmp_path / "out" / "pairs.parquet").to_pylist()
+    assert len({p["id"] for p in pairs}) == len(pairs) == resumed["pairs"] == 3
+    assert pairs == pq.read_table(tmp_path / "clean" / "pairs.parquet").to_pylist()

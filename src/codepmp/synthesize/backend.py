@@ -1,7 +1,9 @@
-"""Text generation backends. One interface: `generate(prompts, sampling) -> texts` (same order as prompts).
+"""Text generation backends. One interface: `generate(prompts, sampling) -> texts` (same order as prompts), and
+`complete(prompts, sampling) -> Completion`s when the caller also needs to know whether each text finished.
 
 The transformers backend batches length-sorted, left-padded prompts with the KV cache under
-`torch.inference_mode`; batching is what makes CPU synthesis affordable (about 2.4x at 64 new tokens).
+`torch.inference_mode`; batching is what makes CPU synthesis affordable (4.3x one-prompt-at-a-time `generate`,
+see benchmarks/README.md). The others: `OpenAIBackend` (http_backend.py) and `VLLMBackend` (vllm_backend.py).
 """
 
 from __future__ import annotations
@@ -20,9 +22,36 @@ class Sampling:
     temperature: float = 0.7
     top_p: float = 1.0
     seed: int = 0
+    stop: tuple[str, ...] = ()
+    """Strings that end a completion (left out of the text), besides the model's end-of-turn tokens."""
 
 
-class TransformersBackend:
+@dataclass
+class Completion:
+    text: str
+    finished: bool = True
+    """False when the completion was cut by `max_new_tokens` rather than ended by the model or a stop string."""
+    tokens: int = 0
+    """Generated tokens (up to the end of turn or stop string)."""
+
+
+class Backend:
+    """Base of every backend: subclasses implement `complete`."""
+
+    def complete(self, prompts: list[str], sampling: Sampling, desc: str = "generate") -> list[Completion]:
+        raise NotImplementedError
+
+    def generate(self, prompts: list[str], sampling: Sampling, desc: str = "generate") -> list[str]:
+        return [c.text for c in self.complete(prompts, sampling, desc)]
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
+    """`text` up to its first stop string, and whether one was found."""
+    cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return (text[:min(cuts)], True) if cuts else (text, False)
+
+
+class TransformersBackend(Backend):
     def __init__(self, model_spec: str, batch_size: int = 16):
         self.model_spec = model_spec
         self.batch_size = batch_size
@@ -33,12 +62,13 @@ class TransformersBackend:
         return chat_prompt(self.tokenizer, prompt)
 
     @torch.inference_mode()
-    def generate(self, prompts: list[str], sampling: Sampling, desc: str = "generate") -> list[str]:
+    def complete(self, prompts: list[str], sampling: Sampling, desc: str = "generate") -> list[Completion]:
         texts = [self.format(p) for p in prompts]
         lengths = [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
         order = sorted(range(len(texts)), key=lambda i: lengths[i])
-        outputs: list[str] = [""] * len(texts)
+        outputs: list[Completion] = [Completion("")] * len(texts)
         eos = list({self.tokenizer.eos_token_id, *_as_list(self.model.generation_config.eos_token_id)} - {None})
+        stop = {"stop_strings": list(sampling.stop), "tokenizer": self.tokenizer} if sampling.stop else {}
         for start in progress(range(0, len(order), self.batch_size), desc=f"{desc} ({self.model_spec})",
                               unit="batch"):
             idx = order[start:start + self.batch_size]
@@ -50,11 +80,18 @@ class TransformersBackend:
                 **batch, max_new_tokens=sampling.max_new_tokens, do_sample=sample,
                 temperature=sampling.temperature if sample else None,
                 top_p=sampling.top_p if sample and sampling.top_p < 1.0 else None,
-                top_k=None, eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id)
-            new_tokens = out[:, batch["input_ids"].shape[1]:]
+                top_k=None, eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id, **stop)
+            new_tokens = out[:, batch["input_ids"].shape[1]:].tolist()
             for i, row in zip(idx, new_tokens):
-                outputs[i] = self.tokenizer.decode(row, skip_special_tokens=True).strip()
+                outputs[i] = self._completion(row, eos, sampling)
         return outputs
+
+    def _completion(self, row: list[int], eos: list[int], sampling: Sampling) -> Completion:
+        # A finished row ends at its first end-of-turn token; what follows is padding.
+        end = next((n for n, token in enumerate(row) if token in eos), None)
+        tokens = row if end is None else row[:end]
+        text, stopped = cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), sampling.stop)
+        return Completion(text.strip(), finished=end is not None or stopped, tokens=len(tokens))
 
 
 def _as_list(value) -> list:

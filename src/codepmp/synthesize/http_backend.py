@@ -21,14 +21,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 from codepmp.errors import ServiceError
 from codepmp.progress import progress
-from codepmp.synthesize.backend import Sampling
+from codepmp.synthesize.backend import Backend, Completion, Sampling
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
-class OpenAIBackend:
+class OpenAIBackend(Backend):
     def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8,
                  max_retries: int = 5, timeout_s: float = 600.0, backoff_s: float = 1.0,
                  sleep: Callable[[float], None] = time.sleep):
@@ -46,13 +46,23 @@ class OpenAIBackend:
     def __repr__(self) -> str:
         return f"OpenAIBackend({self.url!r}, {self.model!r})"
 
-    def generate(self, prompts: list[str], sampling: Sampling, desc: str = "generate") -> list[str]:
-        """Completions of `prompts`, in order; greedy when `sampling.temperature` is 0."""
-        def one(index: int) -> str:
+    def complete(self, prompts: list[str], sampling: Sampling, desc: str = "generate") -> list[Completion]:
+        """Completions of `prompts`, in order; greedy when `sampling.temperature` is 0. A completion the server
+        reports with `finish_reason` "length" hit `max_new_tokens`."""
+        def one(index: int) -> Completion:
             body = {"model": self.model, "messages": [{"role": "user", "content": prompts[index]}],
                     "max_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,
                     "top_p": sampling.top_p, "seed": sampling.seed + index}
-            return self._post(body)["choices"][0]["message"]["content"]
+            if sampling.stop:
+                body["stop"] = list(sampling.stop)
+            answer = self._post(body)
+            try:
+                choice = answer["choices"][0]
+                text = choice["message"]["content"] or ""
+            except (KeyError, IndexError, TypeError):
+                raise ServiceError(f"{self.url} answered without choices[0].message.content") from None
+            tokens = (answer.get("usage") or {}).get("completion_tokens") or 0
+            return Completion(text.strip(), finished=choice.get("finish_reason") != "length", tokens=int(tokens))
 
         with ThreadPoolExecutor(self.concurrency) as pool:
             results = pool.map(one, range(len(prompts)))

@@ -49,12 +49,15 @@ class CompletionServer(ThreadingHTTPServer):
         name = body.get("model") or next(iter(self.backends))
         if name not in self.backends:
             raise LookupError(f"model '{name}' is not served here (served: {', '.join(self.backends)})")
+        stop = body.get("stop") or ()
+        sampling.stop = (stop,) if isinstance(stop, str) else tuple(str(s) for s in stop)
         with self.lock:
-            [text] = self.backends[name].generate([messages[0]["content"]], sampling, desc="serve")
+            [done] = self.backends[name].complete([messages[0]["content"]], sampling, desc="serve")
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": "stop"}]}
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": done.text},
+                             "finish_reason": "stop" if done.finished else "length"}],
+                "usage": {"completion_tokens": done.tokens}}
 
 
 class _Handler(BaseHTTPRequestHandler):
