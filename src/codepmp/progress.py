@@ -31,14 +31,14 @@ class _LogLines:
 
     def __iter__(self) -> Iterator:
         start = last = time.perf_counter()
-        done = self.initial
+        done = printed = self.initial
         for item in self.iterable:
             yield item
             done += 1
             if not self.quiet and time.perf_counter() - last >= self.interval_s:
                 print(self._line(done, start), file=sys.stderr, flush=True)
-                last = time.perf_counter()
-        if not self.quiet:
+                last, printed = time.perf_counter(), done
+        if not self.quiet and (done != printed or done == self.initial):
             print(self._line(done, start), file=sys.stderr, flush=True)
 
 

@@ -5,11 +5,12 @@ from codepmp.synthesize.run import is_empty
 from codepmp.testing import write_tiny_model
 
 
-def test_description_prompt_is_the_papers_and_truncates_code():
-    prompt = description_prompt("x = 1\n" * 100, max_chars=12)
-    assert prompt.startswith("Please generate a corresponding instruction based on this code snippet. In the "
-                             "instruction you need to analyze the intent and function of this code snippet")
-    assert prompt.endswith("#### Code snippet:\n```x = 1\nx = 1\n```\n\n#### Instructions:")
+def test_description_prompt_is_the_papers_byte_for_byte_and_truncates_code():
+    """The text of DESIGN.md (from the paper's released code), with the code cut at `max_chars`."""
+    assert description_prompt("x = 1\n" * 100, max_chars=12) == (
+        "Please generate a corresponding instruction based on this code snippet. In the instruction you need to "
+        "analyze the intent and function of this code snippet (describe the operation the code performs and how "
+        "it achieves its function).\n\n#### Code snippet:\n```x = 1\nx = 1\n```\n\n#### Instructions:")
 
 
 def test_pair_prompt_is_the_papers():

@@ -134,11 +134,14 @@ class _Shard:
                        for i in range(rank, -(-len(rows) // size), cfg.world_size)}
         self.generated_rows, self.generated_tokens, self.generate_s = 0, 0, 0.0
 
+    @staticmethod
+    def _name(role: str, chunk: int) -> str:
+        return f"{role}/chunk-{chunk:05d}.parquet"
+
     def cached(self, role: str, chunk: int) -> dict[str, Completion] | None:
-        name = f"{role}/chunk-{chunk:05d}.parquet"
-        if not self.folder.exists(name):
+        if not self.folder.exists(self._name(role, chunk)):
             return None
-        table = pq.read_table(io.BytesIO(self.folder.get_bytes(name))).to_pylist()
+        table = pq.read_table(io.BytesIO(self.folder.get_bytes(self._name(role, chunk)))).to_pylist()
         return {r["id"]: Completion(r["text"], r["finished"], r["tokens"]) for r in table}
 
     def store(self, role: str, chunk: int, done: dict[str, Completion]) -> None:
@@ -147,7 +150,7 @@ class _Shard:
                             ("tokens", pa.int64())])
         sink = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), sink)
-        self.folder.put_bytes(f"{role}/chunk-{chunk:05d}.parquet", sink.getvalue())
+        self.folder.put_bytes(self._name(role, chunk), sink.getvalue())
 
     def prompts(self, role: str, chunk: int) -> dict[str, str]:
         rows = self.chunks[chunk]
@@ -158,7 +161,7 @@ class _Shard:
                 if r["id"] in described and _description_drop(described[r["id"]], self.cfg) is None}
 
     def run_role(self, role: str, backend: Callable[[], Backend], sampling: Sampling) -> None:
-        todo = [c for c in self.chunks if self.cached(role, c) is None]
+        todo = [c for c in self.chunks if not self.folder.exists(self._name(role, c))]
         bar = progress(todo, desc=f"shard {self.rank}: {role}", total=len(self.chunks),
                        initial=len(self.chunks) - len(todo), unit="chunk")
         for chunk in bar:
