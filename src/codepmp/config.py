@@ -220,10 +220,12 @@ class TrainConfig:
     """Peak learning rate (paper: 1e-6 at 1024 pairs per step)."""
     weight_decay: float = 0.1
     """AdamW weight decay (paper: 0.1)."""
+    schedule: str = "wsd"
+    """Learning-rate schedule: "wsd" (warmup-stable-decay, the paper's) or "cosine" (warmup, then cosine to 0)."""
     warmup_frac: float = 0.03
     """Fraction of steps of linear warmup (paper: 3 %)."""
     decay_frac: float = 0.1
-    """Fraction of final steps that decay linearly to zero (paper: the last 10 %)."""
+    """Fraction of final steps that decay linearly to zero (paper: the last 10 %; "wsd" only)."""
     rm_coef: float = 1.0
     """Weight of the pairwise loss -log sigmoid(r_chosen - r_rejected)."""
     lm_coef: float = 1.0
@@ -234,6 +236,12 @@ class TrainConfig:
     """Train in bfloat16 autocast (GPU); CPU runs stay fp32."""
     deepspeed_stage: int = -1
     """-1 trains with plain torch; 0-3 wraps the model in a DeepSpeed engine with that ZeRO stage."""
+    scaling_ratio: float = 0.0
+    """Above 1: save a scaling-curve checkpoint at geometrically spaced steps of the stable phase (each about this
+    ratio times the previous; the paper used about 1.19), kept in the object store under the run name. 0: none."""
+    decay_from_step: int = 0
+    """Above 0: do not train from the start; take the scaling-curve checkpoint saved at this step by the run with
+    this run name and only decay it (lr linearly to 0 over step * decay_frac / (1 - decay_frac) further steps)."""
     log_every: int = 2
     """Optimizer steps between metric logs to MLflow."""
     checkpoint_every: int = 0

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from codepmp.train.losses import last_token_index, lm_loss, next_token_targets, pairwise_loss, pmp_loss
-from codepmp.train.schedule import wsd_factor
+from codepmp.train.schedule import cosine_factor, lr_factor, wsd_factor
 
 
 def test_pairwise_loss_matches_hand_computation():
@@ -50,3 +50,15 @@ def test_wsd_schedule_shape():
     assert all(a >= b for a, b in zip(factors[90:], factors[91:]))
     with pytest.raises(ValueError):
         wsd_factor(0, 0, 0.03, 0.1)
+
+
+def test_cosine_schedule_warms_up_then_follows_a_half_cosine_to_zero():
+    total = 100
+    factors = [lr_factor("cosine", s, total, warmup_frac=0.1, decay_frac=0.5) for s in range(total)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == 1.0
+    assert factors[9 + 45] == pytest.approx(0.5)  # halfway through the 90 cosine steps
+    assert factors[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
+    assert cosine_factor(10, total, 0.1) == pytest.approx(0.5 * (1 + math.cos(math.pi / 90)))
+    with pytest.raises(ValueError, match="unknown schedule 'linear'"):
+        lr_factor("linear", 0, total, 0.1, 0.1)

@@ -75,3 +75,47 @@ def test_deepspeed_zero2_matches_plain_torch(tiny_model, tmp_path):
     train(cfg, tiny_model, PAIRS, tmp_path / "ds", log=lambda m, s: ds.append(m["loss"]), progress=False)
     assert len(ds) == len(plain) == 2
     assert ds == pytest.approx(plain, rel=1e-3)
+
+
+def test_unusable_pairs_are_counted_skips_and_all_unusable_is_a_clear_error(tiny_model, tmp_path):
+    from codepmp.errors import InputError
+    from codepmp.train.data import screen_pairs
+
+    tokenizer = PreferenceModel.load(tiny_model, with_lm_head=False).tokenizer
+    long_prompt = "word " * 200
+    bad = [Pair("Q:", "   ", " no"), Pair(long_prompt, " yes", " no"),
+           Pair("Q:", " common" * 40 + " a", " common" * 40 + " b")]
+    kept, skipped = screen_pairs(tokenizer, bad + PAIRS[:2], max_length=64)
+    assert len(kept) == 2
+    assert skipped == {"empty_response": 1, "no_room_for_response": 1, "identical_after_truncation": 1}
+    summary = train(CFG, tiny_model, bad + PAIRS, tmp_path / "out", progress=False)
+    assert summary["pairs"] == 8 and summary["skipped_empty_response"] == 1
+    with pytest.raises(InputError, match="none of the 3 training pairs is usable at max_length 64: empty_response 1"):
+        train(CFG, tiny_model, bad, tmp_path / "none", progress=False)
+
+
+def test_pair_files_with_wrong_columns_types_or_nulls_are_clear_errors(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from codepmp.errors import InputError
+    from codepmp.synthesize.run import read_pairs
+
+    def write(rows, schema=None):
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp_path / "pairs.parquet")
+
+    with pytest.raises(InputError, match="no pairs.parquet in .*run the synthesize stage first"):
+        read_pairs(tmp_path)
+    write([{"description": "d", "chosen": "c", "reject": "r"}])
+    with pytest.raises(InputError, match="has no column 'rejected' \\(columns: description, chosen, reject\\)"):
+        read_pairs(tmp_path)
+    write([{"description": "d", "chosen": 1, "rejected": "r"}])
+    with pytest.raises(InputError, match="column 'chosen' must hold strings, not int64"):
+        read_pairs(tmp_path)
+    write([{"description": "d", "chosen": "c", "rejected": "r"}, {"description": "d", "chosen": None, "rejected": "r"}],
+          pa.schema([("description", pa.string()), ("chosen", pa.string()), ("rejected", pa.string())]))
+    with pytest.raises(InputError, match="row 1 has a null in \\['chosen'\\]"):
+        read_pairs(tmp_path)
+    (tmp_path / "pairs.parquet").write_text("not parquet")
+    with pytest.raises(InputError, match="is not a readable Parquet file"):
+        read_pairs(tmp_path)

@@ -12,7 +12,7 @@ from codepmp.atomic import write_json, write_table
 from codepmp.config import ReasoningConfig
 from codepmp.errors import InputError
 from codepmp.reasoning.gsm8k import candidate_pool, load_problems, training_pairs
-from codepmp.train.data import Pair
+from codepmp.train.data import Pair, read_text_rows
 
 FILES = {"train": "train_pairs.parquet", "dev": "dev_pairs.parquet", "pool": "bon_pool.parquet"}
 
@@ -49,4 +49,6 @@ def read_table(data_dir: str | Path, name: str) -> list[dict]:
 
 
 def read_pairs(data_dir: str | Path, name: str) -> list[Pair]:
-    return [Pair(r["prompt"], r["chosen"], r["rejected"]) for r in read_table(data_dir, name)]
+    rows = read_text_rows(Path(data_dir) / FILES[name], ["prompt", "chosen", "rejected"],
+                          "run the reasoning data stage first")
+    return [Pair(r["prompt"], r["chosen"], r["rejected"]) for r in rows]

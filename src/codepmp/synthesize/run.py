@@ -42,7 +42,7 @@ from codepmp.storage import open_folder
 from codepmp.synthesize.backend import Backend, Completion, Sampling, TransformersBackend
 from codepmp.synthesize.prompts import description_prompt, pair_prompt
 from codepmp.synthesize.quality import signals
-from codepmp.train.data import Pair
+from codepmp.train.data import Pair, read_text_rows
 
 PAIRS_FILE = "pairs.parquet"
 DONE = "_SUCCESS"
@@ -322,8 +322,6 @@ def run_synthesis(cfg: SynthesizeConfig, crawl_dir: str | Path, out_dir: str | P
 
 def read_pairs(pairs_dir: str | Path) -> list[Pair]:
     """Training pairs: the paper's pair prompt with the description, then each implementation."""
-    path = Path(pairs_dir) / PAIRS_FILE
-    if not path.exists():
-        raise InputError(f"no {PAIRS_FILE} in '{pairs_dir}' (run the synthesize stage first)")
-    return [Pair(pair_prompt(r["description"]), "\n" + r["chosen"], "\n" + r["rejected"])
-            for r in pq.read_table(path, columns=["description", "chosen", "rejected"]).to_pylist()]
+    rows = read_text_rows(Path(pairs_dir) / PAIRS_FILE, ["description", "chosen", "rejected"],
+                          "run the synthesize stage first")
+    return [Pair(pair_prompt(r["description"]), "\n" + r["chosen"], "\n" + r["rejected"]) for r in rows]

@@ -12,6 +12,7 @@ class StoreCheckpointer:
     """Checkpoints under `s3://bucket/<prefix>/step-XXXXXXXX/`; only marked (complete) ones are resumable."""
 
     def __init__(self, store, prefix: str, keep: int = 2):
+        """`keep`: newest checkpoints kept after each save; 0 keeps all (scaling-curve checkpoints)."""
         self.store, self.prefix, self.keep = store, prefix.rstrip("/"), keep
 
     def _steps(self) -> list[int]:
@@ -21,6 +22,10 @@ class StoreCheckpointer:
     def _key(self, step: int) -> str:
         return f"{self.prefix}/step-{step:08d}"
 
+    def steps(self) -> list[int]:
+        """Steps with a complete checkpoint, oldest first."""
+        return self._steps()
+
     def latest(self) -> int | None:
         steps = self._steps()
         return steps[-1] if steps else None
@@ -28,8 +33,9 @@ class StoreCheckpointer:
     def save(self, step: int, local_dir: Path) -> None:
         self.store.upload_dir(local_dir, self._key(step))
         self.store.mark_done(self._key(step), {"step": step})
-        for old in self._steps()[:-self.keep]:
-            self.store.delete_prefix(self._key(old))
+        if self.keep:
+            for old in self._steps()[:-self.keep]:
+                self.store.delete_prefix(self._key(old))
 
     def restore(self, step: int, local_dir: Path) -> None:
         self.store.download_dir(self._key(step), local_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -13,6 +14,34 @@ class Pair:
     prompt: str
     chosen: str
     rejected: str
+
+
+def read_text_rows(path: str | Path, columns: list[str], hint: str) -> list[dict]:
+    """The `columns` of a Parquet file of preference data, each required to be a string column. A missing or
+    unreadable file, a missing column or one of another type is an InputError naming the file and column;
+    `hint` says which stage writes the file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from codepmp.errors import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"no {path.name} in '{path.parent}' ({hint})")
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{path} is not a readable Parquet file: {exc}") from None
+    for column in columns:
+        if column not in schema.names:
+            raise InputError(f"{path} has no column '{column}' (columns: {', '.join(schema.names)})")
+        if not (pa.types.is_string(schema.field(column).type) or pa.types.is_large_string(schema.field(column).type)):
+            raise InputError(f"{path}: column '{column}' must hold strings, not {schema.field(column).type}")
+    rows = pq.read_table(path, columns=columns).to_pylist()
+    for number, row in enumerate(rows):
+        if any(row[c] is None for c in columns):
+            raise InputError(f"{path}: row {number} has a null in {[c for c in columns if row[c] is None]}")
+    return rows
 
 
 @dataclass
@@ -33,6 +62,28 @@ def encode(tokenizer, prompt: str, response: str, max_length: int) -> Encoded:
 def encode_pairs(tokenizer, pairs: list[Pair], max_length: int) -> list[tuple[Encoded, Encoded]]:
     return [(encode(tokenizer, p.prompt, p.chosen, max_length), encode(tokenizer, p.prompt, p.rejected, max_length))
             for p in pairs]
+
+
+SKIP_REASONS = ("empty_response", "no_room_for_response", "identical_after_truncation")
+
+
+def screen_pairs(tokenizer, pairs: list[Pair], max_length: int) -> tuple[list[tuple[Encoded, Encoded]], dict]:
+    """The encoded pairs that can teach a preference, and the others counted by reason: a blank side, a prompt
+    that fills `max_length` by itself (nothing of either response is left), or two sides that are the same
+    tokens once cut to `max_length` (the loss would compare a sequence with itself)."""
+    kept, skipped = [], dict.fromkeys(SKIP_REASONS, 0)
+    for pair in pairs:
+        if not pair.chosen.strip() or not pair.rejected.strip():
+            skipped["empty_response"] += 1
+            continue
+        chosen, rejected = encode_pairs(tokenizer, [pair], max_length)[0]
+        if chosen.response_start >= len(chosen.ids) or rejected.response_start >= len(rejected.ids):
+            skipped["no_room_for_response"] += 1
+        elif chosen.ids == rejected.ids:
+            skipped["identical_after_truncation"] += 1
+        else:
+            kept.append((chosen, rejected))
+    return kept, skipped
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:

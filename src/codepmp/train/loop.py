@@ -7,6 +7,7 @@ A checkpointer makes the run resumable: a restarted run continues at the last co
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import tempfile
@@ -19,12 +20,12 @@ import torch
 
 from codepmp.atomic import atomic_dir
 from codepmp.config import TrainConfig
-from codepmp.errors import InputError
+from codepmp.errors import ConfigError, InputError
 from codepmp.progress import progress as progress_bar
-from codepmp.train.data import Pair, collate, encode_pairs, length_grouped_batches
+from codepmp.train.data import Pair, collate, length_grouped_batches, screen_pairs
 from codepmp.train.losses import pmp_loss
 from codepmp.train.model import PreferenceModel
-from codepmp.train.schedule import wsd_factor
+from codepmp.train.schedule import SCHEDULES, decay_steps, lr_factor, scaling_steps
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -55,34 +56,54 @@ def _deepspeed_engine(model, optimizer, scheduler, cfg: TrainConfig, grad_accum:
 
 
 def train(cfg: TrainConfig, init_model: str, pairs: list[Pair], out_dir: str | Path, *,
-          checkpointer=None, log: Callable[[dict, int], None] = lambda m, s: None,
+          checkpointer=None, scaling=None, log: Callable[[dict, int], None] = lambda m, s: None,
           progress: bool = True) -> dict:
-    """Train a preference model from `init_model` on `pairs`; save the reward model folder to `out_dir`."""
+    """Train a preference model from `init_model` on `pairs`; save the reward model folder to `out_dir`.
+
+    `checkpointer` keeps the run resumable; `scaling` receives the scaling-curve checkpoints
+    (`cfg.scaling_ratio`) and, with `cfg.decay_from_step`, is where the checkpoint to decay comes from."""
     if not pairs:
         raise InputError("training got 0 preference pairs")
+    if cfg.schedule not in SCHEDULES:
+        raise ConfigError(f"unknown schedule '{cfg.schedule}' in the training config (known: {', '.join(SCHEDULES)})")
     torch.manual_seed(cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = PreferenceModel.load(init_model, with_lm_head=cfg.lm_coef > 0).to(device)
     if cfg.grad_checkpointing:
         model.reward_model.gradient_checkpointing_enable()
     pad_id = model.reward_model.config.pad_token_id
-    encoded = encode_pairs(model.tokenizer, pairs, cfg.max_length)
+    encoded, skipped = screen_pairs(model.tokenizer, pairs, cfg.max_length)
+    if not encoded:
+        raise InputError(f"none of the {len(pairs)} training pairs is usable at max_length {cfg.max_length}: "
+                         + ", ".join(f"{k} {v}" for k, v in skipped.items() if v))
+    if any(skipped.values()):
+        print(f"[train] skipped {sum(skipped.values())} of {len(pairs)} pairs: {skipped}", flush=True)
     lengths = [max(len(c.ids), len(r.ids)) for c, r in encoded]
     micro = [batch for epoch in range(cfg.epochs)
              for batch in length_grouped_batches(lengths, cfg.batch_size, cfg.seed + epoch)]
     grad_accum = min(cfg.grad_accum, len(micro))
     total_steps = len(micro) // grad_accum
+    schedule = functools.partial(lr_factor, cfg.schedule, total_steps=total_steps, warmup_frac=cfg.warmup_frac,
+                                 decay_frac=cfg.decay_frac)
+    save_scaling_at = set(scaling_steps(total_steps, cfg.warmup_frac, cfg.decay_frac, cfg.scaling_ratio)
+                          if cfg.schedule == "wsd" and not cfg.decay_from_step else [])
+    if cfg.decay_from_step:
+        total_steps, schedule = _decay_plan(cfg, total_steps, scaling)
 
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: wsd_factor(min(s, total_steps - 1), total_steps, cfg.warmup_frac, cfg.decay_frac))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(min(s, total_steps - 1)))
     engine = _deepspeed_engine(model, optimizer, scheduler, cfg, grad_accum) if cfg.deepspeed_stage >= 0 else None
 
     start = 0
     if checkpointer is not None and (last := checkpointer.latest()) is not None:
         start = _restore(checkpointer, last, model, optimizer, scheduler, engine)
+    elif cfg.decay_from_step:
+        start = _restore(scaling, cfg.decay_from_step, model, optimizer, scheduler, engine)
+        # The checkpoint holds the stable-phase rate for its next step; this run decays from that step on.
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base * schedule(start)
     model.train()
-    tokens, t0, history = 0, time.perf_counter(), []
+    tokens, samples, t0, history = 0, 0, time.perf_counter(), []
     bar = progress_bar(range(start, total_steps), desc=f"train ({total_steps} steps)", disable=not progress,
                        initial=start, total=total_steps, unit="step")
     for step in bar:
@@ -100,6 +121,7 @@ def train(cfg: TrainConfig, init_model: str, pairs: list[Pair], out_dir: str | P
             else:
                 (loss / grad_accum).backward()
             tokens += int(batch["attention_mask"].sum())
+            samples += n
             step_parts.append(parts)
         if engine is None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -108,7 +130,8 @@ def train(cfg: TrainConfig, init_model: str, pairs: list[Pair], out_dir: str | P
             optimizer.zero_grad(set_to_none=True)
         metrics = {k: sum(p[k] for p in step_parts) / len(step_parts) for k in step_parts[0]}
         metrics["lr"] = optimizer.param_groups[0]["lr"]
-        metrics["tokens_per_s"] = tokens / (time.perf_counter() - t0)
+        elapsed = time.perf_counter() - t0
+        metrics["tokens_per_s"], metrics["samples_per_s"] = tokens / elapsed, samples / elapsed
         history.append(metrics)
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['accuracy']:.2f}")
         if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps:
@@ -116,16 +139,34 @@ def train(cfg: TrainConfig, init_model: str, pairs: list[Pair], out_dir: str | P
         if checkpointer is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
                 and step + 1 < total_steps:
             _save(checkpointer, step + 1, model, optimizer, scheduler, engine, cfg)
+        if scaling is not None and step + 1 in save_scaling_at:
+            _save(scaling, step + 1, model, optimizer, scheduler, engine, cfg)
 
     # No checkpoint at the end: the saved model is the stage's output, and optimizer state for a run
     # that is over would only cost an upload (for a 135M model, 1.6 GB).
     with atomic_dir(out_dir) as tmp:
         model.save(tmp)
     final = history[-1] if history else {}
-    return {"steps": total_steps, "resumed_from": start, "pairs": len(pairs),
+    return {"steps": total_steps, "resumed_from": start, "pairs": len(encoded),
+            **{f"skipped_{k}": v for k, v in skipped.items()},
             "micro_batches_dropped": len(micro) - total_steps * grad_accum,
             "final_loss": final.get("loss", math.nan), "final_accuracy": final.get("accuracy", math.nan),
-            "tokens_per_s": final.get("tokens_per_s", math.nan)}
+            "tokens_per_s": final.get("tokens_per_s", math.nan), "samples_per_s": final.get("samples_per_s", math.nan),
+            "train_s": round(time.perf_counter() - t0, 3)}
+
+
+def _decay_plan(cfg: TrainConfig, total_steps: int, scaling) -> tuple[int, Callable[[int], float]]:
+    """Steps and lr multiplier of a run that decays the scaling-curve checkpoint at `cfg.decay_from_step`: flat
+    before it (already trained), then linearly to 0, on the data that follows it in the same order."""
+    start = cfg.decay_from_step
+    if scaling is None or start not in scaling.steps():
+        saved = scaling.steps() if scaling is not None else []
+        raise InputError(f"no scaling-curve checkpoint at step {start} to decay (saved: {saved or 'none'}; train "
+                         "with pretrain.scaling_ratio > 1 under the same run name first)")
+    decay = decay_steps(start, cfg.decay_frac)
+    if start + decay > total_steps:
+        raise InputError(f"decaying step {start} needs {decay} more steps but the data has {total_steps} in all")
+    return start + decay, lambda s: 1.0 if s < start else (start + decay - s - 1) / decay
 
 
 def _save(checkpointer, step, model, optimizer, scheduler, engine, cfg: TrainConfig) -> None:
