@@ -1,14 +1,16 @@
 """Reward-model training throughput: codepmp's trainer vs TRL's `RewardTrainer`, same model, pairs and budget.
 
-    .venv/bin/python benchmarks/train_vs_trl.py                  # SmolLM2-135M, 128 GSM8K pairs, CPU
+    .venv/bin/python benchmarks/train_vs_trl.py                  # SmolLM2-135M, 64 GSM8K pairs, CPU
     .venv/bin/python benchmarks/train_vs_trl.py --pairs 256 --max-length 512 --batch-size 8
 
 Pairs: GSM8K reference solutions vs corrupted ones (`codepmp.reasoning`, the `finetune` stage's data) from
 `--data` (default: the sample shipped in the package), and a disjoint dev set for the final accuracy. Pairs
 longer than `--max-length` tokens are left out up front, because TRL drops them while codepmp truncates.
 Both trainers: fp32 on CPU, Bradley-Terry loss only, AdamW, lr 1e-5, weight decay 0.1, gradient clipping
-1.0, no gradient checkpointing, one epoch, the same micro-batch and seed. TRL runs twice: with its default
-random sampling and with `train_sampling_strategy="group_by_length"` (its own answer to padding waste).
+1.0, no gradient checkpointing, one epoch, the same micro-batch and seed, and the same texts: TRL appends EOS
+to every response and reads the reward there, so codepmp is given the EOS-terminated texts too. TRL samples
+batches at random (its length-grouped sampler needs an `input_ids` column, which RewardTrainer's tokenized
+dataset does not have); codepmp groups pairs of similar length.
 
 Each trainer runs in its own child process (so peak memory is its own), and this script prints for each:
 pairs/s, real (non-pad) tokens/s, mean step time, peak RSS, and pairwise accuracy of the trained model on the
@@ -25,6 +27,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from codepmp.train.data import Pair
 
 
 def pairs_for(args, tokenizer) -> tuple[list, list]:
@@ -54,7 +58,7 @@ def run_codepmp(args, model: str, train, out: Path) -> dict:
     return {"train_s": summary["train_s"], "steps": summary["steps"]}
 
 
-def run_trl(args, model: str, train, out: Path, strategy: str) -> dict:
+def run_trl(args, model: str, train, out: Path) -> dict:
     import torch
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
@@ -68,7 +72,7 @@ def run_trl(args, model: str, train, out: Path, strategy: str) -> dict:
         output_dir=str(out / "trl-work"), per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
         num_train_epochs=1, learning_rate=args.lr, weight_decay=0.1, max_grad_norm=1.0, lr_scheduler_type="linear",
         warmup_steps=0, max_length=args.max_length, gradient_checkpointing=False, bf16=False, use_cpu=True,
-        train_sampling_strategy=strategy, seed=args.seed, data_seed=args.seed, save_strategy="no", report_to=[],
+        seed=args.seed, data_seed=args.seed, save_strategy="no", report_to=[],
         logging_steps=10**6, disable_tqdm=True, optim="adamw_torch", dataloader_num_workers=0)
     trainer = RewardTrainer(model=reward_model, args=config, train_dataset=dataset, processing_class=tokenizer)
     tokens = sum(len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in trainer.train_dataset)
@@ -89,19 +93,22 @@ def child(args) -> None:
     from codepmp.models import load_tokenizer, resolve
 
     model = resolve(args.model)
-    train, dev = pairs_for(args, load_tokenizer(model))
+    tokenizer = load_tokenizer(model)
+    train, dev = pairs_for(args, tokenizer)
+    # TRL appends EOS to every text and reads the reward there; codepmp gets the very same texts.
+    eos = tokenizer.eos_token
+    train = [Pair(p.prompt, p.chosen + eos, p.rejected + eos) for p in train]
     out = Path(args.work) / args.child
     if args.child == "codepmp":
         result = run_codepmp(args, model, train, out)
-    else:
-        result = run_trl(args, model, train, out, args.child.removeprefix("trl-"))
+    else:  # TRL adds the EOS itself
+        bare = [Pair(p.prompt, p.chosen.removesuffix(eos), p.rejected.removesuffix(eos)) for p in train]
+        result = run_trl(args, model, bare, out)
     if not result.get("tokens"):
         from codepmp.train.data import encode_pairs
 
-        encoded = encode_pairs(load_tokenizer(model), train, args.max_length)
+        encoded = encode_pairs(tokenizer, train, args.max_length)
         result["tokens"] = sum(len(c.ids) + len(r.ids) for c, r in encoded)
-    # TRL trains with EOS appended to every text (its reward is read there), so it is scored that way too.
-    eos = load_tokenizer(model).eos_token if args.child.startswith("trl") else ""
     chosen = score(str(out), [(p.prompt, p.chosen + eos) for p in dev], 8, args.max_length)
     rejected = score(str(out), [(p.prompt, p.rejected + eos) for p in dev], 8, args.max_length)
     result.update(pairs=len(train), dev_pairs=len(dev), accuracy=pairwise_accuracy(chosen, rejected),
@@ -113,9 +120,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--data", default="", help="folder with gsm8k/{train,dev}.jsonl (default: packaged sample)")
-    parser.add_argument("--pairs", type=int, default=128, help="GSM8K train problems (one pair each)")
+    parser.add_argument("--pairs", type=int, default=64, help="GSM8K train problems (one pair each)")
     parser.add_argument("--dev", type=int, default=64, help="GSM8K dev problems for the final accuracy")
-    parser.add_argument("--max-length", type=int, default=384)
+    parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--seed", type=int, default=0)
@@ -127,7 +134,7 @@ def main() -> None:
 
     args.work = args.work or tempfile.mkdtemp(prefix="codepmp-bench-train-")
     results = {}
-    for name in ("codepmp", "trl-random", "trl-group_by_length"):
+    for name in ("codepmp", "trl"):
         cmd = [sys.executable, __file__, "--child", name, *sys.argv[1:], "--work", args.work]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -140,10 +147,11 @@ def main() -> None:
               f"peak {r['peak_rss_mb']:6.0f} MB  dev accuracy {r['accuracy']:.3f} ({r['dev_pairs']} pairs)", flush=True)
     ours = results["codepmp"]
     print(f"model {args.model}, {ours['pairs']} pairs, max length {args.max_length}, batch {args.batch_size}")
-    for name in ("trl-random", "trl-group_by_length"):
-        peer = results[name]
-        print(f"codepmp vs {name}: pairs/s {peer['train_s'] / ours['train_s']:.2f}x, peak memory "
-              f"{ours['peak_rss_mb'] / peer['peak_rss_mb']:.2f}x, accuracy {ours['accuracy']:.3f} vs {peer['accuracy']:.3f}")
+    peer = results["trl"]
+    print(f"codepmp / trl: pairs/s {peer['train_s'] / ours['train_s']:.2f}x, step time "
+          f"{(ours['train_s'] / ours['steps']) / (peer['train_s'] / peer['steps']):.2f}x, peak memory "
+          f"{ours['peak_rss_mb'] / peer['peak_rss_mb']:.2f}x, dev accuracy {ours['accuracy']:.3f} vs "
+          f"{peer['accuracy']:.3f}")
 
 
 if __name__ == "__main__":

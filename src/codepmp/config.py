@@ -235,7 +235,12 @@ class TrainConfig:
     bf16: bool = False
     """Train in bfloat16 autocast (GPU); CPU runs stay fp32."""
     deepspeed_stage: int = -1
-    """-1 trains with plain torch; 0-3 wraps the model in a DeepSpeed engine with that ZeRO stage."""
+    """-1 trains with plain torch; 0-3 wraps the model in a DeepSpeed engine with that ZeRO stage (configs in
+    src/codepmp/train/deepspeed/). Several processes (torchrun / deepspeed launcher) need a stage >= 0."""
+    deepspeed_config: str = ""
+    """Path of a DeepSpeed JSON config to start from instead of the packaged zero2/zero3.json."""
+    cpu_offload: bool = False
+    """Keep optimizer states (ZeRO-3: also parameters) in CPU memory: larger models per GPU, slower steps."""
     scaling_ratio: float = 0.0
     """Above 1: save a scaling-curve checkpoint at geometrically spaced steps of the stable phase (each about this
     ratio times the previous; the paper used about 1.19), kept in the object store under the run name. 0: none."""

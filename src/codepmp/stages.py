@@ -197,12 +197,29 @@ def _checkpointer(run_name: str, job_id: str, stage_name: str, scaling: bool = F
     return StoreCheckpointer(store, f"runs/{scope}/{stage_name}/checkpoints")
 
 
+def _log_training_configs(train_cfg, model_dir: str) -> None:
+    """The initial model's config.json and, for DeepSpeed runs, the engine config, as run artifacts."""
+    import json
+
+    import mlflow
+
+    from codepmp.models import resolve
+    from codepmp.train.loop import deepspeed_config
+
+    config = Path(resolve(model_dir)) / "config.json"
+    if config.is_file():
+        mlflow.log_dict(json.loads(config.read_text()), "model_config.json")
+    if train_cfg.deepspeed_stage >= 0:
+        mlflow.log_dict(deepspeed_config(train_cfg, train_cfg.grad_accum), "deepspeed_config.json")
+
+
 @stage("pretrain")
 def pretrain(cfg: PipelineConfig, run_name: str, base_dir: str, pairs_dir: str, out_dir: str,
              job_id: str = "") -> dict:
     from codepmp.synthesize.run import read_pairs
     from codepmp.train.loop import train
 
+    _log_training_configs(cfg.pretrain, base_dir)
     # A decay run keeps its own resumable checkpoints, apart from those of the run it decays.
     name = f"pretrain-decay-{cfg.pretrain.decay_from_step}" if cfg.pretrain.decay_from_step else "pretrain"
     scaling = cfg.pretrain.scaling_ratio > 1 or cfg.pretrain.decay_from_step > 0
@@ -221,6 +238,7 @@ def finetune(cfg: PipelineConfig, run_name: str, init_dir: str, data_dir: str, o
     from codepmp.train.loop import train
 
     mlflow.set_tag("codepmp.variant", variant)
+    _log_training_configs(cfg.finetune, init_dir)
     return train(cfg.finetune, init_dir, read_pairs(data_dir, "train"), out_dir,
                  checkpointer=_checkpointer(run_name, job_id, f"finetune-{variant}"), log=_mlflow_log)
 

@@ -119,3 +119,71 @@ def test_pair_files_with_wrong_columns_types_or_nulls_are_clear_errors(tmp_path)
     (tmp_path / "pairs.parquet").write_text("not parquet")
     with pytest.raises(InputError, match="is not a readable Parquet file"):
         read_pairs(tmp_path)
+
+
+TWO_RANK_SCRIPT = """
+import json, sys
+from codepmp.config import TrainConfig
+from codepmp.train.data import Pair
+from codepmp.train.loop import train
+
+model, out, stage = sys.argv[1], sys.argv[2], int(sys.argv[3])
+pairs = [Pair(f"### Instruction: task {i}\\n\\n### Response:", f"\\ndef f{i}(x):\\n    return x + {i}\\n",
+              f"\\nf{i} = None") for i in range(8)]
+cfg = TrainConfig(max_length=64, batch_size=2, grad_accum=1, lr=1e-3, warmup_frac=0.25, decay_frac=0.25,
+                  log_every=1, seed=0, deepspeed_stage=stage)
+losses = []
+summary = train(cfg, model, pairs, out, log=lambda m, s: losses.append(m["loss"]), progress=False)
+if losses:
+    print("LOSSES " + json.dumps({"losses": losses, "summary": summary}), flush=True)
+"""
+
+
+def test_two_process_zero2_run_on_cpu_matches_one_process(tiny_model, tmp_path, stage=2):
+    """2 processes (torchrun, gloo) x 1 micro-batch of 2 pairs per step = 1 process x 2 micro-batches."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    pytest.importorskip("deepspeed")
+    one = []
+    cfg = TrainConfig(**{**CFG.__dict__, "deepspeed_stage": stage})
+    train(cfg, tiny_model, PAIRS, tmp_path / "one", log=lambda m, s: one.append(m["loss"]), progress=False)
+
+    script = tmp_path / "two_ranks.py"
+    script.write_text(TWO_RANK_SCRIPT)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
+                                                             "MASTER_PORT")}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_addr", "127.0.0.1", "--master_port", str(port), str(script), tiny_model,
+                           str(tmp_path / "two"), str(stage)],
+                          capture_output=True, text=True, timeout=600, env={**env, "OMP_NUM_THREADS": "1"})
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("LOSSES ")]
+    assert proc.returncode == 0 and len(lines) == 1, proc.stderr[-3000:]  # only rank 0 logs
+    result = json.loads(lines[0].removeprefix("LOSSES "))
+    assert result["summary"]["processes"] == 2 and result["summary"]["steps"] == 2
+    assert result["losses"] == pytest.approx(one, rel=1e-3)
+    two, single = load_reward_model(str(tmp_path / "two"))[0], load_reward_model(str(tmp_path / "one"))[0]
+    for (name, a), b in zip(two.state_dict().items(), single.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_deepspeed_config_comes_from_the_repo_files_with_the_run_settings(tmp_path):
+    from codepmp.errors import ConfigError
+    from codepmp.train.loop import deepspeed_config
+
+    zero2 = deepspeed_config(TrainConfig(deepspeed_stage=2, batch_size=8, bf16=True), grad_accum=16)
+    assert zero2["zero_optimization"]["stage"] == 2 and zero2["zero_optimization"]["overlap_comm"] is True
+    assert (zero2["train_micro_batch_size_per_gpu"], zero2["gradient_accumulation_steps"]) == (8, 16)
+    assert zero2["bf16"] == {"enabled": True} and "offload_optimizer" not in zero2["zero_optimization"]
+    zero3 = deepspeed_config(TrainConfig(deepspeed_stage=3, cpu_offload=True), grad_accum=1)["zero_optimization"]
+    assert zero3["stage3_gather_16bit_weights_on_model_save"] is True
+    assert zero3["offload_optimizer"]["device"] == zero3["offload_param"]["device"] == "cpu"
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="deepspeed_config '.*bad.json' cannot be read as JSON"):
+        deepspeed_config(TrainConfig(deepspeed_stage=2, deepspeed_config=str(tmp_path / "bad.json")), 1)

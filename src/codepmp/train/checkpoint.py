@@ -31,7 +31,15 @@ class StoreCheckpointer:
         return steps[-1] if steps else None
 
     def save(self, step: int, local_dir: Path) -> None:
+        self.upload(step, local_dir)
+        self.commit(step)
+
+    def upload(self, step: int, local_dir: Path) -> None:
+        """Add files to step's checkpoint; with several processes each uploads its own, then one commits."""
         self.store.upload_dir(local_dir, self._key(step))
+
+    def commit(self, step: int) -> None:
+        """Mark step's checkpoint complete (resumable), then prune old ones."""
         self.store.mark_done(self._key(step), {"step": step})
         if self.keep:
             for old in self._steps()[:-self.keep]:

@@ -7,7 +7,9 @@ A checkpointer makes the run resumable: a restarted run continues at the last co
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import math
 import os
 import tempfile
@@ -35,6 +37,29 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
 
 
+DEEPSPEED_CONFIGS = Path(__file__).parent / "deepspeed"
+
+
+def deepspeed_config(cfg: TrainConfig, grad_accum: int) -> dict:
+    """The engine config: `cfg.deepspeed_config` or the repo's zero2/zero3.json, with the run's batch,
+    accumulation, precision and offload filled in."""
+    default = DEEPSPEED_CONFIGS / ("zero3.json" if cfg.deepspeed_stage == 3 else "zero2.json")
+    path = Path(cfg.deepspeed_config) if cfg.deepspeed_config else default
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"deepspeed_config '{path}' cannot be read as JSON: {exc}") from None
+    zero = config.setdefault("zero_optimization", {})
+    zero["stage"] = cfg.deepspeed_stage
+    if cfg.cpu_offload:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        if cfg.deepspeed_stage == 3:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    config.update(train_micro_batch_size_per_gpu=cfg.batch_size, gradient_accumulation_steps=grad_accum,
+                  bf16={"enabled": cfg.bf16})
+    return config
+
+
 def _deepspeed_engine(model, optimizer, scheduler, cfg: TrainConfig, grad_accum: int):
     import deepspeed
 
@@ -42,16 +67,8 @@ def _deepspeed_engine(model, optimizer, scheduler, cfg: TrainConfig, grad_accum:
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511"}.items():
         os.environ.setdefault(key, value)
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-    config = {
-        "train_micro_batch_size_per_gpu": cfg.batch_size,
-        "gradient_accumulation_steps": grad_accum,
-        "gradient_clipping": 1.0,
-        "zero_optimization": {"stage": cfg.deepspeed_stage},
-        "bf16": {"enabled": cfg.bf16},
-        "zero_allow_untested_optimizer": True,
-        "steps_per_print": 10**9,
-    }
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                      config=deepspeed_config(cfg, grad_accum))
     return engine
 
 
@@ -66,8 +83,12 @@ def train(cfg: TrainConfig, init_model: str, pairs: list[Pair], out_dir: str | P
         raise InputError("training got 0 preference pairs")
     if cfg.schedule not in SCHEDULES:
         raise ConfigError(f"unknown schedule '{cfg.schedule}' in the training config (known: {', '.join(SCHEDULES)})")
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and cfg.deepspeed_stage < 0:
+        raise ConfigError(f"{world} processes were launched but deepspeed_stage is {cfg.deepspeed_stage}: "
+                          "data-parallel training runs through DeepSpeed (set deepspeed_stage to 0-3)")
     torch.manual_seed(cfg.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu")
     model = PreferenceModel.load(init_model, with_lm_head=cfg.lm_coef > 0).to(device)
     if cfg.grad_checkpointing:
         model.reward_model.gradient_checkpointing_enable()
@@ -81,8 +102,13 @@ def train(cfg: TrainConfig, init_model: str, pairs: list[Pair], out_dir: str | P
     lengths = [max(len(c.ids), len(r.ids)) for c, r in encoded]
     micro = [batch for epoch in range(cfg.epochs)
              for batch in length_grouped_batches(lengths, cfg.batch_size, cfg.seed + epoch)]
-    grad_accum = min(cfg.grad_accum, len(micro))
-    total_steps = len(micro) // grad_accum
+    if len(micro) < world:
+        raise InputError(f"{len(encoded)} pairs make {len(micro)} micro-batches, fewer than the {world} processes")
+    # Each optimizer step takes grad_accum micro-batches per process; process r takes the r-th group of them,
+    # so the step sees the same pairs, in the same order, whatever the number of processes.
+    grad_accum = min(cfg.grad_accum, len(micro) // world)
+    per_step = grad_accum * world
+    total_steps = len(micro) // per_step
     schedule = functools.partial(lr_factor, cfg.schedule, total_steps=total_steps, warmup_frac=cfg.warmup_frac,
                                  decay_frac=cfg.decay_frac)
     save_scaling_at = set(scaling_steps(total_steps, cfg.warmup_frac, cfg.decay_frac, cfg.scaling_ratio)
@@ -108,7 +134,8 @@ def train(cfg: TrainConfig, init_model: str, pairs: list[Pair], out_dir: str | P
                        initial=start, total=total_steps, unit="step")
     for step in bar:
         step_parts: list[dict] = []
-        for batch_idx in micro[step * grad_accum:(step + 1) * grad_accum]:
+        first = step * per_step + rank * grad_accum
+        for batch_idx in micro[first:first + grad_accum]:
             batch = {k: v.to(device) for k, v in collate([encoded[i] for i in batch_idx], pad_id).items()}
             n = len(batch_idx)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
@@ -129,12 +156,16 @@ def train(cfg: TrainConfig, init_model: str, pairs: list[Pair], out_dir: str | P
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         metrics = {k: sum(p[k] for p in step_parts) / len(step_parts) for k in step_parts[0]}
+        if world > 1:
+            metrics = _mean_over_processes(metrics, world)
         metrics["lr"] = optimizer.param_groups[0]["lr"]
         elapsed = time.perf_counter() - t0
-        metrics["tokens_per_s"], metrics["samples_per_s"] = tokens / elapsed, samples / elapsed
+        metrics["tokens_per_s"], metrics["samples_per_s"] = tokens * world / elapsed, samples * world / elapsed
+        if device.type == "cuda":
+            metrics["gpu_peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
         history.append(metrics)
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['accuracy']:.2f}")
-        if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps:
+        if rank == 0 and ((step + 1) % cfg.log_every == 0 or step + 1 == total_steps):
             log(metrics, step + 1)
         if checkpointer is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
                 and step + 1 < total_steps:
@@ -144,15 +175,36 @@ def train(cfg: TrainConfig, init_model: str, pairs: list[Pair], out_dir: str | P
 
     # No checkpoint at the end: the saved model is the stage's output, and optimizer state for a run
     # that is over would only cost an upload (for a 135M model, 1.6 GB).
-    with atomic_dir(out_dir) as tmp:
-        model.save(tmp)
+    with _full_parameters(model, cfg):
+        if rank == 0:
+            with atomic_dir(out_dir) as tmp:
+                model.save(tmp)
     final = history[-1] if history else {}
     return {"steps": total_steps, "resumed_from": start, "pairs": len(encoded),
             **{f"skipped_{k}": v for k, v in skipped.items()},
-            "micro_batches_dropped": len(micro) - total_steps * grad_accum,
+            "micro_batches_dropped": len(micro) - total_steps * per_step, "processes": world,
             "final_loss": final.get("loss", math.nan), "final_accuracy": final.get("accuracy", math.nan),
             "tokens_per_s": final.get("tokens_per_s", math.nan), "samples_per_s": final.get("samples_per_s", math.nan),
             "train_s": round(time.perf_counter() - t0, 3)}
+
+
+def _full_parameters(model, cfg: TrainConfig):
+    """ZeRO-3 partitions parameters over processes: gather them (on every process, a collective) to save."""
+    if cfg.deepspeed_stage != 3:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+
+
+def _mean_over_processes(metrics: dict[str, float], world: int) -> dict[str, float]:
+    """Each process's step metrics averaged over all processes (every micro-batch has the same size)."""
+    import torch.distributed as dist
+
+    keys = sorted(metrics)
+    values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(values)
+    return dict(zip(keys, (values / world).tolist()))
 
 
 def _decay_plan(cfg: TrainConfig, total_steps: int, scaling) -> tuple[int, Callable[[int], float]]:
@@ -171,14 +223,22 @@ def _decay_plan(cfg: TrainConfig, total_steps: int, scaling) -> tuple[int, Calla
 
 def _save(checkpointer, step, model, optimizer, scheduler, engine, cfg: TrainConfig) -> None:
     with tempfile.TemporaryDirectory(prefix="codepmp-ckpt-") as tmp:
-        if engine is not None:
-            engine.save_checkpoint(tmp, tag="engine", client_state={"step": step, "config": asdict(cfg)})
-        else:
+        if engine is None:
             model.save(Path(tmp) / "model")
             torch.save({"step": step, "config": asdict(cfg), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()},
                        Path(tmp) / "state.pt")
-        checkpointer.save(step, Path(tmp))
+            checkpointer.save(step, Path(tmp))
+            return
+        import torch.distributed as dist
+
+        # Every process writes its optimizer partition; the checkpoint is complete only once all are uploaded.
+        engine.save_checkpoint(tmp, tag="engine", client_state={"step": step, "config": asdict(cfg)})
+        checkpointer.upload(step, Path(tmp))
+        dist.barrier()
+        if dist.get_rank() == 0:
+            checkpointer.commit(step)
+        dist.barrier()
 
 
 def _restore(checkpointer, step, model, optimizer, scheduler, engine) -> int:
