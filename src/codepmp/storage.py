@@ -350,6 +350,20 @@ class LocalFolder:
     def put_json(self, name: str, value: Any) -> None:
         self.put_bytes(name, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
 
+    def put_table(self, name: str, table, compression: str = "zstd") -> bytes:
+        """Write `table` as Parquet (atomically, like every put); returns the bytes written."""
+        import pyarrow.parquet as pq
+
+        sink = io.BytesIO()
+        pq.write_table(table, sink, compression=compression)
+        self.put_bytes(name, sink.getvalue())
+        return sink.getvalue()
+
+    def get_table(self, name: str, columns: list[str] | None = None):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(io.BytesIO(self.get_bytes(name)), columns=columns)
+
     def get_json(self, name: str) -> Any:
         try:
             return json.loads(self.get_bytes(name))

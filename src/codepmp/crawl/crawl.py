@@ -28,7 +28,6 @@ bytes as an uninterrupted run.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -36,7 +35,6 @@ from collections import Counter
 from typing import Any, NamedTuple
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from codepmp.config import CrawlConfig
 from codepmp.crawl import filters
@@ -183,8 +181,7 @@ class _RankWorker:
         shard = None
         if rows:
             shard = f"{rank_dir(self.rank)}shard-{index:05d}.parquet"
-            data = _parquet_bytes(rows)
-            self.folder.put_bytes(shard, data)
+            data = self.folder.put_table(shard, pa.Table.from_pylist(rows, schema=SCHEMA))
             shard = {"name": shard, "rows": len(rows), "bytes": len(data),
                      "sha256": hashlib.sha256(data).hexdigest()}
         marker = {"input": fingerprint, "config": self.fingerprint, "shard": shard, "stats": stats,
@@ -196,7 +193,7 @@ class _RankWorker:
         """Put a finished chunk's kept files back into the dedup state, as if it had just been processed."""
         if not marker["shard"]:
             return
-        table = read_shard_table(self.folder, marker["shard"], ["content_hash", "minhash"])
+        table = self.folder.get_table(marker["shard"]["name"], ["content_hash", "minhash"])
         for key, sig in zip(table.column("content_hash").to_pylist(), table.column("minhash").to_pylist()):
             self.dedup.add(key, signature_from_bytes(sig))
 
@@ -310,17 +307,6 @@ class _RankWorker:
         return manifest
 
 
-def read_shard_table(folder, shard: dict[str, Any], columns: list[str]) -> pa.Table:
-    """`columns` of one shard listed in a manifest, from a local or object-store folder."""
-    return pq.read_table(io.BytesIO(folder.get_bytes(shard["name"])), columns=columns)
-
-
-def _parquet_bytes(rows: list[dict[str, Any]]) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), sink, compression="zstd")
-    return sink.getvalue()
-
-
 def _sum_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
     dropped: Counter[str] = Counter()
     totals = Counter()
@@ -387,7 +373,7 @@ def finalize_crawl(cfg: CrawlConfig, out: str | os.PathLike, world_size: int) ->
 
 
 def _column(folder, shard: dict[str, Any], column: str) -> list:
-    return read_shard_table(folder, shard, [column]).column(column).to_pylist()
+    return folder.get_table(shard["name"], [column]).column(column).to_pylist()
 
 
 def _cross_rank_duplicates(cfg: CrawlConfig, folder, manifests) -> tuple[list[str], list[str]]:
@@ -397,7 +383,7 @@ def _cross_rank_duplicates(cfg: CrawlConfig, folder, manifests) -> tuple[list[st
     ids: list[str] = []
     for manifest in manifests:
         for shard in manifest["shards"]:
-            table = read_shard_table(folder, shard, ["id", "content_hash", "minhash"])
+            table = folder.get_table(shard["name"], ["id", "content_hash", "minhash"])
             for row_id, key, sig in zip(*(table.column(c).to_pylist() for c in ("id", "content_hash", "minhash"))):
                 ids.append(row_id)
                 if dedup.check(key, signature_from_bytes(sig)):

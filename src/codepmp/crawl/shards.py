@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from codepmp.crawl.crawl import read_shard_table
 from codepmp.errors import InputError
 from codepmp.storage import LocalFolder, open_folder
 
@@ -41,7 +40,7 @@ def read_shards(path: str | os.PathLike, columns: tuple[str, ...] = READ_COLUMNS
     keep = set(manifest["keep"]) if manifest.get("keep") is not None else None
     by_id: dict[str, dict[str, Any]] = {}
     for shard in manifest["shards"]:
-        table = read_shard_table(folder, shard, list(columns))
+        table = folder.get_table(shard["name"], list(columns))
         for row in table.to_pylist():
             if row["id"] in excluded or (keep is not None and row["id"] not in keep):
                 continue
