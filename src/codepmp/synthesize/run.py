@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import io
 import json
 import time
 from collections import Counter
@@ -50,6 +49,7 @@ ROLES = ("description", "chosen", "rejected")
 DROP_REASONS = ("empty_description", "unfinished_description", "empty_chosen", "unfinished_chosen",
                 "empty_rejected", "unfinished_rejected", "identical")
 BACKENDS = ("transformers", "vllm", "openai")
+CACHE_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("finished", pa.bool_()), ("tokens", pa.int64())])
 # Settings that change how fast pairs are made, not which: a rerun with other values reuses the cache.
 _OPERATIONAL = {"world_size", "batch_size", "backend", "tensor_parallel_size", "endpoint", "concurrency",
                 "retries", "drop_unfinished", "quality_signals"}
@@ -104,10 +104,14 @@ def select_files(rows: list[dict], cfg: SynthesizeConfig, where: str) -> list[di
     return rows[: cfg.max_pairs] if cfg.max_pairs else rows
 
 
+def _output_settings(cfg: SynthesizeConfig) -> str:
+    """The settings that change which pairs are made, as JSON (the pairs' `sampling` column)."""
+    return json.dumps({k: v for k, v in asdict(cfg).items() if k not in _OPERATIONAL}, sort_keys=True)
+
+
 def fingerprint(cfg: SynthesizeConfig, rows: list[dict]) -> str:
     """What the cached generations depend on: the selected files and the settings that change outputs."""
-    digest = hashlib.sha256(json.dumps({k: v for k, v in asdict(cfg).items() if k not in _OPERATIONAL},
-                                       sort_keys=True).encode())
+    digest = hashlib.sha256(_output_settings(cfg).encode())
     for row in rows:
         digest.update(row["id"].encode() + b"\0" + hashlib.sha256(row["content"].encode()).digest())
     return digest.hexdigest()[:16]
@@ -133,24 +137,25 @@ class _Shard:
         self.chunks = {i: rows[i * size:(i + 1) * size]
                        for i in range(rank, -(-len(rows) // size), cfg.world_size)}
         self.generated_rows, self.generated_tokens, self.generate_s = 0, 0, 0.0
+        # Each (role, chunk) is read from the folder at most once: descriptions feed two roles and assembly.
+        self._loaded: dict[tuple[str, int], dict[str, Completion]] = {}
 
     @staticmethod
     def _name(role: str, chunk: int) -> str:
         return f"{role}/chunk-{chunk:05d}.parquet"
 
     def cached(self, role: str, chunk: int) -> dict[str, Completion] | None:
-        if not self.folder.exists(self._name(role, chunk)):
-            return None
-        table = pq.read_table(io.BytesIO(self.folder.get_bytes(self._name(role, chunk)))).to_pylist()
-        return {r["id"]: Completion(r["text"], r["finished"], r["tokens"]) for r in table}
+        if (role, chunk) not in self._loaded:
+            if not self.folder.exists(self._name(role, chunk)):
+                return None
+            rows = self.folder.get_table(self._name(role, chunk)).to_pylist()
+            self._loaded[role, chunk] = {r["id"]: Completion(r["text"], r["finished"], r["tokens"]) for r in rows}
+        return self._loaded[role, chunk]
 
     def store(self, role: str, chunk: int, done: dict[str, Completion]) -> None:
         rows = [{"id": k, "text": c.text, "finished": c.finished, "tokens": c.tokens} for k, c in done.items()]
-        schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("finished", pa.bool_()),
-                            ("tokens", pa.int64())])
-        sink = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), sink)
-        self.folder.put_bytes(self._name(role, chunk), sink.getvalue())
+        self.folder.put_table(self._name(role, chunk), pa.Table.from_pylist(rows, schema=CACHE_SCHEMA))
+        self._loaded[role, chunk] = done
 
     def prompts(self, role: str, chunk: int) -> dict[str, str]:
         rows = self.chunks[chunk]
@@ -201,7 +206,7 @@ def _pair_drop(chosen: Completion, rejected: Completion, cfg: SynthesizeConfig) 
 
 def _assemble(shard: _Shard, cfg: SynthesizeConfig) -> tuple[list[dict], Counter[str], Counter[str]]:
     """The shard's pairs, drops by reason, and kept outputs that hit the token cap (drop_unfinished off)."""
-    sampling = json.dumps({k: v for k, v in asdict(cfg).items() if k not in _OPERATIONAL}, sort_keys=True)
+    sampling = _output_settings(cfg)
     records, dropped = [], Counter({reason: 0 for reason in DROP_REASONS})
     truncated = Counter({role: 0 for role in ROLES})
     for chunk, rows in shard.chunks.items():
@@ -249,19 +254,17 @@ def _make_shard(cfg: SynthesizeConfig, rows: list[dict], folder, rank: int,
     shard = _Shard(cfg, rows, folder, rank)
     models = _OneModel(cfg, backend_factory)
     stop = tuple(cfg.stop)
-    plans = {"description": (cfg.summarizer_model, cfg.description_tokens), "chosen": (cfg.strong_model, cfg.code_tokens),
-             "rejected": (cfg.weak_model, cfg.code_tokens)}
+    plans = {"description": (cfg.summarizer_model, cfg.description_tokens),
+             "chosen": (cfg.strong_model, cfg.code_tokens), "rejected": (cfg.weak_model, cfg.code_tokens)}
     for role, (spec, max_tokens) in plans.items():
         sampling = Sampling(max_tokens, cfg.temperature, cfg.top_p, cfg.seed, stop)
         shard.run_role(role, lambda spec=spec: models.get(spec), sampling)
     records, dropped, truncated = _assemble(shard, cfg)
     stats = {"rank": rank, "files": sum(len(rows) for rows in shard.chunks.values()), "pairs": len(records),
-             "dropped": dict(dropped), "truncated_kept": dict(truncated), "chunks": len(shard.chunks), "generated_rows": shard.generated_rows,
-             "generated_tokens": shard.generated_tokens, "generate_s": round(shard.generate_s, 3),
+             "dropped": dict(dropped), "truncated_kept": dict(truncated), "chunks": len(shard.chunks),
+             "generated_rows": shard.generated_rows, "generated_tokens": shard.generated_tokens, "generate_s": round(shard.generate_s, 3),
              **shard.throughput()}
-    sink = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(records, schema=_pairs_schema(cfg)), sink)
-    folder.put_bytes(f"shard-{rank:05d}/{PAIRS_FILE}", sink.getvalue())
+    folder.put_table(f"shard-{rank:05d}/{PAIRS_FILE}", pa.Table.from_pylist(records, schema=_pairs_schema(cfg)))
     folder.put_json(f"shard-{rank:05d}/{DONE}", stats)
 
 
@@ -278,14 +281,14 @@ def merge_shards(shard_dirs: list[str | Path], out_dir: str | Path) -> dict[str,
     """Concatenate shard outputs (each with pairs.parquet and stats.json) into `out_dir`; sum their stats."""
     if not shard_dirs:
         raise InputError("synthesize merge: no shard outputs to merge")
-    tables, parts = [], []
-    for shard in sorted(shard_dirs, key=lambda d: json.loads((Path(d) / "stats.json").read_text())["rank"]):
+    for shard in shard_dirs:
         for name in (PAIRS_FILE, "stats.json"):
             if not (Path(shard) / name).is_file():
                 raise InputError(f"synthesize merge: shard output '{shard}' has no {name}")
-        tables.append(pq.read_table(Path(shard) / PAIRS_FILE))
-        parts.append(json.loads((Path(shard) / "stats.json").read_text()))
-    table = pa.concat_tables(tables)
+    by_rank = sorted(((json.loads((Path(d) / "stats.json").read_text()), Path(d)) for d in shard_dirs),
+                     key=lambda part: part[0]["rank"])
+    parts = [stats for stats, _ in by_rank]
+    table = pa.concat_tables([pq.read_table(d / PAIRS_FILE) for _, d in by_rank])
     if len(set(table["id"].to_pylist())) != table.num_rows:
         raise InputError("synthesize merge: shards overlap (a file's pair appears twice); were they made with "
                          "different synthesize.world_size or chunk_rows?")
