@@ -67,8 +67,8 @@ class TransformersBackend(Backend):
 
     @torch.inference_mode()
     def complete(self, prompts: list[str], sampling: Sampling, desc: str = "generate") -> list[Completion]:
-        ids = [self.tokenizer(self.format(p), add_special_tokens=not self.tokenizer.chat_template)["input_ids"]
-               for p in prompts]
+        ids = self.tokenizer([self.format(p) for p in prompts],
+                             add_special_tokens=not self.tokenizer.chat_template)["input_ids"]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         outputs: list[Completion] = [Completion("")] * len(ids)
         eos = list({self.tokenizer.eos_token_id, *_as_list(self.model.generation_config.eos_token_id)} - {None})
@@ -102,7 +102,8 @@ class TransformersBackend(Backend):
         if shared < MIN_SHARED_PREFIX:
             return {"input_ids": as_tensor([[pad] * (width - len(r)) + r for r in rows]),
                     "attention_mask": as_tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])}
-        prefix = self.model(input_ids=as_tensor([rows[0][:shared]]), use_cache=True)
+        # Only the cache is wanted: logits_to_keep=1 spares the vocabulary projection of every prefix token.
+        prefix = self.model(input_ids=as_tensor([rows[0][:shared]]), use_cache=True, logits_to_keep=1)
         cache = getattr(prefix, "cache", None) or prefix.past_key_values
         cache.batch_repeat_interleave(len(rows))
         gap = [width - len(r) for r in rows]

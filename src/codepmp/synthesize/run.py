@@ -20,6 +20,7 @@ often the task was interrupted.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import json
@@ -172,8 +173,7 @@ class _Shard:
         for chunk in bar:
             prompts = self.prompts(role, chunk)
             start = time.perf_counter()
-            seeded = Sampling(sampling.max_new_tokens, sampling.temperature, sampling.top_p,
-                              sampling.seed + 3 * chunk + ROLES.index(role), sampling.stop)
+            seeded = dataclasses.replace(sampling, seed=sampling.seed + 3 * chunk + ROLES.index(role))
             done = backend().complete(list(prompts.values()), seeded, desc=role) if prompts else []
             self.generate_s += time.perf_counter() - start
             self.generated_rows += len(done)

@@ -41,16 +41,16 @@ class CompletionServer(ThreadingHTTPServer):
             raise ValueError("'messages' must be a non-empty list of {role, content} objects")
         if len(messages) != 1 or messages[0].get("role", "user") != "user":
             raise ValueError("this server takes exactly one user message per request")
+        stop = body.get("stop") or ()
         sampling = Sampling(max_new_tokens=int(body.get("max_tokens", 256)),
                             temperature=float(body.get("temperature", 1.0)), top_p=float(body.get("top_p", 1.0)),
-                            seed=int(body.get("seed", 0)))
+                            seed=int(body.get("seed", 0)),
+                            stop=(stop,) if isinstance(stop, str) else tuple(str(s) for s in stop))
         if sampling.max_new_tokens < 1:
             raise ValueError("'max_tokens' must be at least 1")
         name = body.get("model") or next(iter(self.backends))
         if name not in self.backends:
             raise LookupError(f"model '{name}' is not served here (served: {', '.join(self.backends)})")
-        stop = body.get("stop") or ()
-        sampling.stop = (stop,) if isinstance(stop, str) else tuple(str(s) for s in stop)
         with self.lock:
             [done] = self.backends[name].complete([messages[0]["content"]], sampling, desc="serve")
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),

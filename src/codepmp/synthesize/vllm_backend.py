@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from codepmp.errors import ConfigError, InputError
 from codepmp.models import chat_prompt, resolve
-from codepmp.synthesize.backend import Backend, Completion, Sampling, cut_at_stop
+from codepmp.synthesize.backend import Backend, Completion, Sampling
 
 
 class VLLMBackend(Backend):
@@ -44,11 +44,6 @@ class VLLMBackend(Backend):
                   for i in range(len(prompts))]
         texts = [chat_prompt(self.tokenizer, p) for p in prompts]
         results = self.llm.generate(texts, params, use_tqdm=True)
-        completions = []
-        for result in results:
-            out = result.outputs[0]
-            # vLLM already cuts at `stop`; cutting again is a no-op kept for servers that include the string.
-            text, _ = cut_at_stop(out.text, sampling.stop)
-            completions.append(Completion(text.strip(), finished=out.finish_reason != "length",
-                                          tokens=len(out.token_ids)))
-        return completions
+        # vLLM leaves a matched stop string out of the text itself.
+        return [Completion(r.outputs[0].text.strip(), finished=r.outputs[0].finish_reason != "length",
+                           tokens=len(r.outputs[0].token_ids)) for r in results]
