@@ -156,11 +156,11 @@ def train(cfg: TrainConfig, init_model: str, pairs: list[Pair], out_dir: str | P
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         metrics = {k: sum(p[k] for p in step_parts) / len(step_parts) for k in step_parts[0]}
-        if world > 1:
-            metrics = _mean_over_processes(metrics, world)
-        metrics["lr"] = optimizer.param_groups[0]["lr"]
         elapsed = time.perf_counter() - t0
-        metrics["tokens_per_s"], metrics["samples_per_s"] = tokens * world / elapsed, samples * world / elapsed
+        metrics["tokens_per_s"], metrics["samples_per_s"] = tokens / elapsed, samples / elapsed
+        if world > 1:
+            metrics = _over_processes(metrics, world, summed=("tokens_per_s", "samples_per_s"))
+        metrics["lr"] = optimizer.param_groups[0]["lr"]
         if device.type == "cuda":
             metrics["gpu_peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
         history.append(metrics)
@@ -197,14 +197,15 @@ def _full_parameters(model, cfg: TrainConfig):
     return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
 
 
-def _mean_over_processes(metrics: dict[str, float], world: int) -> dict[str, float]:
-    """Each process's step metrics averaged over all processes (every micro-batch has the same size)."""
+def _over_processes(metrics: dict[str, float], world: int, summed: tuple[str, ...]) -> dict[str, float]:
+    """Step metrics over all processes: rates in `summed` add up, the rest are averaged (every micro-batch
+    has the same number of pairs)."""
     import torch.distributed as dist
 
     keys = sorted(metrics)
     values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
     dist.all_reduce(values)
-    return dict(zip(keys, (values / world).tolist()))
+    return {k: v if k in summed else v / world for k, v in zip(keys, values.tolist())}
 
 
 def _decay_plan(cfg: TrainConfig, total_steps: int, scaling) -> tuple[int, Callable[[int], float]]:
