@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from codepmp.models import chat_prompt, load_for_inference
 from codepmp.errors import ConfigError, InputError
+from codepmp.models import chat_prompt, load_for_inference
 
 if TYPE_CHECKING:
     from codepmp.config import ClassifyConfig

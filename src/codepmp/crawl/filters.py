@@ -45,13 +45,11 @@ real source files contain, which would under-count line lengths.
 
 from __future__ import annotations
 
-import dataclasses
-
 import hashlib
 import posixpath
 import re
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from codepmp.config import CrawlConfig
 from codepmp.crawl.notebooks import NOTEBOOK_EXTENSION, NotebookError, convert_notebook
@@ -236,7 +234,7 @@ class Verdict:
     language: str | None = None
     """The kept file's language: by extension, or a notebook's kernel language; None for a drop or a file
     whose extension has no language (when `path_drop_reason` was not applied first)."""
-    n_lines: int = dataclasses.field(default=0, compare=False)
+    n_lines: int = field(default=0, compare=False)
     """Lines of the kept text (counted by the filters already, so the crawl need not count again)."""
 
 
@@ -564,7 +562,7 @@ def check_content(data: bytes, path: str, cfg: CrawlConfig) -> Verdict:
         or _generated_reason(text, path, stats)
         or _extension_reason(text, stats, rule)
     )
-    return Verdict(reason) if reason else dataclasses.replace(kept, n_lines=stats.n_lines)
+    return Verdict(reason) if reason else replace(kept, n_lines=stats.n_lines)
 
 
 def content_drop_reason(data: bytes, cfg: CrawlConfig, path: str = "") -> tuple[str | None, str | None]:
