@@ -83,14 +83,19 @@ def _mlflow_log(metrics: dict, step: int) -> None:
     mlflow.log_metrics(metrics, step=step)
 
 
+def _run_location(stage_name: str, run_name: str) -> str:
+    """s3://<bucket>/<stage>/<run name>: where a stage keeps work that a retried or rerun task resumes."""
+    from codepmp.storage import BUCKET_VAR, DEFAULT_BUCKET
+
+    return f"s3://{os.environ.get(BUCKET_VAR) or DEFAULT_BUCKET}/{stage_name}/{run_name}"
+
+
 def crawl_location(cfg: PipelineConfig, run_name: str) -> str:
     """Where a pipeline's crawl ranks write: the object store, under the run name and the crawl config's
     fingerprint, so a retried or rerun task resumes its finished chunks and another config never does."""
     from codepmp.crawl.crawl import config_fingerprint
-    from codepmp.storage import BUCKET_VAR, DEFAULT_BUCKET
 
-    bucket = os.environ.get(BUCKET_VAR) or DEFAULT_BUCKET
-    return f"s3://{bucket}/crawl/{run_name}/{config_fingerprint(cfg.crawl)}"
+    return f"{_run_location('crawl', run_name)}/{config_fingerprint(cfg.crawl)}"
 
 
 def _crawl_result(stats: dict) -> dict:
@@ -125,9 +130,7 @@ def crawl_merge(cfg: PipelineConfig, run_name: str, out_dir: str, location: str 
 def synthesis_location(run_name: str) -> str:
     """Where a pipeline's synthesis tasks keep their row cache: the object store under the run name, so a
     retried task resumes; `synthesize_shard` adds a fingerprint of the files and settings below it."""
-    from codepmp.storage import BUCKET_VAR, DEFAULT_BUCKET
-
-    return f"s3://{os.environ.get(BUCKET_VAR) or DEFAULT_BUCKET}/synthesize/{run_name}"
+    return _run_location("synthesize", run_name)
 
 
 def _synthesis_result(stats: dict) -> dict:
