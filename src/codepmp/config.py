@@ -232,6 +232,14 @@ class TrainConfig:
     """Weight of the LM cross-entropy on chosen response tokens (0 = pure Bradley-Terry)."""
     grad_checkpointing: bool = False
     """Recompute activations in backward: less memory, about 30 % slower."""
+    packing: bool = False
+    """Lay each micro-batch out as one row of back-to-back sequences with restarting position ids (a
+    block-diagonal causal mask) instead of right-padded rows: no compute on padding. Worth it with
+    `attn_implementation` "flash_attention_2" (variable-length kernels); with "sdpa" the masked attention
+    over the whole row costs more than the padding it saves, so padded length-grouped batches stay the default."""
+    attn_implementation: str = ""
+    """transformers attention kernel: "" (its default, sdpa), "eager", "sdpa", "flash_attention_2" (needs the
+    flash-attn package) or "flex_attention"."""
     bf16: bool = False
     """Train in bfloat16 autocast (GPU); CPU runs stay fp32."""
     deepspeed_stage: int = -1

@@ -155,7 +155,7 @@ def load_causal_lm(spec: str, dtype=None):
     return model, load_tokenizer(path, padding_side="left")
 
 
-def load_reward_model(spec: str, dtype=None):
+def load_reward_model(spec: str, dtype=None, attn_implementation: str = ""):
     """A 1-label sequence-classification head on the base LM; reward is read at the last non-pad token.
 
     `problem_type="regression"` keeps the transformers pipeline from squashing rewards through a sigmoid.
@@ -165,7 +165,8 @@ def load_reward_model(spec: str, dtype=None):
     path = resolve(spec)
     tokenizer = load_tokenizer(path)
     model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, problem_type="regression", dtype=dtype)
+        path, num_labels=1, problem_type="regression", dtype=dtype,
+        **({"attn_implementation": attn_implementation} if attn_implementation else {}))
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 

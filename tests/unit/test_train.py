@@ -9,6 +9,7 @@ from codepmp.testing import write_tiny_model
 from codepmp.train.data import (
     Pair,
     collate,
+    collate_packed,
     encode,
     encode_pairs,
     length_grouped_batches,
@@ -55,6 +56,40 @@ def test_reward_readout_matches_transformers_head(tiny_model):
     # A prompt precedes every response, so each labelled token has a position that predicts it.
     assert labelled > 0 and logits.shape[0] == targets.shape[0] == labelled
     assert targets.tolist() == batch["labels"][batch["labels"] != -100].tolist()
+
+
+def test_packed_batch_gives_the_rewards_and_lm_targets_of_the_padded_batch(tiny_model):
+    model = PreferenceModel.load(tiny_model, with_lm_head=True).eval()
+    # Unequal lengths, so the padded batch has padding and the packed row has sequence boundaries.
+    pairs = [PAIRS[0], Pair("Q:", " a much longer answer " * 4, " no"), PAIRS[5]]
+    encoded = encode_pairs(model.tokenizer, pairs, 64)
+    padded = collate(encoded, model.reward_model.config.pad_token_id)
+    packed = collate_packed(encoded)
+    assert packed["input_ids"].shape == (1, int(padded["attention_mask"].sum()))
+    with torch.no_grad():
+        rewards, logits, targets = model(padded["input_ids"], padded["attention_mask"], lm_labels=padded["labels"])
+        packed_rewards, packed_logits, packed_targets = model(
+            packed["input_ids"], lm_labels=packed["labels"], position_ids=packed["position_ids"],
+            last=packed["last"])
+    torch.testing.assert_close(packed_rewards, rewards, rtol=1e-4, atol=1e-5)
+    assert packed_targets.tolist() == targets.tolist()
+    torch.testing.assert_close(packed_logits, logits, rtol=1e-4, atol=1e-4)
+    # Position ids restart per sequence; without them the packed row is one long causal sequence.
+    with torch.no_grad():
+        leaky, _, _ = model(packed["input_ids"], lm_labels=None, last=packed["last"],
+                            position_ids=torch.arange(packed["input_ids"].size(1))[None])
+    assert not torch.allclose(leaky[1:], rewards[1:], atol=1e-3)
+
+
+def test_packed_training_follows_padded_training(tiny_model, tmp_path):
+    padded, packed = [], []
+    train(CFG, tiny_model, PAIRS, tmp_path / "padded", log=lambda m, s: padded.append(m), progress=False)
+    cfg = TrainConfig(**{**CFG.__dict__, "packing": True})
+    train(cfg, tiny_model, PAIRS, tmp_path / "packed", log=lambda m, s: packed.append(m), progress=False)
+    assert [m["loss"] for m in packed] == pytest.approx([m["loss"] for m in padded], rel=1e-4)
+    # Throughput counts real tokens only, so the two layouts report the same work.
+    assert packed[-1]["tokens_per_s"] / packed[-1]["samples_per_s"] == pytest.approx(
+        padded[-1]["tokens_per_s"] / padded[-1]["samples_per_s"])
 
 
 def test_golden_loss_and_saved_model_loads(tiny_model, tmp_path):

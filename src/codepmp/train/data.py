@@ -1,4 +1,5 @@
-"""Preference pairs -> token ids -> length-grouped, right-padded batches (chosen rows first, then rejected)."""
+"""Preference pairs -> token ids -> length-grouped batches (chosen rows first, then rejected), either right-padded
+to [2B, L] or packed into one [1, sum of lengths] row with no padding at all."""
 
 from __future__ import annotations
 
@@ -113,3 +114,21 @@ def collate(encoded: list[tuple[Encoded, Encoded]], pad_token_id: int) -> dict[s
     for i, (chosen, _) in enumerate(encoded):
         labels[i, chosen.response_start:len(chosen.ids)] = input_ids[i, chosen.response_start:len(chosen.ids)]
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def collate_packed(encoded: list[tuple[Encoded, Encoded]]) -> dict[str, torch.Tensor]:
+    """One row holding every sequence of the batch back to back (chosen ones first), with position ids that
+    restart at 0 for each sequence: transformers turns those into a block-diagonal causal mask (flash
+    attention: variable-length kernels), so no token attends across sequences and no compute goes to padding.
+
+    `last` is the index of each sequence's final token (where its reward is read); `labels` marks the chosen
+    response tokens, except a sequence's first token, which nothing in that sequence predicts."""
+    rows = [c for c, _ in encoded] + [r for _, r in encoded]
+    input_ids = torch.tensor([[t for row in rows for t in row.ids]], dtype=torch.long)
+    position_ids = torch.tensor([[p for row in rows for p in range(len(row.ids))]], dtype=torch.long)
+    ends = torch.tensor([len(row.ids) for row in rows]).cumsum(0)
+    labels = torch.full_like(input_ids, -100)
+    for start, (chosen, _) in zip(ends[: len(encoded)] - torch.tensor([len(c.ids) for c, _ in encoded]), encoded):
+        lo, hi = int(start) + max(chosen.response_start, 1), int(start) + len(chosen.ids)
+        labels[0, lo:hi] = input_ids[0, lo:hi]
+    return {"input_ids": input_ids, "position_ids": position_ids, "last": ends - 1, "labels": labels}

@@ -1,7 +1,7 @@
 """Preference-model training loop shared by PMP (lm_coef > 0) and reward-model finetuning (lm_coef = 0).
 
-Plain torch by default (length-grouped batches, no gradient checkpointing: the fastest setup on CPU);
-`deepspeed_stage >= 0` wraps the model in a DeepSpeed ZeRO engine instead (gloo on CPU, NCCL on GPU).
+Plain torch by default (length-grouped batches, padded or packed; no gradient checkpointing: the fastest
+setup on CPU); `deepspeed_stage >= 0` wraps the model in a DeepSpeed ZeRO engine instead (gloo on CPU, NCCL on GPU).
 A checkpointer makes the run resumable: a restarted run continues at the last completed checkpoint.
 """
 
@@ -24,7 +24,7 @@ from codepmp.atomic import atomic_dir
 from codepmp.config import TrainConfig
 from codepmp.errors import ConfigError, InputError
 from codepmp.progress import progress as progress_bar
-from codepmp.train.data import Pair, collate, length_grouped_batches, screen_pairs
+from codepmp.train.data import Pair, collate, collate_packed, length_grouped_batches, screen_pairs
 from codepmp.train.losses import pmp_loss
 from codepmp.train.model import PreferenceModel
 from codepmp.train.schedule import SCHEDULES, decay_steps, lr_factor, scaling_steps
@@ -89,7 +89,8 @@ def train(cfg: TrainConfig, init_model: str, pairs: list[Pair], out_dir: str | P
                           "data-parallel training runs through DeepSpeed (set deepspeed_stage to 0-3)")
     torch.manual_seed(cfg.seed)
     device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu")
-    model = PreferenceModel.load(init_model, with_lm_head=cfg.lm_coef > 0).to(device)
+    model = PreferenceModel.load(init_model, with_lm_head=cfg.lm_coef > 0,
+                                 attn_implementation=cfg.attn_implementation).to(device)
     if cfg.grad_checkpointing:
         model.reward_model.gradient_checkpointing_enable()
     pad_id = model.reward_model.config.pad_token_id
@@ -136,18 +137,22 @@ def train(cfg: TrainConfig, init_model: str, pairs: list[Pair], out_dir: str | P
         step_parts: list[dict] = []
         first = step * per_step + rank * grad_accum
         for batch_idx in micro[first:first + grad_accum]:
-            batch = {k: v.to(device) for k, v in collate([encoded[i] for i in batch_idx], pad_id).items()}
+            pairs_in_batch = [encoded[i] for i in batch_idx]
+            batch = collate_packed(pairs_in_batch) if cfg.packing else collate(pairs_in_batch, pad_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
             n = len(batch_idx)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                rewards, lm_logits, lm_targets = model(batch["input_ids"], batch["attention_mask"],
-                                                       lm_labels=batch["labels"] if cfg.lm_coef else None)
+                rewards, lm_logits, lm_targets = model(batch["input_ids"], batch.get("attention_mask"),
+                                                       lm_labels=batch["labels"] if cfg.lm_coef else None,
+                                                       position_ids=batch.get("position_ids"),
+                                                       last=batch.get("last"))
                 loss, parts = pmp_loss(rewards[:n], rewards[n:], lm_logits, lm_targets, cfg.rm_coef, cfg.lm_coef)
             if engine is not None:
                 engine.backward(loss)
                 engine.step()
             else:
                 (loss / grad_accum).backward()
-            tokens += int(batch["attention_mask"].sum())
+            tokens += sum(len(c.ids) + len(r.ids) for c, r in pairs_in_batch)
             samples += n
             step_parts.append(parts)
         if engine is None:

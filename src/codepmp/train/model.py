@@ -40,9 +40,9 @@ class PreferenceModel(nn.Module):
         self.lm_head = nn.Parameter(lm_head_weight) if lm_head_weight is not None else None
 
     @classmethod
-    def load(cls, spec: str, with_lm_head: bool, dtype=None) -> "PreferenceModel":
+    def load(cls, spec: str, with_lm_head: bool, dtype=None, attn_implementation: str = "") -> "PreferenceModel":
         path = resolve(spec)
-        reward_model, tokenizer = load_reward_model(path, dtype=dtype)
+        reward_model, tokenizer = load_reward_model(path, dtype=dtype, attn_implementation=attn_implementation)
         weight = None
         if with_lm_head and not reward_model.config.tie_word_embeddings:
             weight = _untied_lm_head(path).to(reward_model.dtype)
@@ -55,12 +55,18 @@ class PreferenceModel(nn.Module):
     def lm_weight(self) -> torch.Tensor:
         return self.lm_head if self.lm_head is not None else self.backbone.get_input_embeddings().weight
 
-    def forward(self, input_ids, attention_mask, lm_labels=None):
-        """Rewards for every row; with `lm_labels` (for the first rows: the chosen half) also the LM logits
-        and targets at the positions that predict a labelled response token."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        last = last_token_index(input_ids, self.reward_model.config.pad_token_id)
-        pooled = hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+    def forward(self, input_ids, attention_mask=None, lm_labels=None, position_ids=None, last=None):
+        """Rewards for every padded row, or with `position_ids` and `last` (a packed batch, see
+        `data.collate_packed`) for every sequence packed in row 0. With `lm_labels` (for the first rows: the
+        chosen half) also the LM logits and targets at the positions that predict a labelled response token."""
+        # No KV cache: transformers only derives the packed block-diagonal mask from position ids without one.
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               use_cache=False).last_hidden_state
+        if last is None:
+            last = last_token_index(input_ids, self.reward_model.config.pad_token_id)
+            pooled = hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+        else:
+            pooled = hidden[0, last]
         rewards = self.reward_model.score(pooled).squeeze(-1).float()
         if lm_labels is None:
             return rewards, None, None
