@@ -20,3 +20,33 @@ def test_python_func(stack_env, tiny_overrides, tiny_lm, pairs_dir, tmp_path):
 @pytest.mark.integration
 def test_kfp_local(local_chain):
     assert (local_chain["pretrain"] / "model" / "config.json").exists()
+
+
+@pytest.mark.integration
+def test_python_func_across_two_processes_logs_once_from_rank_0(stack_env, tiny_overrides, tiny_lm, pairs_dir,
+                                                                 tmp_path):
+    """`pretrain.processes` 2 starts two gloo processes with torchrun, as on a 2-GPU pod."""
+    import mlflow
+
+    out = dsl.Model(uri=str(tmp_path / "pmp2"))
+    overrides = {**tiny_overrides, "pretrain": {**tiny_overrides["pretrain"], "processes": 2, "deepspeed_stage": 2}}
+    pretrain.python_func(profile="tiny", overrides=overrides, run_name="t-2proc", job_id="job-2",
+                         base=dsl.Model(uri=tiny_lm), pairs=dsl.Dataset(uri=pairs_dir), model=out)
+    load_reward_model(out.path)
+    (run,) = mlflow.search_runs(experiment_names=[tiny_overrides["experiment"]], output_format="list",
+                                filter_string="tags.`codepmp.run` = 't-2proc'")
+    assert run.data.metrics["processes"] == 2
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
+    # 4 pairs, 2 per micro-batch, one micro-batch per process: 1 step, logged once (by rank 0 only).
+    assert [m.step for m in history] == [int(run.data.metrics["steps"])] == [1]
+
+
+def test_more_processes_without_deepspeed_is_a_clear_error(stack_env, tiny_overrides, tiny_lm, pairs_dir, tmp_path,
+                                                           capsys):
+    overrides = {**tiny_overrides, "pretrain": {**tiny_overrides["pretrain"], "processes": 2}}
+    with pytest.raises(SystemExit) as exit_info:
+        pretrain.python_func(profile="tiny", overrides=overrides, run_name="t-2proc-bad", job_id="job-3",
+                             base=dsl.Model(uri=tiny_lm), pairs=dsl.Dataset(uri=pairs_dir),
+                             model=dsl.Model(uri=str(tmp_path / "x")))
+    assert exit_info.value.code == 2
+    assert "deepspeed_stage is -1" in capsys.readouterr().err

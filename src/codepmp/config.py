@@ -245,6 +245,9 @@ class TrainConfig:
     deepspeed_stage: int = -1
     """-1 trains with plain torch; 0-3 wraps the model in a DeepSpeed engine with that ZeRO stage (configs in
     src/codepmp/train/deepspeed/). Several processes (torchrun / deepspeed launcher) need a stage >= 0."""
+    processes: int = 0
+    """Training processes in the pod (torchrun --nproc_per_node), each on its own GPU; 0 = one per visible GPU
+    (one on a machine without GPUs). More than one needs a DeepSpeed stage. On CPU, 2+ runs gloo processes."""
     deepspeed_config: str = ""
     """Path of a DeepSpeed JSON config to start from instead of the packaged zero2/zero3.json."""
     cpu_offload: bool = False

@@ -185,21 +185,6 @@ def reasoning_data(cfg: PipelineConfig, run_name: str, out_dir: str) -> dict:
     return build_reasoning_data(cfg.reasoning, out_dir)
 
 
-def _checkpointer(run_name: str, job_id: str, stage_name: str, scaling: bool = False):
-    """Resumable checkpoints scoped to one pipeline job: a retried pod of the job resumes, a new run starts
-    fresh even when it reuses the run name. Scaling-curve checkpoints (`scaling`) are scoped to the run name
-    only and all kept, so a later run with `decay_from_step` and the same run name finds them."""
-    from codepmp.storage import ObjectStore
-    from codepmp.train.checkpoint import StoreCheckpointer
-
-    store = ObjectStore.from_env()
-    store.ensure_bucket()
-    if scaling:
-        return StoreCheckpointer(store, f"runs/{run_name}/{stage_name}/scaling", keep=0)
-    scope = f"{run_name}/{job_id}" if job_id else run_name
-    return StoreCheckpointer(store, f"runs/{scope}/{stage_name}/checkpoints")
-
-
 def _log_training_configs(train_cfg, model_dir: str) -> None:
     """The initial model's config.json and, for DeepSpeed runs, the engine config, as run artifacts."""
     import json
@@ -220,16 +205,14 @@ def _log_training_configs(train_cfg, model_dir: str) -> None:
 def pretrain(cfg: PipelineConfig, run_name: str, base_dir: str, pairs_dir: str, out_dir: str,
              job_id: str = "") -> dict:
     from codepmp.synthesize.run import read_pairs
-    from codepmp.train.loop import train
+    from codepmp.train.launch import Checkpoints, launch
 
     _log_training_configs(cfg.pretrain, base_dir)
     # A decay run keeps its own resumable checkpoints, apart from those of the run it decays.
     name = f"pretrain-decay-{cfg.pretrain.decay_from_step}" if cfg.pretrain.decay_from_step else "pretrain"
     scaling = cfg.pretrain.scaling_ratio > 1 or cfg.pretrain.decay_from_step > 0
-    return train(cfg.pretrain, base_dir, read_pairs(pairs_dir), out_dir,
-                 checkpointer=_checkpointer(run_name, job_id, name),
-                 scaling=_checkpointer(run_name, job_id, "pretrain", scaling=True) if scaling else None,
-                 log=_mlflow_log)
+    return launch(cfg.pretrain, base_dir, read_pairs(pairs_dir), out_dir,
+                  Checkpoints(run_name, job_id, name, scaling="pretrain" if scaling else ""), log=_mlflow_log)
 
 
 @stage("finetune")
@@ -238,12 +221,12 @@ def finetune(cfg: PipelineConfig, run_name: str, init_dir: str, data_dir: str, o
     import mlflow
 
     from codepmp.reasoning.build import read_pairs
-    from codepmp.train.loop import train
+    from codepmp.train.launch import Checkpoints, launch
 
     mlflow.set_tag("codepmp.variant", variant)
     _log_training_configs(cfg.finetune, init_dir)
-    return train(cfg.finetune, init_dir, read_pairs(data_dir, "train"), out_dir,
-                 checkpointer=_checkpointer(run_name, job_id, f"finetune-{variant}"), log=_mlflow_log)
+    return launch(cfg.finetune, init_dir, read_pairs(data_dir, "train"), out_dir,
+                  Checkpoints(run_name, job_id, f"finetune-{variant}"), log=_mlflow_log)
 
 
 @stage("evaluate")

@@ -222,3 +222,15 @@ def test_deepspeed_config_comes_from_the_repo_files_with_the_run_settings(tmp_pa
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ConfigError, match="deepspeed_config '.*bad.json' cannot be read as JSON"):
         deepspeed_config(TrainConfig(deepspeed_stage=2, deepspeed_config=str(tmp_path / "bad.json")), 1)
+
+
+def test_bad_input_in_a_launched_process_is_the_stage_error(tiny_model, tmp_path):
+    from codepmp.errors import InputError
+    from codepmp.train.launch import launch
+
+    pytest.importorskip("deepspeed")
+    cfg = TrainConfig(**{**CFG.__dict__, "deepspeed_stage": 2, "processes": 2})
+    blank = [Pair(p.prompt, " ", p.rejected) for p in PAIRS]
+    with pytest.raises(InputError, match="none of the 8 training pairs is usable at max_length 64: empty_response 8"):
+        launch(cfg, tiny_model, blank, tmp_path / "out", checkpoints=None)
+    assert not (tmp_path / "out").exists()
