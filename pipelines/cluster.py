@@ -44,6 +44,20 @@ class ClusterSpec:
     """Crawl rank pods running at once (KFP ParallelFor parallelism); 0 runs all `crawl.world_size` at once."""
     synthesize_parallelism: int = 0
     """Synthesis shard pods running at once (each takes `gpus` GPUs); 0 runs all `synthesize.world_size` at once."""
+    pretrain_nodes: int = 1
+    """Nodes for pretraining. Above 1 the pretrain task (then a small CPU pod) creates a Kubeflow Trainer
+    TrainJob of this many nodes x `gpus` GPUs, waits for it and outputs its model (needs Kubeflow Trainer v2
+    and the TrainJob rights of manifests/pipeline-namespace)."""
+    trainer_runtime: str = "torch-distributed"
+    """ClusterTrainingRuntime of that TrainJob."""
+
+    def trainjob_settings(self, image: str) -> dict:
+        """`codepmp.train.trainjob.TrainJobSettings` fields for a pretraining TrainJob of this cluster."""
+        return {"image": image, "nodes": self.pretrain_nodes, "gpus_per_node": self.gpus,
+                "accelerator": self.accelerator_type, "memory": self.gpu_memory,
+                "node_selector": dict(self.gpu_node_selector), "tolerations": [dict(t) for t in self.gpu_tolerations],
+                "runtime": self.trainer_runtime, "secret": self.secret, "config_map": self.config_map,
+                "shm_size": self.shm_size}
 
 
 def apply(task, spec: ClusterSpec, gpu: bool, github: bool = False):

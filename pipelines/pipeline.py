@@ -15,7 +15,9 @@ from components.crawl.component import crawl, crawl_ranks
 from components.crawl_merge.component import crawl_merge
 from components.evaluate.component import evaluate
 from components.finetune.component import finetune
+from components.images import GPU_IMAGE
 from components.pretrain.component import pretrain
+from components.pretrain_trainjob.component import pretrain_trainjob
 from components.reasoning_data.component import reasoning_data
 from components.register.component import register
 from components.synthesize.component import synthesize, synthesize_shards
@@ -34,6 +36,7 @@ def build(cluster: "ClusterSpec | None" = None):
         common = {"profile": profile, "overrides": overrides, "run_name": run_name}
         crawl_parallelism = cluster.crawl_parallelism if cluster is not None else 0
         synthesize_parallelism = cluster.synthesize_parallelism if cluster is not None else 0
+        multinode = cluster is not None and cluster.pretrain_nodes > 1
         # Training checkpoints are scoped to the job, so a retried pod resumes and a new run never does.
         training = {**common, "job_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
         tasks = {}
@@ -48,8 +51,13 @@ def build(cluster: "ClusterSpec | None" = None):
                                                      shards=dsl.Collected(tasks["synthesize"].outputs["pairs"]))
         tasks["base_model"] = base_model(**common)
         tasks["reasoning_data"] = reasoning_data(**common)
-        tasks["pretrain"] = pretrain(**training, base=tasks["base_model"].outputs["model"],
-                                     pairs=tasks["synthesize_merge"].outputs["pairs"])
+        pretrain_inputs = {"base": tasks["base_model"].outputs["model"],
+                           "pairs": tasks["synthesize_merge"].outputs["pairs"]}
+        if multinode:
+            tasks["pretrain"] = pretrain_trainjob(**training, **pretrain_inputs,
+                                                  trainjob=cluster.trainjob_settings(GPU_IMAGE))
+        else:
+            tasks["pretrain"] = pretrain(**training, **pretrain_inputs)
         data = tasks["reasoning_data"].outputs["data"]
         tasks["finetune-pmp"] = finetune(**training, variant="pmp", init_model=tasks["pretrain"].outputs["model"],
                                          data=data)
@@ -62,7 +70,9 @@ def build(cluster: "ClusterSpec | None" = None):
         for name, task in tasks.items():
             task.set_display_name(name)
             if cluster is not None:
-                apply(task, cluster, gpu=name in GPU_STAGES, github=name == "crawl")
+                # A multi-node pretrain task only waits for its TrainJob; the job's pods take the GPUs.
+                apply(task, cluster, gpu=name in GPU_STAGES and not (name == "pretrain" and multinode),
+                      github=name == "crawl")
         # Registration, checkpointed training, the crawl and the synthesis (their work lives in the object
         # store, resumed by chunk markers) have side effects outside KFP's cache.
         for name in ("crawl", "crawl_merge", "synthesize", "pretrain", "finetune-pmp", "finetune-control",

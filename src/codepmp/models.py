@@ -87,8 +87,19 @@ def _download_s3_folder(uri: str) -> Path:
     if not store.list(prefix.rstrip("/") + "/"):
         raise InputError(f"model folder '{uri}' is empty or does not exist")
     target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_dir(target) as tmp:
+    # Several processes of one node (torchrun) may download the same model at once: each fills its own
+    # folder, the first rename wins, and the others use the winner's copy (renaming onto a non-empty
+    # folder fails) instead of replacing a folder another process may be reading.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
         store.download_dir(prefix, tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

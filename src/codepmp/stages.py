@@ -58,7 +58,7 @@ def _log_result(result: dict) -> None:
 
 
 def _section_params(cfg: PipelineConfig, name: str) -> dict:
-    section = {"pretrain": "pretrain", "finetune": "finetune", "crawl": "crawl", "crawl_merge": "crawl",
+    section = {"pretrain": "pretrain", "pretrain_trainjob": "pretrain", "finetune": "finetune", "crawl": "crawl", "crawl_merge": "crawl",
                "synthesize": "synthesize", "synthesize_merge": "synthesize", "reasoning_data": "reasoning",
                "evaluate": "evaluate", "register": "promote"}.get(name)
     params = {"base_model": cfg.base_model}
@@ -205,14 +205,65 @@ def _log_training_configs(train_cfg, model_dir: str) -> None:
 def pretrain(cfg: PipelineConfig, run_name: str, base_dir: str, pairs_dir: str, out_dir: str,
              job_id: str = "") -> dict:
     from codepmp.synthesize.run import read_pairs
-    from codepmp.train.launch import Checkpoints, launch
+    from codepmp.train.launch import launch
 
     _log_training_configs(cfg.pretrain, base_dir)
+    return launch(cfg.pretrain, base_dir, read_pairs(pairs_dir), out_dir, _pretrain_checkpoints(cfg, run_name, job_id),
+                  log=_mlflow_log)
+
+
+def _pretrain_checkpoints(cfg: PipelineConfig, run_name: str, job_id: str):
+    from codepmp.train.launch import Checkpoints
+
     # A decay run keeps its own resumable checkpoints, apart from those of the run it decays.
     name = f"pretrain-decay-{cfg.pretrain.decay_from_step}" if cfg.pretrain.decay_from_step else "pretrain"
     scaling = cfg.pretrain.scaling_ratio > 1 or cfg.pretrain.decay_from_step > 0
-    return launch(cfg.pretrain, base_dir, read_pairs(pairs_dir), out_dir,
-                  Checkpoints(run_name, job_id, name, scaling="pretrain" if scaling else ""), log=_mlflow_log)
+    return Checkpoints(run_name, job_id, name, scaling="pretrain" if scaling else "")
+
+
+@stage("pretrain_trainjob")
+def pretrain_trainjob(cfg: PipelineConfig, run_name: str, base_dir: str, pairs_dir: str, out_dir: str,
+                      job_id: str, trainjob: dict) -> dict:
+    """`pretrain` on several nodes: stage the inputs in the object store, run a Kubeflow Trainer TrainJob
+    (settings: `train.trainjob.TrainJobSettings` fields), and copy its model back into `out_dir`."""
+    import dataclasses
+
+    import mlflow
+    import pyarrow as pa
+
+    from codepmp.errors import ServiceError
+    from codepmp.storage import ObjectStore, StoreFolder
+    from codepmp.synthesize.run import read_pairs
+    from codepmp.train.launch import TrainSpec, recorded_error
+    from codepmp.train.trainjob import TrainJobSettings, job_name, run_trainjob
+
+    settings = TrainJobSettings.from_dict(trainjob)
+    _log_training_configs(cfg.pretrain, base_dir)
+    store = ObjectStore.from_env()
+    store.ensure_bucket()
+    prefix = f"runs/{run_name}/{job_id or 'local'}/pretrain/trainjob"
+    if not store.is_done(f"{prefix}/init"):
+        store.upload_dir(base_dir, f"{prefix}/init")
+        store.mark_done(f"{prefix}/init")
+    StoreFolder(store, prefix).put_table(
+        "pairs.parquet", pa.Table.from_pylist([dataclasses.asdict(p) for p in read_pairs(pairs_dir)]))
+    train_cfg = dataclasses.replace(cfg.pretrain, processes=settings.gpus_per_node)
+    spec = TrainSpec(config=dataclasses.asdict(train_cfg), init_model=store.uri(f"{prefix}/init"),
+                     pairs=store.uri(f"{prefix}/pairs.parquet"), out_dir=store.uri(f"{prefix}/model"),
+                     summary=store.uri(f"{prefix}/summary.json"),
+                     checkpoints=dataclasses.asdict(_pretrain_checkpoints(cfg, run_name, job_id)),
+                     tracking_uri=mlflow.get_tracking_uri(), mlflow_run_id=mlflow.active_run().info.run_id)
+    store.put_json(f"{prefix}/spec.json", dataclasses.asdict(spec))
+    try:
+        run_trainjob(settings, job_name(run_name, job_id), store.uri(f"{prefix}/spec.json"))
+    except ServiceError:
+        if store.exists(f"{prefix}/error.json"):  # bad input or config, as rank 0 of the job reported it
+            raise recorded_error(store.get_json(f"{prefix}/error.json")) from None
+        raise
+    if not store.is_done(f"{prefix}/model"):
+        raise CodepmpError(f"the TrainJob finished but wrote no model to {store.uri(prefix + '/model')}")
+    store.download_dir(f"{prefix}/model", out_dir)
+    return {**store.get_json(f"{prefix}/summary.json"), "nodes": settings.nodes}
 
 
 @stage("finetune")

@@ -213,6 +213,10 @@ def test_pipeline_namespace_gets_copies_and_identity_only():
     )
     binding = find(objs, "RoleBinding", "codepmp-pipeline")
     assert binding["subjects"][0]["namespace"] == PIPELINE_NAMESPACE
+    # The multi-node pretrain task creates and reads its TrainJob, and can do nothing else with TrainJobs.
+    role = find(objs, "Role", "codepmp-pipeline")
+    (trainjobs,) = [r for r in role["rules"] if "trainer.kubeflow.org" in r["apiGroups"]]
+    assert (trainjobs["resources"], sorted(trainjobs["verbs"])) == (["trainjobs"], ["create", "get"])
 
 
 # --------------------------------------------------------------------------- workload hygiene

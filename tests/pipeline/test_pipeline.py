@@ -92,3 +92,22 @@ def test_manual_promote_cli_on_the_registered_model(tiny_pipeline_run):
     assert same.returncode == 0 and json.loads(same.stdout)["promoted"] is False  # already the champion
     missing = promote("--version", "99")
     assert missing.returncode == 2 and "99" in missing.stderr.strip().splitlines()[-1]
+
+
+def test_multinode_pretrain_compiles_to_a_trainjob_task_without_gpus(tmp_path):
+    spec_file = tmp_path / "cluster.yaml"
+    spec_file.write_text(yaml.safe_dump({"gpus": 8, "pretrain_nodes": 4, "gpu_node_selector": {"pool": "h100"}}))
+    docs = list(yaml.safe_load_all(Path(compile_pipeline(str(tmp_path / "p.yaml"), str(spec_file))).read_text()))
+    spec, platform = docs[0], docs[1]
+    task = spec["root"]["dag"]["tasks"]["pretrain-trainjob"]
+    assert task["taskInfo"]["name"] == "pretrain"
+    settings = task["inputs"]["parameters"]["trainjob"]["runtimeValue"]["constant"]
+    assert (settings["nodes"], settings["gpus_per_node"]) == (4, 8)
+    assert settings["image"].startswith("ghcr.io/codepmp/codepmp-gpu") and settings["node_selector"] == {"pool": "h100"}
+    executor = spec["deploymentSpec"]["executors"]["exec-pretrain-trainjob"]["container"]
+    assert "accelerator" not in executor.get("resources", {})  # the waiting pod holds no GPU
+    assert executor["image"].startswith("ghcr.io/codepmp/codepmp-cpu")
+    k8s = json.dumps(platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-pretrain-trainjob"])
+    assert "codepmp-s3" in k8s and "h100" not in k8s
+    finetune = spec["root"]["dag"]["tasks"]["finetune"]
+    assert finetune["inputs"]["artifacts"]["init_model"]["taskOutputArtifact"]["producerTask"] == "pretrain-trainjob"

@@ -5,7 +5,7 @@ launcher already started, e.g. a Kubeflow Trainer node) it calls `train` here; o
 `TrainSpec`, starts `torchrun --nproc_per_node N` on this module and waits. Every process trains its share
 of each step; rank 0 alone logs to the stage's MLflow run, saves the model and writes the summary.
 
-    python -m torch.distributed.run --nproc_per_node 8 -m codepmp.train.launch spec.json
+    python -m torch.distributed.run --nproc_per_node 8 -m codepmp.train.launch spec.json   # or s3://.../spec.json
 """
 
 from __future__ import annotations
@@ -117,32 +117,61 @@ def launch(cfg: TrainConfig, init_model: str, pairs: list[Pair], out_dir: str | 
         print(f"[train] starting {count} processes: {' '.join(command[2:])}", flush=True)
         code = subprocess.run(command, env=env).returncode
         if (Path(tmp) / "error.json").exists():
-            # Rank 0 stopped on bad input or config: the stage fails with that same clear error.
-            error = json.loads((Path(tmp) / "error.json").read_text())
-            raise getattr(errors, error["type"], CodepmpError)(error["message"])
+            raise recorded_error(json.loads((Path(tmp) / "error.json").read_text()))
         if code != 0:
             raise ServiceError(f"the {count} training processes failed with exit code {code} (see the log above)")
         return json.loads((Path(tmp) / "summary.json").read_text())
 
 
+def recorded_error(error: dict) -> CodepmpError:
+    """The error that rank 0 of a launched run recorded (see `main`), to raise in the stage: it fails with the
+    same clear message and type as a single-process run would."""
+    return getattr(errors, error["type"], CodepmpError)(error["message"])
+
+
 def run_spec(spec: TrainSpec) -> dict:
-    """One torchrun process: train on the spec's pairs; rank 0 logs, and writes the summary."""
+    """One torchrun process: train on the spec's pairs; rank 0 logs, saves the model and writes the summary.
+    `pairs`, `out_dir` and `summary` may be s3:// (a TrainJob's nodes share no disk with the pipeline)."""
     from codepmp.train.data import read_text_rows
     from codepmp.train.loop import train
 
     rank = int(os.environ.get("RANK", "0"))
     cfg = TrainConfig(**spec.config)
-    rows = read_text_rows(spec.pairs, ["prompt", "chosen", "rejected"], "written by the launching stage")
-    pairs = [Pair(**row) for row in rows]
-    resumable, scaling = Checkpoints(**spec.checkpoints).open() if spec.checkpoints else (None, None)
-    log = _rank0_mlflow_log(spec) if rank == 0 and spec.mlflow_run_id else (lambda metrics, step: None)
-    summary = train(cfg, spec.init_model, pairs, spec.out_dir, checkpointer=resumable, scaling=scaling, log=log,
-                    progress=rank == 0)
-    if rank == 0:
-        from codepmp.atomic import write_json
+    with tempfile.TemporaryDirectory(prefix="codepmp-train-") as tmp:
+        pairs_file = _object(spec.pairs).get_file(_key(spec.pairs), Path(tmp) / "pairs.parquet") \
+            if spec.pairs.startswith("s3://") else spec.pairs
+        rows = read_text_rows(pairs_file, ["prompt", "chosen", "rejected"], "written by the launching stage")
+        resumable, scaling = Checkpoints(**spec.checkpoints).open() if spec.checkpoints else (None, None)
+        log = _rank0_mlflow_log(spec) if rank == 0 and spec.mlflow_run_id else (lambda metrics, step: None)
+        remote_out = spec.out_dir.startswith("s3://")
+        out_dir = Path(tmp) / "model" if remote_out else spec.out_dir
+        summary = train(cfg, spec.init_model, [Pair(**row) for row in rows], out_dir, checkpointer=resumable,
+                        scaling=scaling, log=log, progress=rank == 0)
+        if rank == 0:
+            from codepmp.atomic import write_json
 
-        write_json(summary, spec.summary)
+            if remote_out:
+                store = _object(spec.out_dir)
+                store.upload_dir(out_dir, _key(spec.out_dir))
+                store.mark_done(_key(spec.out_dir), {"steps": summary["steps"]})
+            if spec.summary.startswith("s3://"):
+                _object(spec.summary).put_json(_key(spec.summary), summary)
+            else:
+                write_json(summary, spec.summary)
     return summary
+
+
+def _object(uri: str):
+    """The object store holding `uri` (its bucket)."""
+    from codepmp.storage import ObjectStore, parse_s3_uri
+
+    return ObjectStore.from_env(bucket=parse_s3_uri(uri)[0])
+
+
+def _key(uri: str) -> str:
+    from codepmp.storage import parse_s3_uri
+
+    return parse_s3_uri(uri)[1]
 
 
 def _rank0_mlflow_log(spec: TrainSpec):
@@ -167,16 +196,21 @@ def _free_port() -> int:
 
 def main() -> None:
     if len(sys.argv) != 2:
-        raise SystemExit("usage: python -m codepmp.train.launch SPEC.json (under torchrun)")
-    spec_path = Path(sys.argv[1])
+        raise SystemExit("usage: python -m codepmp.train.launch SPEC.json|s3://.../spec.json (under torchrun)")
+    location = sys.argv[1]
+    remote = location.startswith("s3://")
     try:
-        run_spec(TrainSpec(**json.loads(spec_path.read_text())))
+        spec = _object(location).get_json(_key(location)) if remote else json.loads(Path(location).read_text())
+        run_spec(TrainSpec(**spec))
     except CodepmpError as exc:
         # Every rank sees the same bad input; rank 0 tells the launching stage what it was.
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"codepmp train: error: {exc}", file=sys.stderr, flush=True)
-            (spec_path.parent / "error.json").write_text(json.dumps({"type": type(exc).__name__,
-                                                                      "message": str(exc)}))
+            error = {"type": type(exc).__name__, "message": str(exc)}
+            if remote:
+                _object(location).put_json(_key(location).rsplit("/", 1)[0] + "/error.json", error)
+            else:
+                (Path(location).parent / "error.json").write_text(json.dumps(error))
         raise SystemExit(2) from None
 
 

@@ -1,0 +1,153 @@
+"""Tier 1 against a small stand-in for the Kubernetes API with Kubeflow Trainer: it stores the TrainJob the
+task creates and plays the Trainer's part for it, running the job's own command the way the torch runtime
+does on one node (PET_* variables, env resolved from the Secret and ConfigMap it names), then reporting
+the Complete or Failed condition. Everything else is real: object store, MLflow, torchrun, DeepSpeed.
+
+There is no tier-2 test: `kfp.local` has no cluster to create a TrainJob on. tests/pipeline checks that
+the compiled pipeline uses this component when `ClusterSpec.pretrain_nodes` > 1.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import mlflow
+import pytest
+from kfp import dsl
+
+from codepmp.models import load_reward_model
+from components.pretrain_trainjob.component import pretrain_trainjob
+
+PREFIX = "/apis/trainer.kubeflow.org/v1alpha1/namespaces/"
+
+
+class FakeTrainer:
+    """TrainJobs by name; `runs` counts the jobs actually started."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env, self.jobs, self.runs, self.logs = env, {}, 0, []
+
+    def start(self, job: dict) -> None:
+        self.runs += 1
+        threading.Thread(target=self._run, args=(job,), daemon=True).start()
+
+    def _value(self, source: dict) -> str:
+        ref = source.get("secretKeyRef") or source.get("configMapKeyRef")
+        assert ref["name"] in ("codepmp-s3", "codepmp-env"), ref
+        return self.env[ref["key"]]
+
+    def _run(self, job: dict) -> None:
+        trainer = job["spec"]["trainer"]
+        env = {k: v for k, v in os.environ.items() if k not in self.env and not k.startswith(("RANK", "WORLD"))}
+        env.update({e["name"]: e["value"] if "value" in e else self._value(e["valueFrom"]) for e in trainer["env"]})
+        env.update(PET_NNODES=str(trainer["numNodes"]), PET_NPROC_PER_NODE=str(trainer["numProcPerNode"]),
+                   PET_NODE_RANK="0", PET_MASTER_ADDR="127.0.0.1", PET_MASTER_PORT="29533", OMP_NUM_THREADS="1")
+        assert trainer["command"][0] == "torchrun"
+        command = [sys.executable, "-m", "torch.distributed.run", *trainer["command"][1:]]
+        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        self.logs.append(proc.stdout + proc.stderr)
+        condition = {"type": "Complete" if proc.returncode == 0 else "Failed", "status": "True",
+                     "reason": "" if proc.returncode == 0 else "BackoffLimitExceeded",
+                     "message": "" if proc.returncode == 0 else "jobset failed"}
+        job["status"] = {"conditions": [{"type": "Created", "status": "True"}, condition]}
+
+
+@pytest.fixture
+def kube_api(stack_env, monkeypatch):
+    trainer = FakeTrainer(dict(stack_env))
+
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, code: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self):  # noqa: N802
+            assert self.path.startswith(PREFIX) and self.path.endswith("/trainjobs"), self.path
+            job = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            name = job["metadata"]["name"]
+            if name in trainer.jobs:
+                return self._send(409, {"kind": "Status", "reason": "AlreadyExists", "code": 409})
+            trainer.jobs[name] = job
+            trainer.start(job)
+            self._send(201, job)
+
+        def do_GET(self):  # noqa: N802
+            name = self.path.rsplit("/", 1)[-1]
+            if name not in trainer.jobs:
+                return self._send(404, {"kind": "Status", "reason": "NotFound", "code": 404})
+            self._send(200, trainer.jobs[name])
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("CODEPMP_KUBE_API", f"http://127.0.0.1:{server.server_address[1]}")
+    yield trainer
+    server.shutdown()
+
+
+SETTINGS = {"image": "registry.example/codepmp-gpu:1", "nodes": 1.0, "gpus_per_node": 2.0, "poll_s": 0.5,
+            "node_selector": {"pool": "h100"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}
+
+
+def _run(overrides, tiny_lm, pairs_dir, out, run_name="tj-1", settings=SETTINGS):
+    pretrain_trainjob.python_func(profile="tiny", overrides=overrides, run_name=run_name, job_id="job-tj",
+                                  trainjob=settings, base=dsl.Model(uri=tiny_lm), pairs=dsl.Dataset(uri=pairs_dir),
+                                  model=dsl.Model(uri=str(out)))
+
+
+@pytest.mark.integration
+def test_python_func_runs_a_trainjob_and_outputs_its_model(kube_api, tiny_overrides, tiny_lm, pairs_dir, tmp_path):
+    overrides = {**tiny_overrides, "pretrain": {**tiny_overrides["pretrain"], "deepspeed_stage": 2}}
+    _run(overrides, tiny_lm, pairs_dir, tmp_path / "pmp")
+    assert kube_api.runs == 1, kube_api.logs
+    load_reward_model(str(tmp_path / "pmp"))
+    (job,) = kube_api.jobs.values()
+    trainer = job["spec"]["trainer"]
+    assert job["spec"]["runtimeRef"]["name"] == "torch-distributed"
+    assert (trainer["numNodes"], trainer["numProcPerNode"]) == (1, 2)  # ints, though the parameter held floats
+    assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "2"
+    (override,) = job["spec"]["podTemplateOverrides"]
+    assert override["spec"]["nodeSelector"] == {"pool": "h100"}
+    assert override["metadata"]["labels"]["codepmp.io/pipeline-pod"] == "true"
+    assert not any("value" in e and e["name"].startswith("AWS_") for e in trainer["env"])  # refs, not values
+    (run,) = mlflow.search_runs(experiment_names=[tiny_overrides["experiment"]], output_format="list",
+                                filter_string="tags.`codepmp.run` = 'tj-1'")
+    assert run.data.metrics["processes"] == 2 and run.data.metrics["nodes"] == 1
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in history] == [1]  # rank 0 of the job logged to the task's run, once
+
+    # A retried task finds its TrainJob (HTTP 409) and waits for it instead of training again.
+    _run(overrides, tiny_lm, pairs_dir, tmp_path / "again")
+    assert kube_api.runs == 1
+    load_reward_model(str(tmp_path / "again"))
+
+
+@pytest.mark.integration
+def test_bad_input_in_the_trainjob_is_the_task_error(kube_api, tiny_overrides, tiny_lm, pairs_dir, tmp_path, capsys):
+    overrides = {**tiny_overrides, "pretrain": {**tiny_overrides["pretrain"], "deepspeed_stage": 2,
+                                                "max_length": 4}}
+    with pytest.raises(SystemExit) as exit_info:
+        _run(overrides, tiny_lm, pairs_dir, tmp_path / "pmp", run_name="tj-bad")
+    assert exit_info.value.code == 2
+    assert "none of the 4 training pairs is usable at max_length 4" in capsys.readouterr().err
+
+
+def test_unknown_settings_and_unreachable_api_are_clear_errors(stack_env, tiny_overrides, tiny_lm, pairs_dir,
+                                                               tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit):
+        _run(tiny_overrides, tiny_lm, pairs_dir, tmp_path / "x", settings={**SETTINGS, "gpu": 8})
+    assert "unknown TrainJob setting(s) ['gpu']" in capsys.readouterr().err
+    monkeypatch.setenv("CODEPMP_KUBE_API", "http://127.0.0.1:9")
+    with pytest.raises(SystemExit):
+        _run(tiny_overrides, tiny_lm, pairs_dir, tmp_path / "y", run_name="tj-unreachable")
+    assert "could not reach the Kubernetes API to create TrainJob default/codepmp-pretrain-" in capsys.readouterr().err
