@@ -76,6 +76,8 @@ def tiny_pipeline_run(stack_env, tmp_path_factory) -> dict:
     names = {"crawl_merge": "crawl-merge", "synthesize": "for-loop-2-iteration-0/synthesize",
              "synthesize_merge": "synthesize-merge", "base_model": "base-model",
              "reasoning_data": "reasoning-data", "pretrain": "pretrain", "finetune": "finetune",
-             "finetune_control": "finetune-2", "evaluate": "evaluate", "register": "register"}
+             "finetune_control": "finetune-2", "sweep_pmp": "for-loop-3-iteration-0/finetune-3",
+             "sweep_control": "for-loop-3-iteration-0/finetune-4", "sample_efficiency": "sample-efficiency",
+             "evaluate": "evaluate", "register": "register"}
     return {"root": root, "run_name": "pipeline-test", "experiment": PIPELINE_TEST_EXPERIMENT,
             "registered_model": PIPELINE_TEST_EXPERIMENT, "tasks": {k: run_dir / v for k, v in names.items()}}

@@ -1,4 +1,5 @@
-"""The codepmp pipeline DAG: crawl -> synthesize (both fanned out over shards) -> pretrain -> finetune (PMP and control) -> evaluate -> register.
+"""The codepmp pipeline DAG: crawl -> synthesize (both fanned out over shards) -> pretrain -> finetune (PMP and
+control; and the sample-efficiency sweep, fanned out over subset sizes) -> evaluate -> register.
 
     python -m pipelines.compile --out build/codepmp.yaml     # or `make compile`
 
@@ -14,17 +15,18 @@ from components.base_model.component import base_model
 from components.crawl.component import crawl, crawl_ranks
 from components.crawl_merge.component import crawl_merge
 from components.evaluate.component import evaluate
-from components.finetune.component import finetune
+from components.finetune.component import finetune, sweep_sizes
 from components.images import GPU_IMAGE
 from components.pretrain.component import pretrain
 from components.pretrain_trainjob.component import pretrain_trainjob
 from components.reasoning_data.component import reasoning_data
+from components.sample_efficiency.component import sample_efficiency
 from components.register.component import register
 from components.synthesize.component import synthesize, synthesize_shards
 from components.synthesize_merge.component import synthesize_merge
 from pipelines.cluster import ClusterSpec, apply
 
-GPU_STAGES = {"synthesize", "pretrain", "finetune-pmp", "finetune-control"}
+GPU_STAGES = {"synthesize", "pretrain", "finetune-pmp", "finetune-control", "sweep-pmp", "sweep-control"}
 
 
 def build(cluster: "ClusterSpec | None" = None):
@@ -37,6 +39,7 @@ def build(cluster: "ClusterSpec | None" = None):
         crawl_parallelism = cluster.crawl_parallelism if cluster is not None else 0
         synthesize_parallelism = cluster.synthesize_parallelism if cluster is not None else 0
         multinode = cluster is not None and cluster.pretrain_nodes > 1
+        sweep_parallelism = cluster.sweep_parallelism if cluster is not None else 0
         # Training checkpoints are scoped to the job, so a retried pod resumes and a new run never does.
         training = {**common, "job_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
         tasks = {}
@@ -63,6 +66,15 @@ def build(cluster: "ClusterSpec | None" = None):
                                          data=data)
         tasks["finetune-control"] = finetune(**training, variant="control",
                                              init_model=tasks["base_model"].outputs["model"], data=data)
+        tasks["sweep_sizes"] = sweep_sizes(profile=profile, overrides=overrides)
+        with dsl.ParallelFor(tasks["sweep_sizes"].output, parallelism=sweep_parallelism) as size:
+            tasks["sweep-pmp"] = finetune(**training, variant="pmp", subset=size, data=data,
+                                          init_model=tasks["pretrain"].outputs["model"])
+            tasks["sweep-control"] = finetune(**training, variant="control", subset=size, data=data,
+                                              init_model=tasks["base_model"].outputs["model"])
+        tasks["sample_efficiency"] = sample_efficiency(
+            **common, pmp_results=dsl.Collected(tasks["sweep-pmp"].outputs["result"]),
+            control_results=dsl.Collected(tasks["sweep-control"].outputs["result"]))
         tasks["evaluate"] = evaluate(**common, pmp_model=tasks["finetune-pmp"].outputs["model"],
                                      control_model=tasks["finetune-control"].outputs["model"], data=data)
         tasks["register"] = register(**common, model=tasks["finetune-pmp"].outputs["model"],
@@ -76,7 +88,7 @@ def build(cluster: "ClusterSpec | None" = None):
         # Registration, checkpointed training, the crawl and the synthesis (their work lives in the object
         # store, resumed by chunk markers) have side effects outside KFP's cache.
         for name in ("crawl", "crawl_merge", "synthesize", "pretrain", "finetune-pmp", "finetune-control",
-                     "register"):
+                     "sweep-pmp", "sweep-control", "register"):
             tasks[name].set_caching_options(False)
 
     return codepmp

@@ -10,7 +10,8 @@ from components.finetune.component import finetune
 def test_python_func_logs_variant_and_metrics(stack_env, tiny_overrides, tiny_lm, reasoning_dir, tmp_path):
     out = dsl.Model(uri=str(tmp_path / "rm"))
     finetune.python_func(profile="tiny", overrides=tiny_overrides, run_name="ft-t1", job_id="job-1", variant="control",
-                         init_model=dsl.Model(uri=tiny_lm), data=dsl.Dataset(uri=reasoning_dir), model=out)
+                         init_model=dsl.Model(uri=tiny_lm), data=dsl.Dataset(uri=reasoning_dir), model=out,
+                         result=dsl.Artifact(uri=str(tmp_path / "result.json")))
     load_reward_model(out.path)
     runs = mlflow.search_runs(experiment_names=[tiny_overrides["experiment"]], output_format="list",
                               filter_string="tags.`codepmp.run` = 'ft-t1'")
@@ -21,4 +22,42 @@ def test_python_func_logs_variant_and_metrics(stack_env, tiny_overrides, tiny_lm
 
 @pytest.mark.integration
 def test_kfp_local(local_chain):
+    import json
+
     load_reward_model(str(local_chain["finetune"] / "model"))
+    for task, variant in (("sweep_pmp", "pmp"), ("sweep_control", "control")):
+        result = json.loads((local_chain[task] / "result").read_text())
+        assert (result["variant"], result["subset"]) == (variant, 2)
+        load_reward_model(str(local_chain[task] / "model"))
+
+
+@pytest.mark.integration
+def test_python_func_on_a_sweep_subset_reports_dev_accuracy(stack_env, tiny_overrides, tiny_lm, reasoning_dir,
+                                                             tmp_path):
+    import json
+
+    result = tmp_path / "result.json"
+    finetune.python_func(profile="tiny", overrides=tiny_overrides, run_name="ft-sweep", job_id="job-1", variant="pmp",
+                         init_model=dsl.Model(uri=tiny_lm), data=dsl.Dataset(uri=reasoning_dir),
+                         model=dsl.Model(uri=str(tmp_path / "rm")), result=dsl.Artifact(uri=str(result)), subset=2)
+    written = json.loads(result.read_text())
+    assert (written["variant"], written["subset"], written["train_pairs"]) == ("pmp", 2, 2)
+    assert written["dev_pairs"] == 4 and written["dev_pairwise_accuracy"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    (run,) = mlflow.search_runs(experiment_names=[tiny_overrides["experiment"]], output_format="list",
+                                filter_string="tags.`codepmp.run` = 'ft-sweep'")
+    assert run.data.tags["codepmp.subset"] == "2"
+    used = run.data.metrics["pairs"] + sum(v for k, v in run.data.metrics.items() if k.startswith("skipped_"))
+    assert used == 2  # trained on, or counted as skipped
+    assert run.data.metrics["dev_pairwise_accuracy"] == written["dev_pairwise_accuracy"]
+
+
+def test_sweep_subsets_are_nested_and_bounded():
+    from codepmp.errors import ConfigError
+    from codepmp.stages import nested_subset
+
+    pairs = list(range(10))
+    small, large = nested_subset(pairs, 3, seed=0), nested_subset(pairs, 7, seed=0)
+    assert large[:3] == small and len(set(large)) == 7
+    assert nested_subset(pairs, 3, seed=1) != small  # the seed picks the subset
+    with pytest.raises(ConfigError, match="sweep size 11 must be between 1 and the 10 training pairs"):
+        nested_subset(pairs, 11, seed=0)

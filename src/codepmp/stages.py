@@ -58,9 +58,10 @@ def _log_result(result: dict) -> None:
 
 
 def _section_params(cfg: PipelineConfig, name: str) -> dict:
-    section = {"pretrain": "pretrain", "pretrain_trainjob": "pretrain", "finetune": "finetune", "crawl": "crawl", "crawl_merge": "crawl",
-               "synthesize": "synthesize", "synthesize_merge": "synthesize", "reasoning_data": "reasoning",
-               "evaluate": "evaluate", "register": "promote"}.get(name)
+    section = {"pretrain": "pretrain", "pretrain_trainjob": "pretrain", "finetune": "finetune", "crawl": "crawl",
+               "crawl_merge": "crawl", "synthesize": "synthesize", "synthesize_merge": "synthesize",
+               "reasoning_data": "reasoning", "evaluate": "evaluate", "register": "promote",
+               "sample_efficiency": "sweep"}.get(name)
     params = {"base_model": cfg.base_model}
     if section:
         params.update(_flatten(dataclasses.asdict(getattr(cfg, section)), section))
@@ -268,16 +269,77 @@ def pretrain_trainjob(cfg: PipelineConfig, run_name: str, base_dir: str, pairs_d
 
 @stage("finetune")
 def finetune(cfg: PipelineConfig, run_name: str, init_dir: str, data_dir: str, out_dir: str,
-             variant: str, job_id: str = "") -> dict:
+             variant: str, job_id: str = "", subset: int = 0, result_path: str = "") -> dict:
+    """Finetune `init_dir` on the reasoning train pairs, or with `subset` > 0 on that many of them (a point of
+    the sample-efficiency sweep); `result_path` gets the model's dev pairwise accuracy as JSON."""
     import mlflow
 
-    from codepmp.reasoning.build import read_pairs
+    from codepmp.reasoning.build import read_pairs, read_table
     from codepmp.train.launch import Checkpoints, launch
 
-    mlflow.set_tag("codepmp.variant", variant)
+    mlflow.set_tags({"codepmp.variant": variant, "codepmp.subset": str(subset)})
     _log_training_configs(cfg.finetune, init_dir)
-    return launch(cfg.finetune, init_dir, read_pairs(data_dir, "train"), out_dir,
-                  Checkpoints(run_name, job_id, f"finetune-{variant}"), log=_mlflow_log)
+    pairs = read_pairs(data_dir, "train")
+    if subset:
+        pairs = nested_subset(pairs, subset, cfg.sweep.seed)
+    name = f"finetune-{variant}" + (f"-n{subset}" if subset else "")
+    result = launch(cfg.finetune, init_dir, pairs, out_dir, Checkpoints(run_name, job_id, name), log=_mlflow_log)
+    if result_path:
+        from codepmp.atomic import write_json
+        from codepmp.evaluate.run import dev_pairwise_accuracy
+
+        dev = read_table(data_dir, "dev")
+        result["dev_pairwise_accuracy"] = dev_pairwise_accuracy(cfg.evaluate, out_dir, dev)
+        write_json({"variant": variant, "subset": subset, "train_pairs": len(pairs), "dev_pairs": len(dev),
+                    "dev_pairwise_accuracy": result["dev_pairwise_accuracy"]}, result_path)
+    return result
+
+
+def nested_subset(pairs: list, size: int, seed: int) -> list:
+    """The first `size` pairs of one seeded shuffle: every smaller subset is part of every larger one."""
+    import random
+
+    from codepmp.errors import ConfigError
+
+    if not 0 < size <= len(pairs):
+        raise ConfigError(f"sweep size {size} must be between 1 and the {len(pairs)} training pairs")
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    return [pairs[i] for i in order[:size]]
+
+
+@stage("sample_efficiency")
+def sample_efficiency(cfg: PipelineConfig, run_name: str, result_paths: list[str], report_path: str) -> dict:
+    """Dev pairwise accuracy against finetuning pairs, PMP vs control, from the sweep tasks' results."""
+    import json
+
+    import mlflow
+
+    from codepmp.errors import InputError
+
+    results = [json.loads(Path(p).read_text()) for p in result_paths]
+    table: dict[int, dict[str, float]] = {}
+    for r in results:
+        table.setdefault(int(r["subset"]), {})[r["variant"]] = float(r["dev_pairwise_accuracy"])
+    incomplete = sorted(n for n, row in table.items() if set(row) != {"pmp", "control"})
+    if not table or incomplete:
+        raise InputError(f"the sweep needs a pmp and a control result per size; incomplete sizes: {incomplete}")
+    dev_pairs = results[0]["dev_pairs"]
+    lines = ["# Sample efficiency: PMP vs control\n",
+             f"Dev pairwise accuracy ({dev_pairs} pairs) after finetuning on nested subsets of the train pairs.\n",
+             "| finetuning pairs | pmp | control | pmp - control |", "|---:|---:|---:|---:|"]
+    metrics = {}
+    for n in sorted(table):
+        pmp, control = table[n]["pmp"], table[n]["control"]
+        lines.append(f"| {n} | {pmp:.4f} | {control:.4f} | {pmp - control:+.4f} |")
+        metrics.update({f"pmp.n{n}": pmp, f"control.n{n}": control, f"diff.n{n}": pmp - control})
+    report = "\n".join(lines) + "\n"
+    Path(report_path).write_text(report)
+    mlflow.log_text(report, "sample_efficiency.md")
+    for n in sorted(table):
+        mlflow.log_metrics({"pmp_pairwise_accuracy": table[n]["pmp"],
+                            "control_pairwise_accuracy": table[n]["control"]}, step=n)
+    return {"sizes": len(table), **metrics}
 
 
 @stage("evaluate")

@@ -16,19 +16,23 @@ import yaml
 from codepmp.report import stage_runs, summary_text
 from pipelines.run import compile_pipeline
 
-STAGES = ["crawl-ranks", "for-loop-1", "crawl-merge", "synthesize-shards", "for-loop-2", "synthesize-merge", "base-model", "reasoning-data", "pretrain", "finetune", "finetune-2", "evaluate",
-          "register"]
+STAGES = ["crawl-ranks", "for-loop-1", "crawl-merge", "synthesize-shards", "for-loop-2", "synthesize-merge", "base-model",
+          "reasoning-data", "pretrain", "finetune", "finetune-2", "sweep-sizes", "for-loop-3", "sample-efficiency",
+          "evaluate", "register"]
 
 
 @pytest.mark.integration
 def test_tiny_pipeline_end_to_end(tiny_pipeline_run):
     experiment, run_name = tiny_pipeline_run["experiment"], tiny_pipeline_run["run_name"]
     runs = stage_runs(experiment, run_name)
-    by_stage = {(r["stage"], r["variant"]): r["metrics"] for r in runs}
+    by_stage = {(r["stage"], r["variant"]): r["metrics"] for r in runs if not r["subset"]}
     assert set(by_stage) == {("crawl", ""), ("crawl_merge", ""), ("synthesize", ""), ("synthesize_merge", ""),
                              ("base_model", ""), ("reasoning_data", ""),
-                             ("pretrain", ""), ("finetune", "pmp"), ("finetune", "control"), ("evaluate", ""),
-                             ("register", "")}
+                             ("pretrain", ""), ("finetune", "pmp"), ("finetune", "control"), ("sample_efficiency", ""),
+                             ("evaluate", ""), ("register", "")}
+    # The tiny profile's sweep: one size, finetuned from PMP and from base.
+    assert sorted((r["variant"], r["subset"]) for r in runs if r["subset"]) == [("control", 2), ("pmp", 2)]
+    assert {"pmp.n2", "control.n2", "diff.n2"} <= set(by_stage[("sample_efficiency", "")])
     assert all(m["wall_s"] > 0 for m in by_stage.values())
     assert by_stage[("synthesize_merge", "")]["pairs"] >= 1
     assert by_stage[("synthesize", "")]["tokens_per_s"] > 0 and by_stage[("synthesize", "")]["rows_per_s"] > 0
@@ -43,7 +47,8 @@ def test_tiny_pipeline_end_to_end(tiny_pipeline_run):
     report = tiny_pipeline_run["tasks"]["evaluate"] / "report"
     assert "| pairwise_accuracy |" in report.read_text()
     summary = summary_text(experiment, run_name, tiny_pipeline_run["root"])
-    assert "finetune (control)" in summary and "champion alias MOVED" in summary
+    assert "finetune (control)" in summary and "finetune (pmp, n=2)" in summary and "champion alias MOVED" in summary
+    assert "sample efficiency (dev pairwise accuracy by finetuning pairs)" in summary
     assert f"registered model {tiny_pipeline_run['registered_model']} version {champion.version}" in summary
 
 
@@ -78,6 +83,11 @@ def test_compiled_yaml_holds_every_stage_and_cluster_settings(tmp_path):
                                              "producerTask": "for-loop-2"}}
     synth_k8s = json.dumps(k8s[shards["synthesize"]["componentRef"]["name"].replace("comp-", "exec-")])
     assert "h100" in synth_k8s and "/dev/shm" in synth_k8s
+    sweep = spec["components"]["comp-for-loop-3"]["dag"]["tasks"]
+    assert sorted(t["taskInfo"]["name"] for t in sweep.values()) == ["sweep-control", "sweep-pmp"]
+    assert tasks["for-loop-3"]["parameterIterator"]["items"] == {"inputParameter": "pipelinechannel--sweep-sizes-Output"}
+    for task in sweep.values():
+        assert "h100" in json.dumps(k8s[task["componentRef"]["name"].replace("comp-", "exec-")])
 
 
 @pytest.mark.integration

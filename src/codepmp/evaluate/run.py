@@ -32,6 +32,13 @@ def score(model_dir: str, texts: list[tuple[str, str]], batch_size: int, max_len
     return scores
 
 
+def dev_pairwise_accuracy(cfg: EvaluateConfig, model_dir: str, dev: list[dict]) -> float:
+    """Pairwise accuracy of `model_dir` on dev pair rows (prompt, chosen, rejected)."""
+    texts = [(r["prompt"], r["chosen"]) for r in dev] + [(r["prompt"], r["rejected"]) for r in dev]
+    scores = score(model_dir, texts, cfg.batch_size, cfg.max_length, desc=f"score {Path(model_dir).name}")
+    return pairwise_accuracy(scores[:len(dev)], scores[len(dev):])
+
+
 def evaluate_model(cfg: EvaluateConfig, model_dir: str, data_dir: str | Path, seed: int = 0) -> dict:
     dev = read_table(data_dir, "dev")
     pool = read_table(data_dir, "pool")
