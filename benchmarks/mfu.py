@@ -12,8 +12,9 @@ of one length with the response starting halfway, so there is no padding and the
 response positions only, as in training.
 
 Weights, gradients and AdamW states are bf16 (AdamW fused on CUDA): the matmuls run in bf16 either way, and
-this is the usual way to train a 1.5B model on one GPU. The loop itself keeps fp32 weights under autocast;
-`--fp32-weights` measures that instead (weight casts every forward, an optimizer step moving twice the bytes).
+it leaves the most memory for activations. It is a throughput setting, not a recipe: bf16 weights drop updates
+smaller than their rounding step, which is why the loop keeps fp32 weights under autocast; `--fp32-weights`
+measures that instead (weight casts every forward, an optimizer step moving twice the bytes).
 
     MFU = model FLOPs per step / step time / peak bf16 dense FLOP/s
     model FLOPs = 6 N T + 12 n_layer d_model S T + 6 d_model V K   (+ the 1-wide score head)
