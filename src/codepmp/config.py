@@ -238,8 +238,9 @@ class TrainConfig:
     `attn_implementation` "flash_attention_2" (variable-length kernels); with "sdpa" the masked attention
     over the whole row costs more than the padding it saves, so padded length-grouped batches stay the default."""
     compile: bool = False
-    """torch.compile each decoder layer: on an H100, 1.4x faster training steps for a 1.5B model
-    (benchmarks/mfu.py); the first steps, and every new sequence-length shape early on, pay the compile."""
+    """torch.compile each decoder layer: 1.4x faster steps for a 1.5B model on an H100 (benchmarks/mfu.py),
+    3x for a 0.5B one on an H200 (benchmarks/gpu_train_check.py); the first steps, and new sequence-length
+    shapes early on, pay the compile. Slow to compile and no faster on CPU."""
     attn_implementation: str = ""
     """transformers attention kernel: "" (its default, sdpa), "eager", "sdpa", "flash_attention_2" (needs the
     flash-attn package) or "flex_attention"."""
@@ -357,7 +358,7 @@ def _tiny() -> dict[str, Any]:
 
 def _paper() -> dict[str, Any]:
     paper_train = {"max_length": 1024, "batch_size": 8, "grad_accum": 16, "lr": 1e-6, "bf16": True,
-                   "grad_checkpointing": True, "deepspeed_stage": 2, "log_every": 10,
+                   "grad_checkpointing": True, "compile": True, "deepspeed_stage": 2, "log_every": 10,
                    "checkpoint_every": 500}
     return {
         "base_model": "Qwen/Qwen2-1.5B",

@@ -234,3 +234,12 @@ def test_bad_input_in_a_launched_process_is_the_stage_error(tiny_model, tmp_path
     with pytest.raises(InputError, match="none of the 8 training pairs is usable at max_length 64: empty_response 8"):
         launch(cfg, tiny_model, blank, tmp_path / "out", checkpoints=None)
     assert not (tmp_path / "out").exists()
+
+
+def test_compiled_decoder_layers_train_like_eager_ones(tiny_model, tmp_path):
+    eager, compiled = [], []
+    cfg = TrainConfig(**{**CFG.__dict__, "grad_accum": 1, "batch_size": 4})  # 2 steps of 4 pairs
+    train(cfg, tiny_model, PAIRS, tmp_path / "eager", log=lambda m, s: eager.append(m["loss"]), progress=False)
+    cfg = TrainConfig(**{**cfg.__dict__, "compile": True})
+    train(cfg, tiny_model, PAIRS, tmp_path / "compiled", log=lambda m, s: compiled.append(m["loss"]), progress=False)
+    assert compiled == pytest.approx(eager, rel=1e-4)

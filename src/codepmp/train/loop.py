@@ -93,6 +93,8 @@ def train(cfg: TrainConfig, init_model: str, pairs: list[Pair], out_dir: str | P
                                  attn_implementation=cfg.attn_implementation).to(device)
     if cfg.grad_checkpointing:
         model.reward_model.gradient_checkpointing_enable()
+    if cfg.compile:
+        _compile_layers(model)
     pad_id = model.reward_model.config.pad_token_id
     encoded, skipped = screen_pairs(model.tokenizer, pairs, cfg.max_length)
     if not encoded:
@@ -163,8 +165,9 @@ def train(cfg: TrainConfig, init_model: str, pairs: list[Pair], out_dir: str | P
         metrics = {k: sum(p[k] for p in step_parts) / len(step_parts) for k in step_parts[0]}
         elapsed = time.perf_counter() - t0
         metrics["tokens_per_s"], metrics["samples_per_s"] = tokens / elapsed, samples / elapsed
+        metrics["tokens"] = tokens
         if world > 1:
-            metrics = _over_processes(metrics, world, summed=("tokens_per_s", "samples_per_s"))
+            metrics = _over_processes(metrics, world, summed=("tokens_per_s", "samples_per_s", "tokens"))
         metrics["lr"] = optimizer.param_groups[0]["lr"]
         if device.type == "cuda":
             metrics["gpu_peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -191,6 +194,16 @@ def train(cfg: TrainConfig, init_model: str, pairs: list[Pair], out_dir: str | P
             "final_loss": final.get("loss", math.nan), "final_accuracy": final.get("accuracy", math.nan),
             "tokens_per_s": final.get("tokens_per_s", math.nan), "samples_per_s": final.get("samples_per_s", math.nan),
             "train_s": round(time.perf_counter() - t0, 3)}
+
+
+def _compile_layers(model: PreferenceModel) -> None:
+    """Compile the decoder layers one by one rather than the whole model: every layer shares one compiled
+    graph, the reward readout and LM-head gather stay eager, and DeepSpeed's hooks still see plain modules."""
+    layers = getattr(model.backbone, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise ConfigError(f"compile: {type(model.backbone).__name__} has no `layers` list of decoder layers")
+    for layer in layers:
+        layer.compile(dynamic=None)
 
 
 def _full_parameters(model, cfg: TrainConfig):
