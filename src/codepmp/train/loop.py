@@ -132,6 +132,9 @@ def train(cfg: TrainConfig, init_model: str, pairs: list[Pair], out_dir: str | P
         for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
             group["lr"] = base * schedule(start)
     model.train()
+    # Through the engine when there is one: ZeRO-3 counts micro-batches in its forward, and without that count
+    # every backward overwrites the partitioned gradients instead of accumulating them.
+    forward = engine if engine is not None else model
     tokens, samples, t0, history = 0, 0, time.perf_counter(), []
     bar = progress_bar(range(start, total_steps), desc=f"train ({total_steps} steps)", disable=not progress,
                        initial=start, total=total_steps, unit="step")
@@ -144,7 +147,7 @@ def train(cfg: TrainConfig, init_model: str, pairs: list[Pair], out_dir: str | P
             batch = {k: v.to(device) for k, v in batch.items()}
             n = len(batch_idx)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                rewards, lm_logits, lm_targets = model(batch["input_ids"], batch.get("attention_mask"),
+                rewards, lm_logits, lm_targets = forward(batch["input_ids"], batch.get("attention_mask"),
                                                        lm_labels=batch["labels"] if cfg.lm_coef else None,
                                                        position_ids=batch.get("position_ids"),
                                                        last=batch.get("last"))
