@@ -46,8 +46,8 @@ status: install
 	$(PY) -m codepmp.cli status
 
 promote: install
-	@test -n "$(VERSION)" || (echo "usage: make promote VERSION=<registered model version> [ARGS=--force]" >&2; exit 2)
-	$(PY) -m codepmp.cli promote --profile $(PROFILE) --version $(VERSION) $(ARGS)
+	@test -n "$(VERSION)" -a -n "$(WHY)" || (echo "usage: make promote VERSION=<registered model version> WHY='<reason>' [WHO=<name>]" >&2; exit 2)
+	$(PY) -m codepmp.cli promote --profile $(PROFILE) --version $(VERSION) --force --who "$(or $(WHO),$(USER))" --why "$(WHY)"
 
 bench-crawl: install
 	$(PY) benchmarks/crawl_vs_datatrove.py $(ARGS)

@@ -7,7 +7,7 @@
     codepmp synthesize --crawl DIR --out DIR    # every shard, then the merge; rerun to resume (cache in DIR/cache)
     codepmp compile --out build/codepmp.yaml     # then: codepmp submit --package build/codepmp.yaml
     codepmp serve --model smollm2-135m-instruct [--port 8000]   # OpenAI-compatible server for synthesis
-    codepmp promote --version 3 [--force]
+    codepmp promote --version 3 [--force --why 'rollback: v4 regressed']
 """
 
 from __future__ import annotations
@@ -145,7 +145,8 @@ def cmd_promote(args) -> None:
     _ensure_services(start_embedded=False)
     cfg = load_config(args.profile, args.overrides)
     print(json.dumps(promote(cfg.promote.registered_model, str(args.version), cfg.promote.alias,
-                             cfg.evaluate.gate_metric, force=args.force), indent=2, default=str))
+                             cfg.evaluate.gate_metric, force=args.force, who=args.who, why=args.why),
+                     indent=2, default=str))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,7 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p = add("promote", cmd_promote, "move the champion alias to a registered version (gated)")
     p.add_argument("--version", required=True, type=int)
-    p.add_argument("--force", action="store_true", help="skip the gate metric comparison")
+    p.add_argument("--force", action="store_true", help="skip the gate (needs --why; recorded on the version)")
+    p.add_argument("--who", default=os.environ.get("USER", ""), help="who forces the promotion (default: $USER)")
+    p.add_argument("--why", default="", help="why the promotion is forced (required with --force)")
     return parser
 
 

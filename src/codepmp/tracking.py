@@ -32,6 +32,9 @@ MAX_PARAM_CHARS = 6000
 RUN_TAG = "codepmp.run"
 STAGE_TAG = "codepmp.stage"
 GATE_TAG = "codepmp.gate_metric"
+MARGIN_TAG = "codepmp.gate_margin"
+"""The gate metric's 95 % CI half-width when the version was evaluated: the lead it needs over the champion."""
+GATE_REASON_TAG = "codepmp.gate_reason"
 MODEL_ARTIFACT_NAME = "reward_model"
 
 
@@ -147,31 +150,46 @@ def _tag_value(tags: Mapping[str, str], name: str) -> float | None:
         return None
 
 
-def _apply_gate(client: Any, name: str, version: str, alias: str, gate_metric: str,
-                value: float | None, force: bool) -> dict[str, Any]:
-    """Move `alias` to `version` when forced, unheld, or `value` beats the holder's gate tag."""
+def _apply_gate(client: Any, name: str, version: str, alias: str, gate_metric: str, value: float | None,
+                force: bool, margin: float = 0.0, challenger_alias: str = "") -> dict[str, Any]:
+    """Move `alias` to `version` when forced, unheld, or when `value` beats the holder's gate tag by more than
+    `margin` (the candidate's confidence-interval half-width: a smaller lead is within noise). Otherwise
+    `challenger_alias`, when given, moves to the version instead. The result says which happened and why."""
     with _mlflow_errors(f"registered model '{name}'"):
         holder = client.get_registered_model(name).aliases.get(alias)
         previous_value = None
         if holder is not None:
             previous_value = _tag_value(client.get_model_version(name, holder).tags, gate_metric)
-        beats_holder = (holder is None or previous_value is None
-                        or (value is not None and value > previous_value))
-        promoted = holder != version and (force or beats_holder)
-        if promoted:
-            client.set_registered_model_alias(name, alias, version)
+        if holder == version:
+            promoted, reason = False, f"version {version} already holds '{alias}'"
+        elif force:
+            promoted, reason = True, "forced"
+        elif holder is None or previous_value is None:
+            promoted, reason = True, (f"no version held '{alias}'" if holder is None else
+                                      f"'{alias}' version {holder} has no {gate_metric} to compare")
+        else:
+            lead = value - previous_value if value is not None else float("-inf")
+            promoted = lead > margin
+            verdict = "beats" if promoted else "does not beat"
+            reason = (f"{gate_metric} {value:.4f} {verdict} '{alias}' version {holder} ({previous_value:.4f}) by "
+                      f"more than the CI half-width {margin:.4f} (lead {lead:+.4f})")
+        given = alias if promoted or holder == version else (challenger_alias or None)
+        if given and holder != version:
+            client.set_registered_model_alias(name, given, version)
     return {"name": name, "version": version, "promoted": promoted, "previous_version": holder,
-            "previous_value": previous_value, "value": value}
+            "previous_value": previous_value, "value": value, "margin": margin, "alias": given, "reason": reason}
 
 
 def register_reward_model(model_dir: str | Path, registered_model: str, metrics: Mapping[str, float],
                           gate_metric: str, alias: str = "champion", run_name: str = "manual",
-                          experiment: str = "codepmp") -> dict[str, Any]:
-    """Log the HF reward-model folder with the transformers flavor, register a version, tag it with
-    `metrics`, and move `alias` to it only if metrics[gate_metric] beats the current holder's tag.
+                          experiment: str = "codepmp", margin: float = 0.0, challenger_alias: str = "challenger",
+                          lineage: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Log the HF reward-model folder with the transformers flavor, register a version, tag it with `metrics`
+    and `lineage` (data hashes, pipeline run ids), and move `alias` to it only if metrics[gate_metric] beats
+    the current holder's tag by more than `margin`; otherwise `challenger_alias` moves to it.
 
     Logs into the active run, or else into a new "<run_name>/register" run of `experiment`.
-    Returns {name, version, promoted, previous_version, previous_value, value}.
+    Returns {name, version, promoted, previous_version, previous_value, value, margin, alias, reason}.
     """
     model_dir = check_reward_model_dir(model_dir)
     if gate_metric not in metrics:
@@ -193,18 +211,26 @@ def register_reward_model(model_dir: str | Path, registered_model: str, metrics:
     with _mlflow_errors(f"tagging '{registered_model}' version {version}"):
         for key, value in metrics.items():
             client.set_model_version_tag(registered_model, version, key, str(float(value)))
+        for key, value in (lineage or {}).items():
+            client.set_model_version_tag(registered_model, version, key, str(value))
         client.set_model_version_tag(registered_model, version, RUN_TAG, run_name)
         client.set_model_version_tag(registered_model, version, GATE_TAG, gate_metric)
-    return _apply_gate(client, registered_model, version, alias, gate_metric,
-                       float(metrics[gate_metric]), force=False)
+        client.set_model_version_tag(registered_model, version, MARGIN_TAG, str(margin))
+    outcome = _apply_gate(client, registered_model, version, alias, gate_metric, float(metrics[gate_metric]),
+                          force=False, margin=margin, challenger_alias=challenger_alias)
+    with _mlflow_errors(f"tagging '{registered_model}' version {version}"):
+        client.set_model_version_tag(registered_model, version, GATE_REASON_TAG, outcome["reason"])
+    return outcome
 
 
 def promote(registered_model: str, version: str | int, alias: str = "champion",
-            gate_metric: str = "pairwise_accuracy", force: bool = False) -> dict[str, Any]:
-    """Move `alias` to `version` if its `gate_metric` tag beats the current holder's, or always with `force`.
-
-    The manual path behind `make promote`. Returns the same dict as `register_reward_model`.
+            gate_metric: str = "pairwise_accuracy", force: bool = False, who: str = "", why: str = "") -> dict[str, Any]:
+    """Move `alias` to `version` if its `gate_metric` tag beats the current holder's by more than the version's
+    recorded CI half-width, or always with `force`, which needs `who` and `why`: they are written on the
+    version as audit tags. The manual path behind `make promote`. Returns the same dict as `register_reward_model`.
     """
+    if force and not (who.strip() and why.strip()):
+        raise InputError("a forced promotion needs who is promoting and why (make promote VERSION=N WHY='...')")
     uri = check_tracking_server()
     import mlflow
 
@@ -216,4 +242,15 @@ def promote(registered_model: str, version: str | int, alias: str = "champion",
     if value is None and not force:
         raise InputError(f"version {version} of '{registered_model}' has no numeric '{gate_metric}' "
                          f"tag to compare; evaluate it first or promote with force")
-    return _apply_gate(client, registered_model, version, alias, gate_metric, value, force)
+    outcome = _apply_gate(client, registered_model, version, alias, gate_metric, value, force,
+                          margin=_tag_value(tags, MARGIN_TAG) or 0.0)
+    if force and outcome["promoted"]:
+        import datetime
+
+        audit = {"codepmp.promoted_by": who, "codepmp.promote_reason": why, "codepmp.promote_forced": "true",
+                 "codepmp.promoted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                 "codepmp.promoted_over": str(outcome["previous_version"])}
+        with _mlflow_errors(f"tagging '{registered_model}' version {version}"):
+            for key, text in audit.items():
+                client.set_model_version_tag(registered_model, version, key, text)
+    return outcome

@@ -59,32 +59,47 @@ def test_stage_run_marks_a_failing_stage_failed(stack_env: dict[str, str], names
     assert mlflow.MlflowClient().get_run(run.info.run_id).info.status == "FAILED"
 
 
-def test_champion_alias_moves_only_to_a_better_version(stack_env: dict[str, str], names: dict[str, str],
-                                                        reward_model_dir: Path) -> None:
+def test_champion_alias_moves_only_to_a_version_better_by_more_than_its_ci(
+        stack_env: dict[str, str], names: dict[str, str], reward_model_dir: Path) -> None:
     import mlflow
 
-    def register(value: float) -> dict:
+    def register(value: float, margin: float = 0.02) -> dict:
         return register_reward_model(reward_model_dir, names["model"], {GATE: value, "best_of_4": 0.5}, GATE,
-                                     run_name=names["run"], experiment=names["experiment"])
+                                     run_name=names["run"], experiment=names["experiment"], margin=margin,
+                                     lineage={"codepmp.data_sha256": "ab12", "codepmp.pipeline_job": "job-7"})
 
     first = register(0.60)
-    assert first == {"name": names["model"], "version": "1", "promoted": True, "previous_version": None,
-                     "previous_value": None, "value": 0.60}
+    assert first["promoted"] is True and first["version"] == "1" and first["alias"] == "champion"
+    assert first["reason"] == "no version held 'champion'"
+    equal = register(0.60)
+    assert equal["promoted"] is False and equal["alias"] == "challenger" and equal["previous_version"] == "1"
+    within_noise = register(0.615)
+    assert within_noise["promoted"] is False and within_noise["alias"] == "challenger"
+    assert "does not beat 'champion' version 1 (0.6000) by more than the CI half-width 0.0200" \
+        in within_noise["reason"]
     worse = register(0.55)
-    assert worse["promoted"] is False and worse["previous_version"] == "1" and worse["previous_value"] == 0.60
+    assert worse["promoted"] is False and worse["previous_value"] == 0.60
     better = register(0.70)
-    assert better["promoted"] is True and better["previous_version"] == "1"
+    assert better["promoted"] is True and better["previous_version"] == "1" and "beats" in better["reason"]
 
     client = mlflow.MlflowClient()
     champion = client.get_model_version_by_alias(names["model"], "champion")
-    assert champion.version == "3"
+    assert champion.version == "5"
+    assert client.get_model_version_by_alias(names["model"], "challenger").version == "4"  # the last one that lost
     assert float(champion.tags[GATE]) == 0.70 and float(champion.tags["best_of_4"]) == 0.5
-    assert client.get_model_version(names["model"], "2").tags[GATE] == "0.55"
+    assert champion.tags["codepmp.data_sha256"] == "ab12" and champion.tags["codepmp.pipeline_job"] == "job-7"
+    assert champion.tags["codepmp.gate_margin"] == "0.02" and "beats" in champion.tags["codepmp.gate_reason"]
+    assert client.get_model_version(names["model"], "3").tags["codepmp.gate_reason"] == within_noise["reason"]
 
     assert promote(names["model"], 2, "champion", GATE)["promoted"] is False
-    forced = promote(names["model"], 2, "champion", GATE, force=True)
-    assert forced["promoted"] is True and forced["previous_version"] == "3"
-    assert client.get_model_version_by_alias(names["model"], "champion").version == "2"
+    with pytest.raises(InputError, match="needs who is promoting and why"):
+        promote(names["model"], 2, "champion", GATE, force=True)
+    forced = promote(names["model"], 2, "champion", GATE, force=True, who="alice", why="rollback: v5 regressed")
+    assert forced["promoted"] is True and forced["previous_version"] == "5" and forced["reason"] == "forced"
+    version = client.get_model_version_by_alias(names["model"], "champion")
+    assert version.version == "2"
+    assert version.tags["codepmp.promoted_by"] == "alice" and version.tags["codepmp.promote_reason"] == "rollback: v5 regressed"
+    assert version.tags["codepmp.promoted_over"] == "5" and version.tags["codepmp.promote_forced"] == "true"
     with pytest.raises(InputError, match="no numeric 'missing_metric'"):
         promote(names["model"], 1, "champion", "missing_metric")
     with pytest.raises(InputError):

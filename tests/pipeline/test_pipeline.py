@@ -102,6 +102,8 @@ def test_manual_promote_cli_on_the_registered_model(tiny_pipeline_run):
     assert same.returncode == 0 and json.loads(same.stdout)["promoted"] is False  # already the champion
     missing = promote("--version", "99")
     assert missing.returncode == 2 and "99" in missing.stderr.strip().splitlines()[-1]
+    unexplained = promote("--version", "1", "--force")
+    assert unexplained.returncode == 2 and "needs who is promoting and why" in unexplained.stderr
 
 
 def test_multinode_pretrain_compiles_to_a_trainjob_task_without_gpus(tmp_path):
