@@ -93,7 +93,9 @@ def launch(cfg: TrainConfig, init_model: str, pairs: list[Pair], out_dir: str | 
     """Train on `pairs` (see `loop.train`) with `processes(cfg)` processes and return rank 0's summary."""
     from codepmp.train.loop import train
 
-    if "WORLD_SIZE" in os.environ or (count := processes(cfg)) == 1:
+    # Already one of several launched processes (a TrainJob node runs `run_spec` itself): train here. A
+    # WORLD_SIZE of 1 is what an earlier in-process DeepSpeed run leaves behind, not a launcher.
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or (count := processes(cfg)) == 1:
         resumable, scaling = checkpoints.open() if checkpoints else (None, None)
         return train(cfg, init_model, pairs, out_dir, checkpointer=resumable, scaling=scaling, log=log)
     import mlflow
