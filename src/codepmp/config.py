@@ -274,17 +274,41 @@ class TrainConfig:
 @dataclass
 class ReasoningConfig:
     data_dir: str = ""
-    """Folder with gsm8k/train.jsonl and gsm8k/dev.jsonl; empty uses the sample shipped in the package."""
+    """Folder in the layout of shared/data: gsm8k/{train,dev}.jsonl, math/{train,dev}.jsonl,
+    logiqa2/{dev,dev200}.jsonl, reclor/{train,val}.json. Empty: the GSM8K sample shipped in the package."""
+    domains: list[str] = field(default_factory=lambda: ["gsm8k"])
+    """Domains to finetune and evaluate on: gsm8k and math (pairwise accuracy and best-of-N), logiqa2 and
+    reclor (pairwise accuracy and option accuracy: the RM scores every option, the argmax must be the gold).
+    LogiQA 2.0 has no public train split: its training items come from dev.jsonl minus the dev200 items."""
     train_problems: int = 48
-    """GSM8K train problems turned into finetuning pairs."""
+    """Problems (logic: items) per domain turned into finetuning pairs."""
     dev_problems: int = 20
-    """GSM8K dev problems for pairwise accuracy and best-of-N."""
+    """Held-out problems per domain for pairwise accuracy, best-of-N and option accuracy."""
+    pairs: str = "corrupted"
+    """How math finetuning pairs are made: "corrupted" (the reference solution against copies with a wrong
+    final answer) or "sampled" (solutions sampled from `policy_model`, labelled by their final answer, correct
+    paired with incorrect: Math-Shepherd style). Logic pairs are always the right option against each wrong one."""
     rejected_per_problem: int = 1
-    """Corrupted (wrong-answer) solutions paired with each reference solution for finetuning."""
+    """Corrupted pairs per problem ("corrupted"), or at most this many pairs per problem ("sampled")."""
+    extra_pairs: list[str] = field(default_factory=list)
+    """More finetuning pairs from files: a Math-Shepherd JSONL (name containing "shepherd") or a generic
+    {prompt, chosen, rejected} JSONL."""
+    pool: str = "corrupted"
+    """Best-of-N candidates for gsm8k/math dev problems: "corrupted" (the reference plus corruptions),
+    "sampled" (from `policy_model`) or "import" (`pool_file`)."""
+    pool_file: str = ""
+    """JSONL of {problem_id, prompt, gold, candidates: [{text, is_correct}]} for pool "import" (the problems of
+    the first math domain)."""
     candidates_per_problem: int = 8
-    """Best-of-N pool size per dev problem: the reference solution plus corrupted ones."""
+    """Best-of-N pool size per dev problem (the paper samples up to 256 on a cluster)."""
+    policy_model: str = "smollm2-135m-instruct"
+    """Model that samples solutions for "sampled" pairs and pools, through `synthesize.backend`."""
+    temperature: float = 0.7
+    """Sampling temperature of the policy."""
+    max_new_tokens: int = 256
+    """Tokens per sampled solution."""
     seed: int = 0
-    """Seed for sampling problems and corruptions."""
+    """Seed for sampling problems, corruptions and pairings."""
 
 
 @dataclass
@@ -373,7 +397,9 @@ def _paper() -> dict[str, Any]:
                        "chunk_rows": 2048},
         "pretrain": paper_train,
         "finetune": {**paper_train, "lm_coef": 0.0, "lr": 1e-6, "grad_accum": 8, "checkpoint_every": 200},
-        "reasoning": {"train_problems": 7273, "dev_problems": 200, "candidates_per_problem": 64},
+        "reasoning": {"domains": ["gsm8k", "math", "logiqa2"], "train_problems": 7273, "dev_problems": 200,
+                      "pairs": "sampled", "pool": "sampled", "candidates_per_problem": 64,
+                      "policy_model": "Qwen/Qwen2-1.5B-Instruct", "max_new_tokens": 1024},
         "evaluate": {"best_of_n": [1, 2, 4, 8, 16, 32, 64], "max_length": 1024, "batch_size": 32},
         "sweep": {"sizes": [250, 500, 1000, 2000, 4000]},
     }

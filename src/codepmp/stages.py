@@ -182,8 +182,10 @@ def base_model(cfg: PipelineConfig, run_name: str, out_dir: str) -> dict:
 @stage("reasoning_data")
 def reasoning_data(cfg: PipelineConfig, run_name: str, out_dir: str) -> dict:
     from codepmp.reasoning.build import build_reasoning_data
+    from codepmp.synthesize.run import make_backend
 
-    return build_reasoning_data(cfg.reasoning, out_dir)
+    return build_reasoning_data(cfg.reasoning, out_dir,
+                                policy=lambda: make_backend(cfg.synthesize, cfg.reasoning.policy_model))
 
 
 def _log_training_configs(train_cfg, model_dir: str) -> None:
