@@ -1,0 +1,376 @@
+"""One self-contained HTML page comparing a PMP reward model with its control: tables with bootstrap intervals and
+figures embedded as base64 PNG, so the page can be mailed, attached to an MLflow run or opened offline.
+
+The `results` dict (plain JSON; every section but "domains" is optional, and a domain may lack any part):
+
+    {
+      "meta": {"title": str, <label>: str | number, ...},          # shown as a header; "title" names the page
+      "domains": {
+        <domain, e.g. "gsm8k" or "logic">: {
+          "metrics": {                                            # one table row per metric
+            <metric, e.g. "pairwise_accuracy" or "option_accuracy">: {
+              "items": int, "level": 0.95,
+              "models": {<model, e.g. "pmp">: {"mean": f, "low": f, "high": f}, <"control">: {...}},
+              "difference": {"a": "pmp", "b": "control", "mean": f, "low": f, "high": f},  # paired bootstrap
+            },
+          },
+          "best_of_n": {
+            "n": [1, 2, 4, ...], "problems": int, "trials": int, "level": 0.95,
+            "curves": {<label, e.g. "pmp-rm", "control-rm", "majority", "random", "oracle">:
+                       {"mean": [f per n], "low": [...], "high": [...]}},  # low/high present -> a CI band
+          },
+        },
+      },
+      "sample_efficiency": [{"pairs": int, <model>: dev pairwise accuracy, ...}, ...],
+      "loss_curves": {<run label>: [[step, loss], ...]},
+    }
+
+`metric_entry`, `best_of_n_entry` and `build_results` make these parts from per-item values and from
+`codepmp.evaluate.metrics.best_of_n_curves` output. Figures are drawn on matplotlib's Agg canvas directly
+(no pyplot), so rendering needs no display and leaves the process's matplotlib backend alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+from codepmp.atomic import atomic_path
+from codepmp.evaluate.metrics import bootstrap_ci, paired_difference_ci
+
+BASELINES = ("majority", "random", "oracle")
+COLORS = {"majority": "#2ca02c", "random": "#7f7f7f", "oracle": "#000000"}
+MODEL_COLORS = ("#1f77b4", "#d62728", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
+STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em auto;max-width:70em;color:#222;
+padding:0 1em;line-height:1.4}
+h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.8em}
+h3{font-size:1.05em}
+table{border-collapse:collapse;margin:.6em 0 1em}
+th,td{border:1px solid #ddd;padding:.25em .6em;text-align:right;font-variant-numeric:tabular-nums}
+th:first-child,td:first-child{text-align:left}th{background:#f4f4f4}
+td.sig{font-weight:600}
+dl.meta{display:grid;grid-template-columns:max-content auto;gap:.1em 1em}dl.meta dt{color:#666}dl.meta dd{margin:0}
+img{max-width:100%;height:auto}p.note{color:#666;font-size:.9em}
+"""
+
+
+def metric_entry(per_item: dict[str, list[float]], n_resamples: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> dict:
+    """A metric's table entry from per-item values (1/0 correctness) per model: each model's mean with its
+    bootstrap interval, and, for two or more models, the paired difference first minus second."""
+    if not per_item:
+        raise ValueError("a metric entry needs at least one model's per-item values")
+    sizes = {len(v) for v in per_item.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"every model must be scored on the same items; item counts: {sorted(sizes)}")
+    entry: dict[str, Any] = {"items": sizes.pop(), "level": level, "models": {}}
+    for name, values in per_item.items():
+        mean, low, high = bootstrap_ci(values, n_resamples, seed, level)
+        entry["models"][name] = {"mean": mean, "low": low, "high": high}
+    if len(per_item) >= 2:
+        (a, a_values), (b, b_values) = list(per_item.items())[:2]
+        mean, low, high = paired_difference_ci(a_values, b_values, n_resamples, seed, level)
+        entry["difference"] = {"a": a, "b": b, "mean": mean, "low": low, "high": high}
+    return entry
+
+
+def best_of_n_entry(curves_by_model: dict[str, dict]) -> dict:
+    """A domain's best-of-N part from `best_of_n_curves` output per model: an "<model>-rm" curve with its band
+    per model, and the majority, random and oracle curves of the first model. Random and oracle ignore the
+    scores; majority uses them only to break vote ties, so one model's baselines stand for all."""
+    if not curves_by_model:
+        raise ValueError("best-of-N needs at least one model's curves")
+    first = next(iter(curves_by_model.values()))
+    for name, result in curves_by_model.items():
+        if result["n"] != first["n"] or result["problems"] != first["problems"]:
+            raise ValueError(f"model {name!r} was drawn over other N or problems than the first model")
+    curves = {f"{name}-rm": dict(result["strategies"]["rm"]) for name, result in curves_by_model.items()}
+    for baseline in BASELINES:
+        curves[baseline] = {"mean": list(first["strategies"][baseline]["mean"])}
+    return {"n": list(first["n"]), "problems": first["problems"], "trials": first["trials"],
+            "level": first.get("level", 0.95), "curves": curves}
+
+
+def build_results(domains: dict[str, dict], sample_efficiency: list[dict] | None = None,
+                  loss_curves: dict[str, list] | None = None, meta: dict | None = None) -> dict:
+    """The `results` dict from its parts, leaving out absent sections, checked against the schema."""
+    results: dict[str, Any] = {"meta": dict(meta or {}), "domains": domains}
+    if sample_efficiency:
+        results["sample_efficiency"] = [dict(row) for row in sample_efficiency]
+    if loss_curves:
+        results["loss_curves"] = {label: [[float(s), float(v)] for s, v in points]
+                                  for label, points in loss_curves.items()}
+    check_results(results)
+    return results
+
+
+def _require(condition: bool, where: str, what: str) -> None:
+    if not condition:
+        raise ValueError(f"results{where}: {what}")
+
+
+def _check_interval(value: Any, where: str) -> None:
+    _require(isinstance(value, dict) and all(k in value for k in ("mean", "low", "high")), where,
+             "needs mean, low and high")
+
+
+def check_results(results: dict) -> None:
+    """Raise ValueError naming the first part of `results` that does not follow the module's schema, so a
+    malformed input fails before any file is written rather than as a KeyError deep in the rendering."""
+    _require(isinstance(results, dict) and isinstance(results.get("domains", {}), dict), "",
+             "must be a dict whose 'domains' is a dict")
+    for domain, part in results.get("domains", {}).items():
+        where = f"['domains'][{domain!r}]"
+        _require(isinstance(part, dict), where, "must be a dict")
+        for metric, entry in part.get("metrics", {}).items():
+            at = f"{where}['metrics'][{metric!r}]"
+            _require(isinstance(entry, dict) and isinstance(entry.get("models"), dict) and entry["models"], at,
+                     "needs a non-empty 'models' dict")
+            for model, value in entry["models"].items():
+                _check_interval(value, f"{at}['models'][{model!r}]")
+            if "difference" in entry:
+                _check_interval(entry["difference"], f"{at}['difference']")
+        if "best_of_n" in part:
+            bon, at = part["best_of_n"], f"{where}['best_of_n']"
+            _require(isinstance(bon, dict) and isinstance(bon.get("n"), list) and isinstance(bon.get("curves"), dict),
+                     at, "needs an 'n' list and a 'curves' dict")
+            for label, curve in bon["curves"].items():
+                lengths = {len(curve.get(k, bon["n"])) for k in ("mean", "low", "high")}
+                _require("mean" in curve and lengths == {len(bon["n"])}, f"{at}['curves'][{label!r}]",
+                         "mean (and low/high, if given) must have one value per N")
+    for number, row in enumerate(results.get("sample_efficiency") or []):
+        _require(isinstance(row, dict) and "pairs" in row, f"['sample_efficiency'][{number}]", "needs 'pairs'")
+    for label, points in (results.get("loss_curves") or {}).items():
+        _require(all(len(p) == 2 for p in points), f"['loss_curves'][{label!r}]", "needs [step, loss] points")
+
+
+def _esc(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _plot_text(text: Any) -> str:
+    """Data text as matplotlib shows it literally: an unpaired '$' would otherwise start mathtext."""
+    return str(text).replace("$", r"\$")
+
+
+def _num(value: float) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def _interval(entry: dict | None, signed: bool = False) -> str:
+    if not entry:
+        return "—"
+    sign = "+" if signed else ""
+    return f"{entry['mean']:{sign}.3f} [{entry['low']:{sign}.3f}, {entry['high']:{sign}.3f}]"
+
+
+def _excludes_zero(entry: dict) -> bool:
+    return entry["low"] > 0 or entry["high"] < 0
+
+
+def _metric_table(metrics: dict[str, dict]) -> str:
+    """Rows of metrics, one column per model and one for the paired difference."""
+    first = next(iter(metrics.values()))
+    models = list(first["models"])
+    level = round(100 * first.get("level", 0.95))
+    diff = first.get("difference")
+    diff_label = f"{diff['a']} − {diff['b']} (paired)" if diff else "difference"
+    head = "".join(f"<th>{_esc(m)} [{level}% CI]</th>" for m in models)
+    rows = [f"<tr><th>metric</th><th>items</th>{head}<th>{_esc(diff_label)} [{level}% CI]</th></tr>"]
+    for metric, entry in metrics.items():
+        cells = "".join(f"<td>{_esc(_interval(entry['models'].get(m)))}</td>" for m in models)
+        difference = entry.get("difference")
+        mark = ' class="sig"' if difference and _excludes_zero(difference) else ""
+        rows.append(f"<tr><td>{_esc(metric.replace('_', ' '))}</td><td>{_esc(entry.get('items', '—'))}</td>"
+                    f"{cells}<td{mark}>{_esc(_interval(difference, signed=True))}</td></tr>")
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def _bon_table(bon: dict) -> str:
+    head = "".join(f"<th>N={_esc(n)}</th>" for n in bon["n"])
+    rows = [f"<tr><th>strategy</th>{head}</tr>"]
+    for label, curve in bon["curves"].items():
+        rows.append(f"<tr><td>{_esc(label)}</td>" + "".join(f"<td>{_num(v)}</td>" for v in curve["mean"]) + "</tr>")
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def _new_figure(panels: int, height: float = 3.4):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(min(4.2 * panels, 13.0), height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, panels, squeeze=False)[0]
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+def _curve_color(label: str, index: int) -> str:
+    return COLORS.get(label, MODEL_COLORS[index % len(MODEL_COLORS)])
+
+
+def _log2_axis(ax, values: list) -> None:
+    """A log2 x axis ticked at the data's own values, written as plain numbers (64, not 2^6)."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    ticks = sorted(set(values))
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{t:g}" for t in ticks])
+
+
+def _bon_figure(domains: dict[str, dict]):
+    """Accuracy against N on a log2 axis, one panel per domain; bands where a curve carries an interval."""
+    parts = {name: part["best_of_n"] for name, part in domains.items() if part.get("best_of_n", {}).get("n")}
+    if not parts:
+        return None
+    fig, axes = _new_figure(len(parts))
+    for ax, (domain, bon) in zip(axes, parts.items()):
+        model_index = 0
+        for label, curve in bon["curves"].items():
+            is_baseline = label in COLORS
+            color = _curve_color(label, model_index)
+            model_index += not is_baseline
+            ax.plot(bon["n"], curve["mean"], marker="o", markersize=3, color=color, label=_plot_text(label),
+                    linestyle="--" if label == "oracle" else ":" if label == "random" else "-")
+            if "low" in curve and "high" in curve:
+                ax.fill_between(bon["n"], curve["low"], curve["high"], color=color, alpha=0.18, linewidth=0)
+        _log2_axis(ax, bon["n"])
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("N (candidates per problem)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(_plot_text(f"{domain}: best-of-N ({bon.get('problems', '?')} problems)"), fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    return fig
+
+
+def _sample_efficiency_figure(rows: list[dict]):
+    rows = sorted(rows, key=lambda r: r["pairs"])
+    models = [k for k in rows[0] if k != "pairs"]
+    fig, (ax,) = _new_figure(1)
+    for index, model in enumerate(models):
+        points = [(r["pairs"], r[model]) for r in rows if r.get(model) is not None]
+        ax.plot([p for p, _ in points], [v for _, v in points], marker="o", color=_curve_color(model, index),
+                label=_plot_text(model))
+    _log2_axis(ax, [r["pairs"] for r in rows])
+    ax.set_xlabel("finetuning pairs")
+    ax.set_ylabel("dev pairwise accuracy")
+    ax.set_title("sample efficiency", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _sample_efficiency_table(rows: list[dict]) -> str:
+    rows = sorted(rows, key=lambda r: r["pairs"])
+    models = [k for k in rows[0] if k != "pairs"]
+    diff = len(models) >= 2
+    head = "".join(f"<th>{_esc(m)}</th>" for m in models)
+    diff_head = f"<th>{_esc(models[0])} − {_esc(models[1])}</th>" if diff else ""
+    out = [f"<tr><th>finetuning pairs</th>{head}{diff_head}</tr>"]
+    for row in rows:
+        cells = "".join(f"<td>{_num(row.get(m))}</td>" for m in models)
+        if diff:
+            a, b = row.get(models[0]), row.get(models[1])
+            cells += f"<td>{'—' if a is None or b is None else f'{a - b:+.3f}'}</td>"
+        out.append(f"<tr><td>{_esc(row['pairs'])}</td>{cells}</tr>")
+    return "<table>" + "".join(out) + "</table>"
+
+
+def _loss_figure(curves: dict[str, list]):
+    fig, (ax,) = _new_figure(1)
+    for index, (label, points) in enumerate(curves.items()):
+        ax.plot([p[0] for p in points], [p[1] for p in points], color=MODEL_COLORS[index % len(MODEL_COLORS)],
+                linewidth=1.2, label=_plot_text(label))
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("training loss", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<p><img alt="{_esc(alt)}" src="data:image/png;base64,{data}"></p>'
+
+
+def _meta_block(meta: dict) -> str:
+    items = [(k, v) for k, v in meta.items() if k != "title"]
+    if not items:
+        return ""
+    return '<dl class="meta">' + "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in items) + "</dl>"
+
+
+def render_report(results: dict, out_html: str | Path, figures_dir: str | Path | None = None) -> list[Path]:
+    """Write the report page to `out_html` and return the PNG figures written to `figures_dir` (none without
+    one), so the same images can be logged to MLflow beside the page."""
+    check_results(results)
+    meta = results.get("meta") or {}
+    domains = results.get("domains") or {}
+    title = meta.get("title", "codepmp evaluation: PMP vs control")
+    figures: dict[str, bytes] = {}
+    body = [f"<h1>{_esc(title)}</h1>", _meta_block(meta)]
+
+    body.append("<h2>PMP vs control</h2>")
+    if not domains:
+        body.append('<p class="note">No evaluation domains in these results.</p>')
+    for domain, part in domains.items():
+        body.append(f"<h3>{_esc(domain)}</h3>")
+        if part.get("metrics"):
+            body.append(_metric_table(part["metrics"]))
+        else:
+            body.append('<p class="note">No pairwise or option metrics for this domain.</p>')
+    body.append('<p class="note">Intervals are percentile bootstraps over items; the difference resamples the same '
+                'items for both models (paired). Bold: the interval excludes 0.</p>')
+
+    bon_figure = _bon_figure(domains)
+    if bon_figure is not None:
+        figures["best_of_n.png"] = _png(bon_figure)
+        body += ["<h2>Best-of-N</h2>", _img(figures["best_of_n.png"], "best-of-N accuracy against N")]
+        for domain, part in domains.items():
+            bon = part.get("best_of_n")
+            if bon and bon.get("n"):
+                body += [f"<h3>{_esc(domain)}</h3>",
+                         f'<p class="note">{_esc(bon.get("problems", "?"))} problems, {_esc(bon.get("trials", "?"))} '
+                         f'draws per problem and N; bands: {round(100 * bon.get("level", 0.95))}% bootstrap over '
+                         'problems.</p>', _bon_table(bon)]
+
+    sample = results.get("sample_efficiency")
+    if sample:
+        figures["sample_efficiency.png"] = _png(_sample_efficiency_figure(sample))
+        body += ["<h2>Sample efficiency</h2>", _img(figures["sample_efficiency.png"], "dev pairwise accuracy "
+                 "against finetuning pairs"), _sample_efficiency_table(sample)]
+
+    losses = results.get("loss_curves")
+    if losses:
+        figures["loss_curves.png"] = _png(_loss_figure(losses))
+        body += ["<h2>Training loss</h2>", _img(figures["loss_curves.png"], "training loss against step")]
+
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{_esc(title)}</title><style>{STYLE}</style></head><body>\n"
+            + "\n".join(b for b in body if b) + "\n</body></html>\n")
+    out_html = Path(out_html)
+    out_html.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_html) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    written = []
+    if figures_dir is not None:
+        folder = Path(figures_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, png in figures.items():
+            (folder / name).write_bytes(png)
+            written.append(folder / name)
+    return written
+
