@@ -1,13 +1,12 @@
-"""Reward scoring throughput: `codepmp.evaluate.run.score` in length-sorted batches vs one candidate at a time.
+"""Reward scoring throughput: `codepmp.evaluate.run.Scorer` in length-sorted batches vs one candidate at a time.
 
     .venv/bin/python benchmarks/scoring_batched_vs_single.py                        # SmolLM2-135M, CPU
     .venv/bin/python benchmarks/scoring_batched_vs_single.py --candidates 32 --batch-size 8
     .venv/bin/python benchmarks/scoring_batched_vs_single.py --random               # random SmolLM2-shaped model
 
-Both sides are the same function, `score`, on the same texts: the baseline with batch size 1 (one forward pass
+Both sides are the same class, `Scorer`, on the same texts: the baseline with batch size 1 (one forward pass
 per candidate, no padding), codepmp's default path with `--batch-size` rows per pass, right-padded to the
-longest row of a batch after sorting by length. The model is loaded once and handed to both through `score`'s
-loader, so the timings cover tokenizing, batching and the forward passes, not reading weights from disk. The
+longest row of a batch after sorting by length. The model is loaded once and handed to both scorers, so the timings cover tokenizing, batching and the forward passes, not reading weights from disk. The
 texts are GSM8K dev solutions under the reasoning stage's prompt (what the best-of-N pool holds), kept when
 they are `--min-tokens` to `--max-tokens` long; sorted by length and cut into groups of `2 x --batch-size`, the
 two sides take turns group by group (alternating which goes first), so load from elsewhere on the machine
@@ -97,7 +96,11 @@ def main() -> None:
     parser.add_argument("--model", default=ALIAS, help="packaged alias or HF folder of a reward/base model")
     parser.add_argument("--random", action="store_true", help="random SmolLM2-135M-shaped model instead")
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    parser.add_argument("--candidates", type=int, default=48)
+    parser.add_argument("--workload", choices=["eval", "unique"], default="eval",
+                        help="eval: what the evaluate stage scores; unique: GSM8K texts with distinct prompts")
+    parser.add_argument("--problems", type=int, default=6, help="eval: dev problems per domain")
+    parser.add_argument("--candidates-per-problem", type=int, default=8, help="eval: best-of-N pool size")
+    parser.add_argument("--candidates", type=int, default=48, help="unique: texts")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=384)
     parser.add_argument("--min-tokens", type=int, default=150)
@@ -113,22 +116,24 @@ def main() -> None:
         start = time.perf_counter()
         model, tokenizer = load_reward_model(spec)
         load_s = time.perf_counter() - start
-    run.load_reward_model = lambda _spec: (model, tokenizer)
+    single_scorer = run.Scorer(spec, 1, args.max_length, loaded=(model, tokenizer), share_prompts=False)
+    codepmp_scorer = run.Scorer(spec, args.batch_size, args.max_length, loaded=(model, tokenizer))
+    if args.workload == "eval":
+        texts, what = evaluation_texts(Path(args.data), args.problems, args.candidates_per_problem)
+    else:
+        texts = candidate_texts(Path(args.data), tokenizer, args.candidates, args.min_tokens, args.max_tokens,
+                                args.max_length)
+        what = "GSM8K dev solutions, each under its own question (nothing to share)"
+        texts.sort(key=lambda t: len(encode(tokenizer, *t, args.max_length).ids))
+    lengths = [len(encode(tokenizer, *t, args.max_length).ids) for t in texts]
+    single_scorer(texts[:2], desc="warm-up")
 
-    texts = candidate_texts(Path(args.data), tokenizer, args.candidates, args.min_tokens, args.max_tokens,
-                            args.max_length)
-    lengths = {t: len(encode(tokenizer, *t, args.max_length).ids) for t in texts}
-    texts.sort(key=lengths.__getitem__)
-    run.score(spec, texts[:2], 2, args.max_length, desc="warm-up")
-
-    group_size = 2 * args.batch_size
     single, batched, single_s, batched_s = [], [], 0.0, 0.0
-    for number, group in enumerate(range(0, len(texts), group_size)):
-        part = texts[group:group + group_size]
+    for number, part in enumerate(_parts(texts, 2 * args.batch_size)):
         order = ("single", "batched") if number % 2 == 0 else ("batched", "single")
         for side in order:
             start = time.perf_counter()
-            scores = run.score(spec, part, 1 if side == "single" else args.batch_size, args.max_length, desc=side)
+            scores = (single_scorer if side == "single" else codepmp_scorer)(part, desc=side)
             seconds = time.perf_counter() - start
             if side == "single":
                 single += scores
@@ -138,15 +143,44 @@ def main() -> None:
                 batched_s += seconds
 
     n = len(texts)
-    tokens = list(lengths.values())
     gap = max(abs(a - b) for a, b in zip(single, batched))
     print(f"model {described}; loaded once in {load_s:.1f} s; {torch.get_num_threads()} torch threads, CPU")
-    print(f"{n} GSM8K candidates of {min(tokens)}-{max(tokens)} tokens (mean {sum(tokens) / n:.0f}), "
-          f"max length {args.max_length}; batches of {args.batch_size} carry "
-          f"{padding_factor(tokens, args.batch_size):.3f}x the real tokens")
-    print(f"one at a time: {single_s:7.1f} s  {n / single_s:7.2f} candidates/s")
-    print(f"batched ({args.batch_size:>3}):  {batched_s:7.1f} s  {n / batched_s:7.2f} candidates/s")
+    print(f"{n} texts: {what}; {min(lengths)}-{max(lengths)} tokens (mean {sum(lengths) / n:.0f}), "
+          f"max length {args.max_length}")
+    print(f"one at a time:          {single_s:7.1f} s  {n / single_s:7.2f} candidates/s")
+    print(f"codepmp (batch {args.batch_size:>3}):     {batched_s:7.1f} s  {n / batched_s:7.2f} candidates/s")
     print(f"speedup {single_s / batched_s:.2f}x (goal 5x); max |score difference| {gap:.2e}")
+
+
+def evaluation_texts(data_dir: Path, problems: int, candidates: int) -> tuple[list[tuple[str, str]], str]:
+    """Everything the evaluate stage scores for one model, from the reasoning data stage run on `data_dir`:
+    gsm8k and math dev pairs and best-of-N pools, logiqa2 dev pairs and options."""
+    from codepmp.config import ReasoningConfig
+    from codepmp.reasoning.build import build_reasoning_data, read_table
+
+    cfg = ReasoningConfig(data_dir=str(data_dir), domains=["gsm8k", "math", "logiqa2"], train_problems=1,
+                          dev_problems=problems, candidates_per_problem=candidates)
+    with tempfile.TemporaryDirectory(prefix="scoring-bench-data-") as tmp:
+        build_reasoning_data(cfg, tmp)
+        dev, pool, logic = (read_table(tmp, name) for name in ("dev", "pool", "logic"))
+    texts = ([(r["prompt"], r["chosen"]) for r in dev] + [(r["prompt"], r["rejected"]) for r in dev]
+             + [(r["prompt"], r["response"]) for r in pool] + [(r["prompt"], r["response"]) for r in logic])
+    return texts, (f"the evaluation of {problems} dev problems per domain (gsm8k, math, logiqa2): dev pairs, "
+                   f"{candidates} best-of-N candidates per math problem, 4 options per logic item")
+
+
+def _parts(texts: list[tuple[str, str]], size: int) -> list[list[tuple[str, str]]]:
+    """Consecutive runs of about `size` texts that never split one prompt's texts between two runs."""
+    by_prompt: dict[str, list] = {}
+    for text in texts:
+        by_prompt.setdefault(text[0], []).append(text)
+    parts, current = [], []
+    for group in by_prompt.values():
+        current += group
+        if len(current) >= size:
+            parts.append(current)
+            current = []
+    return parts + ([current] if current else [])
 
 
 if __name__ == "__main__":

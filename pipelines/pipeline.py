@@ -76,9 +76,10 @@ def build(cluster: "ClusterSpec | None" = None):
             **common, pmp_results=dsl.Collected(tasks["sweep-pmp"].outputs["result"]),
             control_results=dsl.Collected(tasks["sweep-control"].outputs["result"]))
         tasks["evaluate"] = evaluate(**common, pmp_model=tasks["finetune-pmp"].outputs["model"],
-                                     control_model=tasks["finetune-control"].outputs["model"], data=data)
-        tasks["register"] = register(**common, model=tasks["finetune-pmp"].outputs["model"],
-                                     results=tasks["evaluate"].outputs["results"])
+                                     control_model=tasks["finetune-control"].outputs["model"], data=data,
+                                     sweep=tasks["sample_efficiency"].outputs["table"])
+        tasks["register"] = register(**training, model=tasks["finetune-pmp"].outputs["model"],
+                                     results=tasks["evaluate"].outputs["results"], data=data)
         for name, task in tasks.items():
             task.set_display_name(name)
             if cluster is not None:

@@ -100,7 +100,7 @@ def _stage_cmd(name: str):
             kwargs = {**kwargs, "location": str(Path(args.out_dir) / "cache")}
         elif name == "evaluate":
             kwargs = {"models": {"pmp": args.pmp, "control": args.control}, "data_dir": args.data,
-                      "report_path": str(Path(args.out) / "report.md"),
+                      "report_path": str(Path(args.out) / "report.html"),
                       "results_path": str(Path(args.out) / "results.json")}
             Path(args.out).mkdir(parents=True, exist_ok=True)
         getattr(stages, name)(args.profile, args.overrides, args.run_name or f"cli-{name}", **kwargs)

@@ -321,8 +321,12 @@ class EvaluateConfig:
     """Sequences scored per forward pass."""
     max_length: int = 384
     """Tokens per scored sequence."""
+    bootstrap_resamples: int = 1000
+    """Bootstrap resamples behind every 95 % confidence interval."""
     gate_metric: str = "pairwise_accuracy"
-    """Metric that decides promotion (higher is better)."""
+    """Metric that decides promotion (higher is better): "pairwise_accuracy" over all dev pairs, or a domain's
+    metric such as "gsm8k.pairwise_accuracy", "gsm8k.bon8_rm" or "logiqa2.option_accuracy". A candidate
+    takes the champion alias only with a lead above its own CI half-width on it (where it has an interval)."""
 
 
 @dataclass

@@ -7,7 +7,13 @@ from pathlib import Path
 
 STAGE_ORDER = ["crawl", "crawl_merge", "synthesize", "synthesize_merge", "base_model", "reasoning_data", "pretrain",
                "finetune", "sample_efficiency", "evaluate", "register"]
-HEADLINE = ["pairwise_accuracy", "bon1_rm", "bon4_rm", "bon8_rm", "bon8_random", "bon8_majority", "bon8_oracle"]
+
+
+def headline_metrics(evaluation: dict[str, float]) -> list[str]:
+    """The evaluate stage's metrics worth a summary line: accuracies, and best-of-N at the largest N."""
+    keys = sorted({k.removeprefix("pmp.") for k in evaluation if k.startswith("pmp.") and "_ci_" not in k})
+    largest = max((int(k.split(".bon")[1].split("_")[0]) for k in keys if ".bon" in k), default=0)
+    return [k for k in keys if ".bon" not in k or f".bon{largest}_" in k or ".bon1_rm" in k]
 
 
 def stage_runs(experiment: str, run_name: str) -> list[dict]:
@@ -22,6 +28,20 @@ def stage_runs(experiment: str, run_name: str) -> list[dict]:
                                        r["subset"], r["variant"]))
 
 
+def loss_curves(experiment: str, run_name: str) -> dict[str, list[tuple[int, float]]]:
+    """Training loss by step of every pretrain and finetune run of the pipeline run, labelled like the summary
+    ("pretrain", "finetune (pmp)", ...); sweep runs are left out (their curves are the sample-efficiency plot)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    curves = {}
+    for r in stage_runs(experiment, run_name):
+        if r["stage"] in ("pretrain", "pretrain_trainjob", "finetune") and not r["subset"]:
+            label = r["stage"] + (f" ({r['variant']})" if r["variant"] else "")
+            curves[label] = sorted((m.step, m.value) for m in client.get_metric_history(r["run_id"], "loss"))
+    return curves
+
+
 def summary_text(experiment: str, run_name: str, root: str | Path, total_s: float | None = None) -> str:
     rows = stage_runs(experiment, run_name)
     lines = [f"\n== codepmp run {run_name} ==", f"{'stage':<24}{'wall (s)':>10}"]
@@ -32,11 +52,18 @@ def summary_text(experiment: str, run_name: str, root: str | Path, total_s: floa
     if total_s is not None:
         lines.append(f"{'total (pipeline)':<24}{total_s:>10.1f}")
     evaluation = next((r["metrics"] for r in rows if r["stage"] == "evaluate"), {})
-    keys = [k for k in HEADLINE if f"pmp.{k}" in evaluation]
+    keys = headline_metrics(evaluation)
     if keys:
-        lines += ["", f"{'metric':<24}{'PMP':>10}{'control':>10}"]
-        lines += [f"{k:<24}{evaluation[f'pmp.{k}']:>10.3f}{evaluation.get(f'control.{k}', float('nan')):>10.3f}"
-                  for k in keys]
+        def cell(model: str, key: str) -> str:
+            value, low, high = (evaluation.get(f"{model}.{key}{s}") for s in ("", "_ci_low", "_ci_high"))
+            ci = f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
+            return f"{value:.3f}{ci}" if value is not None else "-"
+
+        lines += ["", f"{'metric':<28}{'PMP [95% CI]':>22}{'control [95% CI]':>22}{'PMP - control':>16}"]
+        for k in keys:
+            diff = evaluation.get(f"diff.{k}")
+            lines.append(f"{k:<28}{cell('pmp', k):>22}{cell('control', k):>22}"
+                         + (f"{diff:>+16.3f}" if diff is not None else f"{'':>16}"))
     sweep = next((r["metrics"] for r in rows if r["stage"] == "sample_efficiency"), {})
     sizes = sorted(int(k.removeprefix("pmp.n")) for k in sweep if k.startswith("pmp.n"))
     if sizes:

@@ -311,7 +311,8 @@ def nested_subset(pairs: list, size: int, seed: int) -> list:
 
 
 @stage("sample_efficiency")
-def sample_efficiency(cfg: PipelineConfig, run_name: str, result_paths: list[str], report_path: str) -> dict:
+def sample_efficiency(cfg: PipelineConfig, run_name: str, result_paths: list[str], report_path: str,
+                      table_path: str = "") -> dict:
     """Dev pairwise accuracy against finetuning pairs, PMP vs control, from the sweep tasks' results."""
     import json
 
@@ -324,8 +325,15 @@ def sample_efficiency(cfg: PipelineConfig, run_name: str, result_paths: list[str
     for r in results:
         table.setdefault(int(r["subset"]), {})[r["variant"]] = float(r["dev_pairwise_accuracy"])
     incomplete = sorted(n for n, row in table.items() if set(row) != {"pmp", "control"})
-    if not table or incomplete:
+    if incomplete:
         raise InputError(f"the sweep needs a pmp and a control result per size; incomplete sizes: {incomplete}")
+    if table_path:
+        from codepmp.atomic import write_json
+
+        write_json([{"pairs": n, **table[n]} for n in sorted(table)], table_path)
+    if not table:
+        Path(report_path).write_text("# Sample efficiency\n\nNo sweep sizes were configured (`sweep.sizes`).\n")
+        return {"sizes": 0}
     dev_pairs = results[0]["dev_pairs"]
     lines = ["# Sample efficiency: PMP vs control\n",
              f"Dev pairwise accuracy ({dev_pairs} pairs) after finetuning on nested subsets of the train pairs.\n",
@@ -346,31 +354,67 @@ def sample_efficiency(cfg: PipelineConfig, run_name: str, result_paths: list[str
 
 @stage("evaluate")
 def evaluate(cfg: PipelineConfig, run_name: str, models: dict[str, str], data_dir: str, report_path: str,
-             results_path: str) -> dict:
+             results_path: str, sweep_path: str = "") -> dict:
+    """PMP vs control on every domain of the reasoning data, with confidence intervals; `report_path` gets the
+    HTML report (figures also go to MLflow), `results_path` the results and flat metrics as JSON."""
+    import json
+    import tempfile
+
     import mlflow
 
     from codepmp.atomic import write_json
-    from codepmp.evaluate.run import evaluate_model, report_markdown
-    from codepmp.reasoning.build import read_table
+    from codepmp.evaluate.html import build_results, render_report
+    from codepmp.evaluate.run import evaluate_models
+    from codepmp.report import loss_curves
 
-    results = {name: evaluate_model(cfg.evaluate, path, data_dir, cfg.reasoning.seed) for name, path in models.items()}
-    report = report_markdown(results, cfg.evaluate, len(read_table(data_dir, "dev")))
-    Path(report_path).write_text(report)
-    write_json(results, results_path)
-    mlflow.log_text(report, "report.md")
-    flat = {f"{name}.{k}": v for name, metrics in results.items() for k, v in metrics.items()}
-    mlflow.log_metrics(flat)
-    return flat
+    evaluation = evaluate_models(cfg.evaluate, models, data_dir, cfg.reasoning.seed)
+    sweep = json.loads(Path(sweep_path).read_text()) if sweep_path and Path(sweep_path).is_file() else None
+    scoring = evaluation["scoring"]
+    results = build_results(evaluation["domains"], sample_efficiency=sweep,
+                            loss_curves=loss_curves(cfg.experiment, run_name),
+                            meta={"title": f"codepmp evaluation: {run_name}", "profile": cfg.profile,
+                                  "models": ", ".join(models), "texts scored": scoring["texts"],
+                                  "scoring seconds": scoring["seconds"], "texts per second": scoring["texts_per_s"]})
+    with tempfile.TemporaryDirectory(prefix="codepmp-figures-") as figures:
+        for figure in render_report(results, report_path, figures):
+            mlflow.log_artifact(str(figure), "figures")
+    mlflow.log_artifact(report_path)
+    write_json({"results": results, "metrics": evaluation["metrics"], "scoring": scoring}, results_path)
+    flat = {f"{name}.{key}": value for name, metrics in evaluation["metrics"].items() for key, value in metrics.items()}
+    for domain, parts in results["domains"].items():
+        for metric, entry in parts.get("metrics", {}).items():
+            if "difference" in entry:
+                key = metric if domain == "all" else f"{domain}.{metric}"
+                flat.update({f"diff.{key}": entry["difference"]["mean"], f"diff.{key}_ci_low": entry["difference"]["low"],
+                             f"diff.{key}_ci_high": entry["difference"]["high"]})
+    return {**flat, "scoring_s": scoring["seconds"], "scored_texts_per_s": scoring["texts_per_s"]}
 
 
 @stage("register")
-def register(cfg: PipelineConfig, run_name: str, model_dir: str, results_path: str) -> dict:
+def register(cfg: PipelineConfig, run_name: str, model_dir: str, results_path: str, data_dir: str = "",
+             job_id: str = "") -> dict:
+    """Register the PMP model; it takes the champion alias only with a gate-metric lead above its CI half-width."""
     import json
 
+    from codepmp.errors import InputError
     from codepmp.tracking import register_reward_model
 
-    metrics = json.loads(Path(results_path).read_text())["pmp"]
-    outcome = register_reward_model(model_dir, cfg.promote.registered_model, metrics, cfg.evaluate.gate_metric,
-                                    alias=cfg.promote.alias, run_name=run_name)
+    results = json.loads(Path(results_path).read_text())
+    metrics = results.get("metrics", {}).get("pmp")
+    if not metrics:
+        raise InputError(f"{results_path} holds no metrics of a 'pmp' model (run the evaluate stage first)")
+    gate = cfg.evaluate.gate_metric
+    low, high = metrics.get(f"{gate}_ci_low"), metrics.get(f"{gate}_ci_high")
+    margin = (high - low) / 2 if low is not None and high is not None else 0.0
+    lineage = {"codepmp.pipeline_run": run_name, "codepmp.pipeline_job": job_id or "none",
+               "codepmp.base_model": cfg.base_model}
+    stats_file = Path(data_dir) / "stats.json" if data_dir else None
+    if stats_file and stats_file.is_file():
+        lineage.update({f"codepmp.data_sha256.{table}": digest
+                        for table, digest in json.loads(stats_file.read_text()).get("sha256", {}).items()})
+    outcome = register_reward_model(model_dir, cfg.promote.registered_model, metrics, gate, alias=cfg.promote.alias,
+                                    run_name=run_name, margin=margin, lineage=lineage)
+    print(f"[register] version {outcome['version']}: {outcome['reason']}", flush=True)
     return {"registered_model": outcome["name"], "version": int(outcome["version"]),
-            "promoted": int(bool(outcome["promoted"])), "gate_value": outcome["value"]}
+            "promoted": int(bool(outcome["promoted"])), "gate_value": outcome["value"], "gate_margin": margin,
+            "alias": outcome["alias"] or "", "gate_reason": outcome["reason"]}

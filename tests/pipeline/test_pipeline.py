@@ -39,13 +39,15 @@ def test_tiny_pipeline_end_to_end(tiny_pipeline_run):
     assert "lm_loss" in by_stage[("pretrain", "")] and "lm_loss" not in by_stage[("finetune", "pmp")]
     evaluation = by_stage[("evaluate", "")]
     for variant in ("pmp", "control"):
-        assert 0.0 <= evaluation[f"{variant}.pairwise_accuracy"] <= 1.0
-        assert evaluation[f"{variant}.bon4_oracle"] == 1.0
+        assert evaluation[f"{variant}.pairwise_accuracy_ci_low"] <= evaluation[f"{variant}.pairwise_accuracy"] \
+            <= evaluation[f"{variant}.pairwise_accuracy_ci_high"]
+        assert evaluation[f"{variant}.gsm8k.bon4_oracle"] == 1.0
+    assert "diff.pairwise_accuracy" in evaluation and evaluation["scoring_s"] > 0
     assert by_stage[("register", "")]["promoted"] == 1.0  # first version of a new registered model
     champion = mlflow.MlflowClient().get_model_version_by_alias(tiny_pipeline_run["registered_model"], "champion")
     assert champion.version == str(int(by_stage[("register", "")]["version"]))
-    report = tiny_pipeline_run["tasks"]["evaluate"] / "report"
-    assert "| pairwise_accuracy |" in report.read_text()
+    report = (tiny_pipeline_run["tasks"]["evaluate"] / "report").read_text()
+    assert "Best-of-N" in report and "Sample efficiency" in report and "data:image/png;base64," in report
     summary = summary_text(experiment, run_name, tiny_pipeline_run["root"])
     assert "finetune (control)" in summary and "finetune (pmp, n=2)" in summary and "champion alias MOVED" in summary
     assert "sample efficiency (dev pairwise accuracy by finetuning pairs)" in summary
