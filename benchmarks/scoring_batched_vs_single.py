@@ -1,21 +1,19 @@
-"""Reward scoring throughput: `codepmp.evaluate.run.Scorer` in length-sorted batches vs one candidate at a time.
+"""Reward scoring throughput: the evaluation's `Scorer` against scoring one candidate at a time.
 
-    .venv/bin/python benchmarks/scoring_batched_vs_single.py                        # SmolLM2-135M, CPU
-    .venv/bin/python benchmarks/scoring_batched_vs_single.py --candidates 32 --batch-size 8
-    .venv/bin/python benchmarks/scoring_batched_vs_single.py --random               # random SmolLM2-shaped model
+    .venv/bin/python benchmarks/scoring_batched_vs_single.py                     # what the evaluate stage scores
+    .venv/bin/python benchmarks/scoring_batched_vs_single.py --workload unique   # texts with distinct prompts
+    .venv/bin/python benchmarks/scoring_batched_vs_single.py --random            # random SmolLM2-shaped model
 
-Both sides are the same class, `Scorer`, on the same texts: the baseline with batch size 1 (one forward pass
-per candidate, no padding), codepmp's default path with `--batch-size` rows per pass, right-padded to the
-longest row of a batch after sorting by length. The model is loaded once and handed to both scorers, so the timings cover tokenizing, batching and the forward passes, not reading weights from disk. The
-texts are GSM8K dev solutions under the reasoning stage's prompt (what the best-of-N pool holds), kept when
-they are `--min-tokens` to `--max-tokens` long; sorted by length and cut into groups of `2 x --batch-size`, the
-two sides take turns group by group (alternating which goes first), so load from elsewhere on the machine
-falls on both alike and the batched side forms the batches it would form over all texts.
+Both sides are `codepmp.evaluate.run.Scorer` on the same texts and the same loaded model: the baseline with
+batch size 1 and no prompt sharing (one forward pass per text), codepmp's with `--batch-size` rows per pass
+and each prompt's leading tokens computed once for all of its texts. `eval` builds the evaluate stage's texts
+with the reasoning data stage from shared/data (dev pairs, best-of-N candidates, logic options); `unique`
+takes GSM8K dev solutions, each under its own question. The two sides take turns on runs of texts that never
+split a prompt's texts, so load from elsewhere on the machine falls on both alike.
 
 The packaged `smollm2-135m-instruct` is used when its converted folder is in the model cache (`make models`);
 otherwise, or with `--random`, a randomly initialised model of SmolLM2-135M's shape with the small offline
-test tokenizer. Prints candidates/s of each, the ratio, the padding the batches carried and the largest
-difference between the two sides' scores.
+test tokenizer. Prints texts/s of each, the ratio and the largest difference between the two sides' scores.
 """
 
 from __future__ import annotations
@@ -81,14 +79,6 @@ def candidate_texts(data_dir: Path, tokenizer, count: int, min_tokens: int, max_
             if len(texts) == count:
                 return texts
     raise SystemExit(f"only {len(texts)} of {len(rows)} solutions in {path} have {min_tokens}-{max_tokens} tokens")
-
-
-def padding_factor(lengths: list[int], batch_size: int) -> float:
-    """Token positions the batched forward passes compute per real token (1.0: no padding)."""
-    ordered = sorted(lengths)
-    padded = sum(max(ordered[i:i + batch_size]) * len(ordered[i:i + batch_size])
-                 for i in range(0, len(ordered), batch_size))
-    return padded / sum(lengths)
 
 
 def main() -> None:
