@@ -255,6 +255,14 @@ def _bon_figure(domains: dict[str, dict]):
     return fig
 
 
+def _label(ax, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
 def _sample_efficiency_figure(rows: list[dict]):
     rows = sorted(rows, key=lambda r: r["pairs"])
     models = [k for k in rows[0] if k != "pairs"]
@@ -264,11 +272,7 @@ def _sample_efficiency_figure(rows: list[dict]):
         ax.plot([p for p, _ in points], [v for _, v in points], marker="o", color=_curve_color(model, index),
                 label=_plot_text(model))
     _log2_axis(ax, [r["pairs"] for r in rows])
-    ax.set_xlabel("finetuning pairs")
-    ax.set_ylabel("dev pairwise accuracy")
-    ax.set_title("sample efficiency", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _label(ax, "finetuning pairs", "dev pairwise accuracy", "sample efficiency")
     return fig
 
 
@@ -293,11 +297,7 @@ def _loss_figure(curves: dict[str, list]):
     for index, (label, points) in enumerate(curves.items()):
         ax.plot([p[0] for p in points], [p[1] for p in points], color=MODEL_COLORS[index % len(MODEL_COLORS)],
                 linewidth=1.2, label=_plot_text(label))
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title("training loss", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _label(ax, "step", "loss", "training loss")
     return fig
 
 
