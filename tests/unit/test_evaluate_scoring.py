@@ -19,9 +19,24 @@ def test_shared_prompt_scores_equal_one_at_a_time_scores(reward_model):
     shared = Scorer(reward_model, batch_size=3, max_length=64)
     alone = Scorer(reward_model, batch_size=1, max_length=64, share_prompts=False)
     assert shared(texts) == pytest.approx(alone(texts), abs=1e-5)
-    # The question is encoded once per batch of its candidates, not once per candidate.
-    calls = []
-    original = shared._prefix_cache
-    shared._prefix_cache = lambda prefix, copies: calls.append(copies) or original(prefix, copies)
+    # The question is encoded once; candidates that agree on a longer start share that too.
+    extensions = []
+    original = shared._extend
+    shared._extend = lambda cache, tokens, start: extensions.append((start, len(tokens))) or original(cache, tokens,
+                                                                                                      start)
     shared(texts)
-    assert calls == [3, 3, 1]
+    assert [start for start, _ in extensions] == [0]
+
+
+def test_candidates_sharing_a_long_start_share_its_pass_too(reward_model):
+    question = "Instruction:What is 12 times 3, then plus 5?\n\nResponse:"
+    steps = " First, 12 times 3 is 36, because twelve threes make thirty-six."
+    texts = [(question, steps + f" Then 36 plus 5 is {41 + k}. #### {41 + k}") for k in range(3)]
+    texts += [(question, f" I think the answer is {k}.") for k in range(2)]
+    shared = Scorer(reward_model, batch_size=4, max_length=96)
+    alone = Scorer(reward_model, batch_size=1, max_length=96, share_prompts=False)
+    extensions = []
+    original = shared._extend
+    shared._extend = lambda cache, tokens, start: extensions.append(start) or original(cache, tokens, start)
+    assert shared(texts) == pytest.approx(alone(texts), abs=1e-5)
+    assert len(extensions) == 2 and extensions[0] == 0 and extensions[1] > 0  # the question, then the shared step

@@ -8,6 +8,7 @@ difference a paired one. `evaluate_models` returns the report's results dict and
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -32,10 +33,11 @@ class Scorer:
     model's own backbone and score head (on the GPU when there is one).
 
     Texts that share a prompt (a problem's best-of-N candidates, a dev pair, a logic item's options) share
-    one forward pass of the tokens they start with: its KV cache is computed once and every response then
-    runs on top of it, so a LogiQA passage or a GSM8K question is encoded once, not once per candidate.
-    Other texts go in length-sorted, right-padded batches. Both give the same rewards as scoring every text
-    alone (up to float rounding; tested)."""
+    the forward pass of the tokens they start with: its KV cache is computed once and extended, like a prefix
+    tree, over longer starts that some of them share (candidates that agree on the first steps of a
+    solution), and each text's own tokens then run in batches on top of it. So a LogiQA passage or a GSM8K
+    question is encoded once per model, not once per candidate. Other texts go in length-sorted,
+    right-padded batches. Both give the rewards of scoring every text alone (up to float rounding; tested)."""
 
     def __init__(self, model_dir: str, batch_size: int, max_length: int, loaded=None, share_prompts: bool = True):
         self.model, self.tokenizer = loaded or load_reward_model(model_dir)
@@ -52,28 +54,53 @@ class Scorer:
         groups: dict[str, list[int]] = defaultdict(list)
         for i, (prompt, _) in enumerate(texts):
             groups[prompt if self.share_prompts else str(i)].append(i)
-        scores = [0.0] * len(encoded)
-        shared, alone = [], []
+        trees, alone = [], []
         for members in groups.values():
-            prefix = _common_prefix([encoded[i] for i in members]) if len(members) > 1 else 0
-            (shared.append((prefix, members)) if prefix >= MIN_SHARED_PREFIX else alone.extend(members))
-        batches = [(0, chunk) for chunk in _chunks(sorted(alone, key=lambda i: len(encoded[i])), self.batch_size)]
-        batches += [(prefix, chunk) for prefix, members in shared for chunk in _chunks(members, self.batch_size)]
-        for prefix, idx in progress(batches, desc=desc, unit="batch"):
-            rows = [encoded[i] for i in idx]
-            cache = self._prefix_cache(rows[0][:prefix], len(rows)) if prefix else None
-            for i, value in zip(idx, self._forward(rows, prefix, cache)):
-                scores[i] = value
+            shares = len(members) > 1 and _common_prefix([encoded[i] for i in members]) >= MIN_SHARED_PREFIX
+            (trees.append(members) if shares else alone.extend(members))
+        work = [("batch", chunk) for chunk in _chunks(sorted(alone, key=lambda i: len(encoded[i])), self.batch_size)]
+        work += [("tree", members) for members in trees]
+        scores = [0.0] * len(encoded)
+        for kind, members in progress(work, desc=desc, unit="group"):
+            if kind == "batch":
+                for i, value in zip(members, self._forward([encoded[i] for i in members], 0, None)):
+                    scores[i] = value
+            else:
+                self._score_tree(members, encoded, 0, None, scores)
         return scores
+
+    def _score_tree(self, members: list[int], encoded: list[list[int]], start: int, cache, scores: list[float]):
+        """Score `members`, whose first `start` tokens are in `cache` (one row; None for start 0): extend it over
+        the tokens all of them share, recurse into subgroups sharing MIN_SHARED_PREFIX more, and score the rest
+        in batches on top of the extended cache."""
+        prefix = _common_prefix([encoded[i] for i in members])
+        cache = self._extend(cache, encoded[members[0]][start:prefix], start)
+        branches: dict[int, list[int]] = defaultdict(list)
+        for i in members:
+            branches[encoded[i][prefix]].append(i)
+        leaves = []
+        for branch in branches.values():
+            deeper = len(branch) > 1 and _common_prefix([encoded[i] for i in branch]) - prefix >= MIN_SHARED_PREFIX
+            (self._score_tree(branch, encoded, prefix, cache, scores) if deeper else leaves.extend(branch))
+        for chunk in _chunks(leaves, self.batch_size):
+            batch_cache = copy.deepcopy(cache)
+            batch_cache.batch_repeat_interleave(len(chunk))
+            for i, value in zip(chunk, self._forward([encoded[i] for i in chunk], prefix, batch_cache)):
+                scores[i] = value
+
+    def _extend(self, cache, tokens: list[int], start: int):
+        """A new one-row cache: `cache` (the first `start` tokens; None for none) plus `tokens`."""
+        if not tokens:
+            return cache
+        extra = {"past_key_values": copy.deepcopy(cache)} if cache is not None else {}
+        positions = torch.arange(start, start + len(tokens), device=self.device)[None]
+        out = self._backbone(input_ids=torch.tensor([tokens], device=self.device), position_ids=positions,
+                             use_cache=True, **extra)
+        return out.past_key_values
 
     @property
     def _backbone(self):
         return getattr(self.model, self.model.base_model_prefix)
-
-    def _prefix_cache(self, prefix: list[int], copies: int):
-        out = self._backbone(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
-        out.past_key_values.batch_repeat_interleave(copies)
-        return out.past_key_values
 
     def _forward(self, rows: list[list[int]], prefix: int, cache) -> list[float]:
         """Rewards of token rows whose first `prefix` tokens are in `cache` (prefix 0: no cache)."""
