@@ -13,7 +13,8 @@ def test_python_func(stack_env, tiny_overrides, reasoning_dir, tmp_path):
     pmp = write_tiny_model(tmp_path / "a", reward=True, seed=1)
     control = write_tiny_model(tmp_path / "b", reward=True, seed=2)
     sweep = tmp_path / "sweep.json"
-    sweep.write_text(json.dumps([{"pairs": 2, "pmp": 0.5, "control": 0.25}]))
+    sweep.write_text(json.dumps([{"pairs": 2, "pmp": {"mean": 0.5, "low": 0.25, "high": 0.75}, "control": 0.25,
+                                  "difference": {"a": "pmp", "b": "control", "mean": 0.25, "low": 0.0, "high": 0.5}}]))
     metrics, report, results = (dsl.Metrics(uri=str(tmp_path / "metrics")), dsl.HTML(uri=str(tmp_path / "r.html")),
                                 dsl.Artifact(uri=str(tmp_path / "results.json")))
     evaluate.python_func(profile="tiny", overrides=tiny_overrides, run_name="t1", pmp_model=dsl.Model(uri=str(pmp)),

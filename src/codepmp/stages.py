@@ -288,12 +288,13 @@ def finetune(cfg: PipelineConfig, run_name: str, init_dir: str, data_dir: str, o
     result = launch(cfg.finetune, init_dir, pairs, out_dir, Checkpoints(run_name, job_id, name), log=_mlflow_log)
     if result_path:
         from codepmp.atomic import write_json
-        from codepmp.evaluate.run import dev_pairwise_accuracy
+        from codepmp.evaluate.run import dev_pairwise_correct
 
         dev = read_table(data_dir, "dev")
-        result["dev_pairwise_accuracy"] = dev_pairwise_accuracy(cfg.evaluate, out_dir, dev)
+        correct = dev_pairwise_correct(cfg.evaluate, out_dir, dev)
+        result["dev_pairwise_accuracy"] = sum(correct) / len(correct)
         write_json({"variant": variant, "subset": subset, "train_pairs": len(pairs), "dev_pairs": len(dev),
-                    "dev_pairwise_accuracy": result["dev_pairwise_accuracy"]}, result_path)
+                    "dev_pairwise_accuracy": result["dev_pairwise_accuracy"], "dev_correct": correct}, result_path)
     return result
 
 
@@ -320,36 +321,54 @@ def sample_efficiency(cfg: PipelineConfig, run_name: str, result_paths: list[str
 
     from codepmp.errors import InputError
 
+    from codepmp.evaluate.metrics import bootstrap_ci, paired_difference_ci
+
     results = [json.loads(Path(p).read_text()) for p in result_paths]
-    table: dict[int, dict[str, float]] = {}
+    table: dict[int, dict[str, list[float]]] = {}
     for r in results:
-        table.setdefault(int(r["subset"]), {})[r["variant"]] = float(r["dev_pairwise_accuracy"])
+        table.setdefault(int(r["subset"]), {})[r["variant"]] = [float(v) for v in r["dev_correct"]]
     incomplete = sorted(n for n, row in table.items() if set(row) != {"pmp", "control"})
     if incomplete:
         raise InputError(f"the sweep needs a pmp and a control result per size; incomplete sizes: {incomplete}")
+    resamples, seed = cfg.evaluate.bootstrap_resamples, cfg.sweep.seed
+    rows = []
+    for n in sorted(table):
+        row: dict = {"pairs": n}
+        for variant in ("pmp", "control"):
+            row[variant] = dict(zip(("mean", "low", "high"), bootstrap_ci(table[n][variant], resamples, seed)))
+        row["difference"] = {"a": "pmp", "b": "control", **dict(zip(("mean", "low", "high"), paired_difference_ci(
+            table[n]["pmp"], table[n]["control"], resamples, seed)))}
+        rows.append(row)
     if table_path:
         from codepmp.atomic import write_json
 
-        write_json([{"pairs": n, **table[n]} for n in sorted(table)], table_path)
-    if not table:
+        write_json(rows, table_path)
+    if not rows:
         Path(report_path).write_text("# Sample efficiency\n\nNo sweep sizes were configured (`sweep.sizes`).\n")
         return {"sizes": 0}
     dev_pairs = results[0]["dev_pairs"]
+
+    def cell(entry: dict, sign: str = "") -> str:
+        return f"{entry['mean']:{sign}.4f} [{entry['low']:{sign}.3f}, {entry['high']:{sign}.3f}]"
+
     lines = ["# Sample efficiency: PMP vs control\n",
-             f"Dev pairwise accuracy ({dev_pairs} pairs) after finetuning on nested subsets of the train pairs.\n",
+             f"Dev pairwise accuracy ({dev_pairs} pairs) after finetuning on nested subsets of the train pairs, "
+             "with bootstrap 95 % intervals (paired for the difference).\n",
              "| finetuning pairs | pmp | control | pmp - control |", "|---:|---:|---:|---:|"]
     metrics = {}
-    for n in sorted(table):
-        pmp, control = table[n]["pmp"], table[n]["control"]
-        lines.append(f"| {n} | {pmp:.4f} | {control:.4f} | {pmp - control:+.4f} |")
-        metrics.update({f"pmp.n{n}": pmp, f"control.n{n}": control, f"diff.n{n}": pmp - control})
+    for row in rows:
+        n = row["pairs"]
+        lines.append(f"| {n} | {cell(row['pmp'])} | {cell(row['control'])} | {cell(row['difference'], '+')} |")
+        for key, entry in (("pmp", row["pmp"]), ("control", row["control"]), ("diff", row["difference"])):
+            metrics.update({f"{key}.n{n}": entry["mean"], f"{key}.n{n}_ci_low": entry["low"],
+                            f"{key}.n{n}_ci_high": entry["high"]})
     report = "\n".join(lines) + "\n"
     Path(report_path).write_text(report)
     mlflow.log_text(report, "sample_efficiency.md")
-    for n in sorted(table):
-        mlflow.log_metrics({"pmp_pairwise_accuracy": table[n]["pmp"],
-                            "control_pairwise_accuracy": table[n]["control"]}, step=n)
-    return {"sizes": len(table), **metrics}
+    for row in rows:
+        mlflow.log_metrics({"pmp_pairwise_accuracy": row["pmp"]["mean"],
+                            "control_pairwise_accuracy": row["control"]["mean"]}, step=row["pairs"])
+    return {"sizes": len(rows), **metrics}
 
 
 @stage("evaluate")

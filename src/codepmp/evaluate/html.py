@@ -21,7 +21,8 @@ The `results` dict (plain JSON; every section but "domains" is optional, and a d
           },
         },
       },
-      "sample_efficiency": [{"pairs": int, <model>: dev pairwise accuracy, ...}, ...],
+      "sample_efficiency": [{"pairs": int, <model>: accuracy or {"mean", "low", "high"}, ...,
+                             "difference"?: {"a", "b", "mean", "low", "high"}}, ...],
       "loss_curves": {<run label>: [[step, loss], ...]},
     }
 
@@ -263,14 +264,25 @@ def _label(ax, xlabel: str, ylabel: str, title: str) -> None:
     ax.legend(fontsize=7)
 
 
+def _mean(value) -> float | None:
+    return value.get("mean") if isinstance(value, dict) else value
+
+
+def _se_models(rows: list[dict]) -> list[str]:
+    return [k for k in rows[0] if k not in ("pairs", "difference")]
+
+
 def _sample_efficiency_figure(rows: list[dict]):
     rows = sorted(rows, key=lambda r: r["pairs"])
-    models = [k for k in rows[0] if k != "pairs"]
     fig, (ax,) = _new_figure(1)
-    for index, model in enumerate(models):
-        points = [(r["pairs"], r[model]) for r in rows if r.get(model) is not None]
-        ax.plot([p for p, _ in points], [v for _, v in points], marker="o", color=_curve_color(model, index),
+    for index, model in enumerate(_se_models(rows)):
+        points = [(r["pairs"], r[model]) for r in rows if _mean(r.get(model)) is not None]
+        color = _curve_color(model, index)
+        ax.plot([p for p, _ in points], [_mean(v) for _, v in points], marker="o", color=color,
                 label=_plot_text(model))
+        if points and all(isinstance(v, dict) and "low" in v for _, v in points):
+            ax.fill_between([p for p, _ in points], [v["low"] for _, v in points], [v["high"] for _, v in points],
+                            color=color, alpha=0.15, linewidth=0)
     _log2_axis(ax, [r["pairs"] for r in rows])
     _label(ax, "finetuning pairs", "dev pairwise accuracy", "sample efficiency")
     return fig
@@ -278,15 +290,18 @@ def _sample_efficiency_figure(rows: list[dict]):
 
 def _sample_efficiency_table(rows: list[dict]) -> str:
     rows = sorted(rows, key=lambda r: r["pairs"])
-    models = [k for k in rows[0] if k != "pairs"]
+    models = _se_models(rows)
     diff = len(models) >= 2
     head = "".join(f"<th>{_esc(m)}</th>" for m in models)
     diff_head = f"<th>{_esc(models[0])} − {_esc(models[1])}</th>" if diff else ""
     out = [f"<tr><th>finetuning pairs</th>{head}{diff_head}</tr>"]
     for row in rows:
-        cells = "".join(f"<td>{_num(row.get(m))}</td>" for m in models)
-        if diff:
-            a, b = row.get(models[0]), row.get(models[1])
+        cells = "".join(f"<td>{_interval(v) if isinstance(v := row.get(m), dict) else _num(v)}</td>" for m in models)
+        if diff and isinstance(row.get("difference"), dict):
+            cells += f'<td{" class=sig" if _excludes_zero(row["difference"]) else ""}>' \
+                     f'{_interval(row["difference"], signed=True)}</td>'
+        elif diff:
+            a, b = _mean(row.get(models[0])), _mean(row.get(models[1]))
             cells += f"<td>{'—' if a is None or b is None else f'{a - b:+.3f}'}</td>"
         out.append(f"<tr><td>{_esc(row['pairs'])}</td>{cells}</tr>")
     return "<table>" + "".join(out) + "</table>"

@@ -17,7 +17,7 @@ import torch
 
 from codepmp.config import EvaluateConfig
 from codepmp.evaluate.html import best_of_n_entry, metric_entry
-from codepmp.evaluate.metrics import best_of_n_curves, option_correct, pairwise_accuracy, pairwise_correct
+from codepmp.evaluate.metrics import best_of_n_curves, option_correct, pairwise_correct
 from codepmp.models import load_reward_model
 from codepmp.progress import progress
 from codepmp.synthesize.backend import MIN_SHARED_PREFIX, _common_prefix
@@ -127,11 +127,11 @@ def score(model_dir: str, texts: list[tuple[str, str]], batch_size: int, max_len
     return Scorer(model_dir, batch_size, max_length)(texts, desc)
 
 
-def dev_pairwise_accuracy(cfg: EvaluateConfig, model_dir: str, dev: list[dict]) -> float:
-    """Pairwise accuracy of `model_dir` on dev pair rows (prompt, chosen, rejected)."""
+def dev_pairwise_correct(cfg: EvaluateConfig, model_dir: str, dev: list[dict]) -> list[float]:
+    """1/0 per dev pair row (prompt, chosen, rejected): whether `model_dir` ranks the chosen side higher."""
     texts = [(r["prompt"], r["chosen"]) for r in dev] + [(r["prompt"], r["rejected"]) for r in dev]
     scores = score(model_dir, texts, cfg.batch_size, cfg.max_length, desc=f"score {Path(model_dir).name}")
-    return pairwise_accuracy(scores[:len(dev)], scores[len(dev):])
+    return pairwise_correct(scores[:len(dev)], scores[len(dev):])
 
 
 def _model_scores(scorer: Scorer, dev: list[dict], pool: list[dict], logic: list[dict]) -> dict:
