@@ -6,7 +6,6 @@ from codepmp.errors import InputError
 from codepmp.evaluate.metrics import best_of_n, pairwise_accuracy
 from codepmp.reasoning.gsm8k import (
     Problem,
-    candidate_pool,
     corrupt,
     final_answer,
     load_problems,
@@ -39,8 +38,13 @@ def test_pairs_and_pool_labels():
     problems = [Problem("a", "What is 2+3?", "2 + 3 = 5\n#### 5", "5")]
     pairs = training_pairs(problems, rejected_per_problem=2, seed=0)
     assert len(pairs) == 2 and pairs[0].prompt == "Instruction:What is 2+3?\n\nResponse:"
-    pool = candidate_pool(problems, size=4, seed=0)
+    from codepmp.reasoning.build import Domain, _corrupted_pool
+    from codepmp.reasoning.tasks import gsm8k_tasks
+
+    domain = Domain("gsm8k", problems, problems, gsm8k_tasks, training_pairs)
+    pool = _corrupted_pool(domain, problems, size=4, seed=0)
     assert [r["correct"] for r in pool] == [True, False, False, False]
+    assert {r["gold"] for r in pool} == {"5"} and pool[0]["answer"] == "5"
 
 
 def test_missing_data_dir_is_a_clear_error(tmp_path):

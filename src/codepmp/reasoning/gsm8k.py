@@ -2,7 +2,6 @@
 
 The corruption changes one computed number and every later use of the final answer, so a rejected solution
 reads fluently but is wrong; correctness is always decided by the final answer, never by the label we meant.
-Sampled policy solutions replace corruptions when a candidate pool is given (later stages).
 """
 
 from __future__ import annotations
@@ -114,15 +113,3 @@ def training_pairs(problems: list[Problem], rejected_per_problem: int, seed: int
     rng = random.Random(seed)
     return [Pair(prompt(p.question), " " + p.solution, " " + corrupt(p, rng))
             for p in problems for _ in range(rejected_per_problem)]
-
-
-def candidate_pool(problems: list[Problem], size: int, seed: int) -> list[dict]:
-    """Best-of-N pool: per problem the reference plus `size - 1` corruptions, each labelled by its final answer."""
-    rng = random.Random(seed)
-    rows = []
-    for p in problems:
-        texts = [p.solution] + [corrupt(p, rng) for _ in range(size - 1)]
-        for k, text in enumerate(texts):
-            rows.append({"problem_id": p.id, "candidate": k, "prompt": prompt(p.question), "response": " " + text,
-                         "answer": final_answer(text), "gold": p.answer, "correct": final_answer(text) == p.answer})
-    return rows
