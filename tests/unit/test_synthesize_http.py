@@ -297,7 +297,7 @@ def test_server_dying_mid_shard_then_rerun_completes_without_duplicates(tmp_path
         cfg = dataclasses.replace(base, endpoint=url)
         resumed = run_synthesis(cfg, tmp_path / "crawl", tmp_path / "out", backend_factory=counted)
         assert rerun == ["chosen"] * 2 + ["rejected"] * 2  # the cached descriptions are not asked for again
-        clean = run_synthesis(cfg, tmp_path / "crawl", tmp_path / "clean")
+        run_synthesis(cfg, tmp_path / "crawl", tmp_path / "clean")
     finally:
         proc.kill()
         proc.wait()
