@@ -9,6 +9,7 @@ difference a paired one. `evaluate_models` returns the report's results dict and
 from __future__ import annotations
 
 import copy
+import inspect
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -92,11 +93,16 @@ class Scorer:
         """A new one-row cache: `cache` (the first `start` tokens; None for none) plus `tokens`."""
         if not tokens:
             return cache
-        extra = {"past_key_values": copy.deepcopy(cache)} if cache is not None else {}
+        extra = {self._cache_arg: copy.deepcopy(cache)} if cache is not None else {}
         positions = torch.arange(start, start + len(tokens), device=self.device)[None]
         out = self._backbone(input_ids=torch.tensor([tokens], device=self.device), position_ids=positions,
                              use_cache=True, **extra)
-        return out.past_key_values
+        return getattr(out, "cache", None) or out.past_key_values
+
+    @property
+    def _cache_arg(self) -> str:
+        # transformers 5.2x renamed the decoder's `past_key_values` argument to `cache` (the old name warns).
+        return "cache" if "cache" in inspect.signature(self._backbone.forward).parameters else "past_key_values"
 
     @property
     def _backbone(self):
@@ -108,7 +114,7 @@ class Scorer:
         ids, mask = ids.to(self.device), mask.to(self.device)
         extra = {}
         if prefix:
-            extra = {"past_key_values": cache, "use_cache": True,
+            extra = {self._cache_arg: cache, "use_cache": True,
                      "position_ids": torch.arange(prefix, prefix + ids.size(1), device=self.device).expand_as(ids)}
             mask = torch.cat([torch.ones(len(rows), prefix, dtype=mask.dtype, device=self.device), mask], dim=1)
         hidden = self._backbone(input_ids=ids, attention_mask=mask, **extra).last_hidden_state
