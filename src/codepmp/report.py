@@ -65,7 +65,7 @@ def summary_text(experiment: str, run_name: str, root: str | Path, total_s: floa
             lines.append(f"{k:<28}{cell('pmp', k):>22}{cell('control', k):>22}"
                          + (f"{diff:>+16.3f}" if diff is not None else f"{'':>16}"))
     sweep = next((r["metrics"] for r in rows if r["stage"] == "sample_efficiency"), {})
-    sizes = sorted(int(k.removeprefix("pmp.n")) for k in sweep if k.startswith("pmp.n"))
+    sizes = sorted(int(k.removeprefix("pmp.n")) for k in sweep if k.startswith("pmp.n") and "_ci_" not in k)
     if sizes:
         lines += ["", "sample efficiency (dev pairwise accuracy by finetuning pairs)",
                   f"{'pairs':<24}{'PMP':>10}{'control':>10}"]
