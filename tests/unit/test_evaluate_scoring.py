@@ -16,8 +16,8 @@ def test_shared_prompt_scores_equal_one_at_a_time_scores(reward_model):
     texts = [(question, f" {3 + k} apples. #### {3 + k}" + " because" * k) for k in range(7)]
     texts += [("Instruction:hi\n\nResponse:", " 1"), ("Instruction:hi\n\nResponse:", " 2")]  # too short to share
     texts += [("Instruction:A lone question with one candidate only\n\nResponse:", " yes")]
-    shared = Scorer(reward_model, batch_size=3, max_length=64)
-    alone = Scorer(reward_model, batch_size=1, max_length=64, share_prompts=False)
+    shared = Scorer(reward_model, batch_size=3, max_length=256)
+    alone = Scorer(reward_model, batch_size=1, max_length=256, share_prompts=False)
     assert shared(texts) == pytest.approx(alone(texts), abs=1e-5)
     # The question is encoded once; candidates that agree on a longer start share that too.
     extensions = []
@@ -33,8 +33,8 @@ def test_candidates_sharing_a_long_start_share_its_pass_too(reward_model):
     steps = " First, 12 times 3 is 36, because twelve threes make thirty-six."
     texts = [(question, steps + f" Then 36 plus 5 is {41 + k}. #### {41 + k}") for k in range(3)]
     texts += [(question, f" I think the answer is {k}.") for k in range(2)]
-    shared = Scorer(reward_model, batch_size=4, max_length=96)
-    alone = Scorer(reward_model, batch_size=1, max_length=96, share_prompts=False)
+    shared = Scorer(reward_model, batch_size=4, max_length=256)
+    alone = Scorer(reward_model, batch_size=1, max_length=256, share_prompts=False)
     extensions = []
     original = shared._extend
     shared._extend = lambda cache, tokens, start: extensions.append(start) or original(cache, tokens, start)

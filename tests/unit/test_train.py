@@ -36,6 +36,10 @@ def test_encode_marks_response_boundary(tiny_model):
     decoded = tokenizer.decode(enc.ids[enc.response_start:])
     assert decoded.strip() == "response text"
     assert len(encode(tokenizer, "p", "x " * 500, max_length=16).ids) == 16
+    # Too long: the prompt's start goes, the response's end (its final answer) stays.
+    cut = encode(tokenizer, "question " * 100, " so the answer is 42", max_length=24)
+    assert len(cut.ids) == 24 and tokenizer.decode(cut.ids).endswith("so the answer is 42")
+    assert tokenizer.decode(cut.ids[cut.response_start:]).strip() == "so the answer is 42"
 
 
 def test_batches_cover_every_pair_once():
@@ -123,14 +127,15 @@ def test_unusable_pairs_are_counted_skips_and_all_unusable_is_a_clear_error(tiny
 
     tokenizer = PreferenceModel.load(tiny_model, with_lm_head=False).tokenizer
     long_prompt = "word " * 200
-    bad = [Pair("Q:", "   ", " no"), Pair(long_prompt, " yes", " no"),
-           Pair("Q:", " common" * 40 + " a", " common" * 40 + " b")]
-    kept, skipped = screen_pairs(tokenizer, bad + PAIRS[:2], max_length=64)
-    assert len(kept) == 2
-    assert skipped == {"empty_response": 1, "no_room_for_response": 1, "identical_after_truncation": 1}
+    # The long prompt loses its start, not the responses: that pair stays usable.
+    bad = [Pair("Q:", "   ", " no"), Pair("Q:", " a" + " common" * 40, " b" + " common" * 40)]
+    kept, skipped = screen_pairs(tokenizer, bad + [Pair(long_prompt, " yes", " no")] + PAIRS[:2], max_length=64)
+    assert len(kept) == 3 and kept[0][0].ids[-1] != kept[0][1].ids[-1]
+    assert skipped == {"empty_response": 1, "identical_after_truncation": 1}
     summary = train(CFG, tiny_model, bad + PAIRS, tmp_path / "out", progress=False)
     assert summary["pairs"] == 8 and summary["skipped_empty_response"] == 1
-    with pytest.raises(InputError, match="none of the 3 training pairs is usable at max_length 64: empty_response 1"):
+    with pytest.raises(InputError, match="none of the 2 training pairs is usable at max_length 64: empty_response 1, "
+                                         "identical_after_truncation 1"):
         train(CFG, tiny_model, bad, tmp_path / "none", progress=False)
 
 

@@ -53,11 +53,20 @@ class Encoded:
 
 
 def encode(tokenizer, prompt: str, response: str, max_length: int) -> Encoded:
-    """Tokenize prompt+response as one text (as inference does) and locate the response boundary by offsets."""
-    enc = tokenizer(prompt + response, return_offsets_mapping=True, truncation=True, max_length=max_length)
-    start = next((i for i, (lo, hi) in enumerate(enc["offset_mapping"]) if hi > lo and lo >= len(prompt)),
-                 len(enc["input_ids"]))
-    return Encoded(list(enc["input_ids"]), start)
+    """Tokenize prompt+response as one text (as inference does) and locate the response boundary by offsets.
+
+    Too long a text loses tokens from the start of the prompt, never the end of the response: the final
+    answer is what tells a correct solution from a corrupted one, and cutting it off would make the two
+    sides of a pair (or a problem's candidates) the same tokens. Leading special tokens (a BOS) are kept."""
+    enc = tokenizer(prompt + response, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+    if len(ids) > max_length:
+        special = next((i for i, (lo, hi) in enumerate(offsets) if hi > lo), 0) if max_length > 1 else 0
+        special = min(special, max_length - 1)
+        keep = max_length - special
+        ids, offsets = ids[:special] + ids[-keep:], offsets[:special] + offsets[-keep:]
+    start = next((i for i, (lo, hi) in enumerate(offsets) if hi > lo and lo >= len(prompt)), len(ids))
+    return Encoded(ids, start)
 
 
 def encode_pairs(tokenizer, pairs: list[Pair], max_length: int) -> list[tuple[Encoded, Encoded]]:
@@ -65,22 +74,20 @@ def encode_pairs(tokenizer, pairs: list[Pair], max_length: int) -> list[tuple[En
             for p in pairs]
 
 
-SKIP_REASONS = ("empty_response", "no_room_for_response", "identical_after_truncation")
+SKIP_REASONS = ("empty_response", "identical_after_truncation")
 
 
 def screen_pairs(tokenizer, pairs: list[Pair], max_length: int) -> tuple[list[tuple[Encoded, Encoded]], dict]:
-    """The encoded pairs that can teach a preference, and the others counted by reason: a blank side, a prompt
-    that fills `max_length` by itself (nothing of either response is left), or two sides that are the same
-    tokens once cut to `max_length` (the loss would compare a sequence with itself)."""
+    """The encoded pairs that can teach a preference, and the others counted by reason: a blank side, or two
+    sides that are the same tokens once cut to `max_length` (responses that differ only in a start that the
+    cut removed; the loss would compare a sequence with itself)."""
     kept, skipped = [], dict.fromkeys(SKIP_REASONS, 0)
     for pair in pairs:
         if not pair.chosen.strip() or not pair.rejected.strip():
             skipped["empty_response"] += 1
             continue
         chosen, rejected = encode_pairs(tokenizer, [pair], max_length)[0]
-        if chosen.response_start >= len(chosen.ids) or rejected.response_start >= len(rejected.ids):
-            skipped["no_room_for_response"] += 1
-        elif chosen.ids == rejected.ids:
+        if chosen.ids == rejected.ids:
             skipped["identical_after_truncation"] += 1
         else:
             kept.append((chosen, rejected))
