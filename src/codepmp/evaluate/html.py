@@ -269,7 +269,11 @@ def _mean(value) -> float | None:
 
 
 def _se_models(rows: list[dict]) -> list[str]:
-    return [k for k in rows[0] if k not in ("pairs", "difference")]
+    """Models of the sweep rows, the compared pair first (JSON round trips sort the keys), so each model keeps
+    its colour from the best-of-N figure and the difference column reads first minus second."""
+    models = [k for k in rows[0] if k not in ("pairs", "difference")]
+    first = [m for m in (rows[0].get("difference") or {}).values() if m in models][:2]
+    return first + [m for m in models if m not in first]
 
 
 def _sample_efficiency_figure(rows: list[dict]):
