@@ -133,13 +133,15 @@ def test_python_func_runs_a_trainjob_and_outputs_its_model(kube_api, tiny_overri
 
 
 @pytest.mark.integration
-def test_bad_input_in_the_trainjob_is_the_task_error(kube_api, tiny_overrides, tiny_lm, pairs_dir, tmp_path, capsys):
+def test_bad_config_in_the_trainjob_is_the_task_error(kube_api, tiny_overrides, tiny_lm, pairs_dir, tmp_path,
+                                                      capsys):
     overrides = {**tiny_overrides, "pretrain": {**tiny_overrides["pretrain"], "deepspeed_stage": 2,
-                                                "max_length": 4}}
+                                                "schedule": "linear"}}
     with pytest.raises(SystemExit) as exit_info:
         _run(overrides, tiny_lm, pairs_dir, tmp_path / "pmp", run_name="tj-bad")
     assert exit_info.value.code == 2
-    assert "none of the 4 training pairs is usable at max_length 4" in capsys.readouterr().err
+    assert "unknown schedule 'linear'" in capsys.readouterr().err
+    assert kube_api.runs == 1  # the job itself hit the error, on its node
 
 
 def test_unknown_settings_and_unreachable_api_are_clear_errors(stack_env, tiny_overrides, tiny_lm, pairs_dir,

@@ -205,14 +205,17 @@ def main() -> None:
         spec = _object(location).get_json(_key(location)) if remote else json.loads(Path(location).read_text())
         run_spec(TrainSpec(**spec))
     except CodepmpError as exc:
-        # Every rank sees the same bad input; rank 0 tells the launching stage what it was.
+        # Every rank sees the same bad input, and each records it: torchrun stops the other processes as soon
+        # as the first one exits, so only the first to fail is sure to finish writing.
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"codepmp train: error: {exc}", file=sys.stderr, flush=True)
-            error = {"type": type(exc).__name__, "message": str(exc)}
-            if remote:
-                _object(location).put_json(_key(location).rsplit("/", 1)[0] + "/error.json", error)
-            else:
-                (Path(location).parent / "error.json").write_text(json.dumps(error))
+        error = {"type": type(exc).__name__, "message": str(exc)}
+        if remote:
+            _object(location).put_json(_key(location).rsplit("/", 1)[0] + "/error.json", error)
+        else:
+            from codepmp.atomic import write_json
+
+            write_json(error, Path(location).parent / "error.json")
         raise SystemExit(2) from None
 
 
