@@ -400,12 +400,7 @@ def evaluate(cfg: PipelineConfig, run_name: str, models: dict[str, str], data_di
     mlflow.log_artifact(report_path)
     write_json({"results": results, "metrics": evaluation["metrics"], "scoring": scoring}, results_path)
     flat = {f"{name}.{key}": value for name, metrics in evaluation["metrics"].items() for key, value in metrics.items()}
-    for domain, parts in results["domains"].items():
-        for metric, entry in parts.get("metrics", {}).items():
-            if "difference" in entry:
-                key = metric if domain == "all" else f"{domain}.{metric}"
-                flat.update({f"diff.{key}": entry["difference"]["mean"], f"diff.{key}_ci_low": entry["difference"]["low"],
-                             f"diff.{key}_ci_high": entry["difference"]["high"]})
+    flat.update({f"diff.{key}": value for key, value in evaluation["differences"].items()})
     return {**flat, "scoring_s": scoring["seconds"], "scored_texts_per_s": scoring["texts_per_s"]}
 
 

@@ -48,6 +48,9 @@ class Scorer:
         window = getattr(self.model.config.get_text_config(), "sliding_window", None)
         # Right padding inside a sliding window would shift what a token sees: share only without one.
         self.share_prompts = share_prompts and not window
+        # transformers 5.2x renamed the decoder's `past_key_values` argument to `cache` (the old name warns).
+        self._cache_arg = ("cache" if "cache" in inspect.signature(self._backbone.forward).parameters
+                           else "past_key_values")
 
     @torch.inference_mode()
     def __call__(self, texts: list[tuple[str, str]], desc: str = "score") -> list[float]:
@@ -99,10 +102,6 @@ class Scorer:
                              use_cache=True, **extra)
         return getattr(out, "cache", None) or out.past_key_values
 
-    @property
-    def _cache_arg(self) -> str:
-        # transformers 5.2x renamed the decoder's `past_key_values` argument to `cache` (the old name warns).
-        return "cache" if "cache" in inspect.signature(self._backbone.forward).parameters else "past_key_values"
 
     @property
     def _backbone(self):
@@ -164,7 +163,7 @@ def _model_scores(scorer: Scorer, dev: list[dict], pool: list[dict], logic: list
 
 def evaluate_models(cfg: EvaluateConfig, models: dict[str, str], data_dir: str | Path, seed: int = 0) -> dict:
     """Score every model on the data folder; returns {"domains": report parts, "metrics": {model: {flat}},
-    "scoring": {texts, seconds, texts_per_s}}. The first two models are compared (first minus second)."""
+    "differences": {flat, first model minus second}, "scoring": {texts, seconds, texts_per_s}}."""
     dev, pool, logic = (read_table(data_dir, name) for name in ("dev", "pool", "logic"))
     start, per_model = time.perf_counter(), {}
     for name, model_dir in models.items():
@@ -173,13 +172,16 @@ def evaluate_models(cfg: EvaluateConfig, models: dict[str, str], data_dir: str |
     texts = len(models) * (2 * len(dev) + len(pool) + len(logic))
     domains: dict[str, dict] = {}
     flat: dict[str, dict[str, float]] = {name: {} for name in models}
+    differences: dict[str, float] = {}
 
     def add(domain: str, metric: str, per_item: dict[str, list[float]]) -> None:
         entry = metric_entry(per_item, cfg.bootstrap_resamples, seed)
         domains.setdefault(domain, {}).setdefault("metrics", {})[metric] = entry
         key = metric if domain == ALL else f"{domain}.{metric}"
-        for name, stats in entry["models"].items():
-            flat[name].update({key: stats["mean"], f"{key}_ci_low": stats["low"], f"{key}_ci_high": stats["high"]})
+        for name, stats in [*entry["models"].items(), ("diff", entry.get("difference"))]:
+            if stats:
+                (differences if name == "diff" else flat[name]).update(
+                    {key: stats["mean"], f"{key}_ci_low": stats["low"], f"{key}_ci_high": stats["high"]})
 
     for domain in per_model[next(iter(models))]["pairwise"]:
         add(domain, "pairwise_accuracy", {name: s["pairwise"][domain] for name, s in per_model.items()})
@@ -194,5 +196,5 @@ def evaluate_models(cfg: EvaluateConfig, models: dict[str, str], data_dir: str |
         for name, result in curves.items():
             for strategy, curve in result["strategies"].items():
                 flat[name].update({f"{domain}.bon{n}_{strategy}": value for n, value in zip(result["n"], curve["mean"])})
-    return {"domains": domains, "metrics": flat,
+    return {"domains": domains, "metrics": flat, "differences": differences,
             "scoring": {"texts": texts, "seconds": round(seconds, 2), "texts_per_s": round(texts / seconds, 2)}}
