@@ -273,7 +273,8 @@ def pretrain_trainjob(cfg: PipelineConfig, run_name: str, base_dir: str, pairs_d
 def finetune(cfg: PipelineConfig, run_name: str, init_dir: str, data_dir: str, out_dir: str,
              variant: str, job_id: str = "", subset: int = 0, result_path: str = "") -> dict:
     """Finetune `init_dir` on the reasoning train pairs, or with `subset` > 0 on that many of them (a point of
-    the sample-efficiency sweep); `result_path` gets the model's dev pairwise accuracy as JSON."""
+    the sample-efficiency sweep); `result_path` gets what it trained on and, for a sweep task, its per-pair
+    dev results as JSON."""
     import mlflow
 
     from codepmp.reasoning.build import read_pairs, read_table
@@ -288,13 +289,18 @@ def finetune(cfg: PipelineConfig, run_name: str, init_dir: str, data_dir: str, o
     result = launch(cfg.finetune, init_dir, pairs, out_dir, Checkpoints(run_name, job_id, name), log=_mlflow_log)
     if result_path:
         from codepmp.atomic import write_json
-        from codepmp.evaluate.run import dev_pairwise_correct
 
-        dev = read_table(data_dir, "dev")
-        correct = dev_pairwise_correct(cfg.evaluate, out_dir, dev)
-        result["dev_pairwise_accuracy"] = sum(correct) / len(correct)
-        write_json({"variant": variant, "subset": subset, "train_pairs": len(pairs), "dev_pairs": len(dev),
-                    "dev_pairwise_accuracy": result["dev_pairwise_accuracy"], "dev_correct": correct}, result_path)
+        written = {"variant": variant, "subset": subset, "train_pairs": len(pairs)}
+        # Only a sweep task scores its model here; the evaluate stage scores the full finetunes, with everything else.
+        if subset:
+            from codepmp.evaluate.run import dev_pairwise_correct
+
+            dev = read_table(data_dir, "dev")
+            correct = dev_pairwise_correct(cfg.evaluate, out_dir, dev)
+            result["dev_pairwise_accuracy"] = sum(correct) / len(correct)
+            written.update(dev_pairs=len(dev), dev_pairwise_accuracy=result["dev_pairwise_accuracy"],
+                           dev_correct=correct)
+        write_json(written, result_path)
     return result
 
 
