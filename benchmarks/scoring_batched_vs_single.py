@@ -5,11 +5,12 @@
     .venv/bin/python benchmarks/scoring_batched_vs_single.py --random            # random SmolLM2-shaped model
 
 Both sides are `codepmp.evaluate.run.Scorer` on the same texts and the same loaded model: the baseline with
-batch size 1 and no prompt sharing (one forward pass per text), codepmp's with `--batch-size` rows per pass
-and each prompt's leading tokens computed once for all of its texts. `eval` builds the evaluate stage's texts
+`share=False` and batch size 1 (one forward pass per text), codepmp's as the evaluate stage runs it: the
+texts' token trie in tree-attention passes of up to `--pack-tokens` nodes, so every shared start (a prompt,
+the steps candidates agree on, a repeated text) runs once. `eval` builds the evaluate stage's texts
 with the reasoning data stage from shared/data (dev pairs, best-of-N candidates, logic options); `unique`
 takes GSM8K dev solutions, each under its own question. The two sides take turns on runs of texts that never
-split a prompt's texts, so load from elsewhere on the machine falls on both alike.
+split a prompt's texts (`--part-texts`), so load from elsewhere on the machine falls on both alike.
 
 The packaged `smollm2-135m-instruct` is used when its converted folder is in the model cache (`make models`);
 otherwise, or with `--random`, a randomly initialised model of SmolLM2-135M's shape with the small offline
@@ -91,7 +92,10 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=6, help="eval: dev problems per domain")
     parser.add_argument("--candidates-per-problem", type=int, default=8, help="eval: best-of-N pool size")
     parser.add_argument("--candidates", type=int, default=48, help="unique: texts")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=1, help="packs per pass (EvaluateConfig)")
+    parser.add_argument("--pack-tokens", type=int, default=1024, help="trie nodes per pass (EvaluateConfig)")
+    parser.add_argument("--part-texts", type=int, default=90,
+                        help="texts per turn; the evaluate stage scores all of a model's texts in one call")
     parser.add_argument("--max-length", type=int, default=384)
     parser.add_argument("--min-tokens", type=int, default=150)
     parser.add_argument("--max-tokens", type=int, default=300)
@@ -106,8 +110,9 @@ def main() -> None:
         start = time.perf_counter()
         model, tokenizer = load_reward_model(spec)
         load_s = time.perf_counter() - start
-    single_scorer = run.Scorer(spec, 1, args.max_length, loaded=(model, tokenizer), share_prompts=False)
-    codepmp_scorer = run.Scorer(spec, args.batch_size, args.max_length, loaded=(model, tokenizer))
+    single_scorer = run.Scorer(spec, 1, args.max_length, loaded=(model, tokenizer), share=False)
+    codepmp_scorer = run.Scorer(spec, args.batch_size, args.max_length, loaded=(model, tokenizer),
+                                pack_tokens=args.pack_tokens)
     if args.workload == "eval":
         texts, what = evaluation_texts(Path(args.data), args.problems, args.candidates_per_problem)
     else:
@@ -117,9 +122,10 @@ def main() -> None:
         texts.sort(key=lambda t: len(encode(tokenizer, *t, args.max_length).ids))
     lengths = [len(encode(tokenizer, *t, args.max_length).ids) for t in texts]
     single_scorer(texts[:2], desc="warm-up")
+    single_scorer.tokens_run = 0
 
     single, batched, single_s, batched_s = [], [], 0.0, 0.0
-    for number, part in enumerate(_parts(texts, 2 * args.batch_size)):
+    for number, part in enumerate(_parts(texts, args.part_texts)):
         order = ("single", "batched") if number % 2 == 0 else ("batched", "single")
         for side in order:
             start = time.perf_counter()
@@ -138,7 +144,9 @@ def main() -> None:
     print(f"{n} texts: {what}; {min(lengths)}-{max(lengths)} tokens (mean {sum(lengths) / n:.0f}), "
           f"max length {args.max_length}")
     print(f"one at a time:          {single_s:7.1f} s  {n / single_s:7.2f} candidates/s")
-    print(f"codepmp (batch {args.batch_size:>3}):     {batched_s:7.1f} s  {n / batched_s:7.2f} candidates/s")
+    print(f"codepmp (trie, pack {args.pack_tokens}): {batched_s:7.1f} s  {n / batched_s:7.2f} candidates/s")
+    print(f"tokens run: one at a time {single_scorer.tokens_run}, codepmp {codepmp_scorer.tokens_run} "
+          f"({single_scorer.tokens_run / codepmp_scorer.tokens_run:.2f}x fewer)")
     print(f"speedup {single_s / batched_s:.2f}x (goal 5x); max |score difference| {gap:.2e}")
 
 

@@ -209,7 +209,7 @@ class SynthesizeConfig:
 @dataclass
 class TrainConfig:
     max_length: int = 384
-    """Tokens per prompt+response sequence; longer ones are cut from the right."""
+    """Tokens per prompt+response sequence; a longer one loses the start of its prompt, never its response's end."""
     batch_size: int = 4
     """Pairs per micro-batch."""
     grad_accum: int = 1
@@ -317,10 +317,15 @@ class EvaluateConfig:
     """N values for best-of-N; each is averaged over `bon_trials` random draws from the pool."""
     bon_trials: int = 16
     """Random subsets drawn per problem and N."""
-    batch_size: int = 8
-    """Sequences scored per forward pass."""
+    batch_size: int = 1
+    """Sequences per forward pass: trie packs (right-padded to the longest), or texts where nothing is shared
+    (models with a sliding window or a flash kernel). On a CPU 1 is fastest: a pack already keeps it busy, and
+    padding packs to a common length costs more than it saves (benchmarks/README.md); a GPU wants more."""
     max_length: int = 384
-    """Tokens per scored sequence."""
+    """Tokens per scored sequence; a longer one loses the start of its prompt, as in training."""
+    pack_tokens: int = 1024
+    """Token-trie nodes per tree-attention forward pass (at least `max_length`). Larger passes read the weights
+    fewer times; the attention mask is pack_tokens x pack_tokens, so keep it to a few thousand."""
     bootstrap_resamples: int = 1000
     """Bootstrap resamples behind every 95 % confidence interval."""
     gate_metric: str = "pairwise_accuracy"
@@ -379,7 +384,7 @@ def _tiny() -> dict[str, Any]:
         "pretrain": {"max_length": 128, "batch_size": 2, "grad_accum": 1, "log_every": 1},
         "finetune": {"max_length": 128, "batch_size": 2, "grad_accum": 1, "log_every": 1},
         "reasoning": {"train_problems": 4, "dev_problems": 4, "candidates_per_problem": 4},
-        "evaluate": {"best_of_n": [1, 2, 4], "bon_trials": 4, "max_length": 128, "batch_size": 4},
+        "evaluate": {"best_of_n": [1, 2, 4], "bon_trials": 4, "max_length": 128},
         "sweep": {"sizes": [2]},
     }
 
@@ -404,7 +409,8 @@ def _paper() -> dict[str, Any]:
         "reasoning": {"domains": ["gsm8k", "math", "logiqa2"], "train_problems": 7273, "dev_problems": 200,
                       "pairs": "sampled", "pool": "sampled", "candidates_per_problem": 64,
                       "policy_model": "Qwen/Qwen2-1.5B-Instruct", "max_new_tokens": 1024},
-        "evaluate": {"best_of_n": [1, 2, 4, 8, 16, 32, 64], "max_length": 1024, "batch_size": 32},
+        "evaluate": {"best_of_n": [1, 2, 4, 8, 16, 32, 64], "max_length": 1024, "batch_size": 16,
+                     "pack_tokens": 2048},
         "sweep": {"sizes": [250, 500, 1000, 2000, 4000]},
     }
 

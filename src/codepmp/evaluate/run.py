@@ -8,12 +8,12 @@ difference a paired one. `evaluate_models` returns the report's results dict and
 
 from __future__ import annotations
 
-import copy
-import inspect
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from codepmp.config import EvaluateConfig
@@ -21,7 +21,6 @@ from codepmp.evaluate.html import best_of_n_entry, metric_entry
 from codepmp.evaluate.metrics import best_of_n_curves, option_correct, pairwise_correct
 from codepmp.models import load_reward_model
 from codepmp.progress import progress
-from codepmp.synthesize.backend import MIN_SHARED_PREFIX, _common_prefix
 from codepmp.reasoning.build import read_table
 from codepmp.train.data import encode, pad_right
 
@@ -33,109 +32,147 @@ class Scorer:
     """A reward model loaded once; scores (prompt, response) texts with the transformers sequence-classification
     model's own backbone and score head (on the GPU when there is one).
 
-    Texts that share a prompt (a problem's best-of-N candidates, a dev pair, a logic item's options) share
-    the forward pass of the tokens they start with: its KV cache is computed once and extended, like a prefix
-    tree, over longer starts that some of them share (candidates that agree on the first steps of a
-    solution), and each text's own tokens then run in batches on top of it. So a LogiQA passage or a GSM8K
-    question is encoded once per model, not once per candidate. Other texts go in length-sorted,
-    right-padded batches. Both give the rewards of scoring every text alone (up to float rounding; tested)."""
+    Texts are scored as a token trie: the texts' distinct token rows are sorted, and each row adds only the
+    tokens after what it shares with the row before it. A trie's nodes run as one sequence per forward pass
+    (at most `pack_tokens` of them) with tree attention: every node sees exactly its ancestors, at its own
+    depth as position. So a LogiQA passage, a GSM8K question, the steps that several candidates agree on,
+    and any text that comes more than once (a dev pair's chosen side is also a pool candidate and a logic
+    option) each run once per model, in a few large forward passes: on a CPU each pass reads every weight
+    once, so few large passes beat many small ones. Each text's reward is read at its own last node: the
+    reward of scoring it alone (up to float rounding; tested). `share=False` is that baseline: one padded
+    batch of `batch_size` texts per pass, nothing shared. Models with a sliding window, or an attention
+    kernel that takes no custom mask, are scored that way too."""
 
-    def __init__(self, model_dir: str, batch_size: int, max_length: int, loaded=None, share_prompts: bool = True):
+    def __init__(self, model_dir: str, batch_size: int, max_length: int, loaded=None, share: bool = True,
+                 pack_tokens: int = 1024):
         self.model, self.tokenizer = loaded or load_reward_model(model_dir)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
         self.batch_size, self.max_length, self.name = batch_size, max_length, Path(model_dir).name
-        window = getattr(self.model.config.get_text_config(), "sliding_window", None)
-        # Right padding inside a sliding window would shift what a token sees: share only without one.
-        self.share_prompts = share_prompts and not window
-        # transformers 5.2x renamed the decoder's `past_key_values` argument to `cache` (the old name warns).
-        self._cache_arg = ("cache" if "cache" in inspect.signature(self._backbone.forward).parameters
-                           else "past_key_values")
+        self.pack_tokens = max(pack_tokens, max_length)
+        config = self.model.config.get_text_config()
+        # A sliding window would need its own limits in the tree mask, and flash kernels take no custom mask.
+        self.share = (share and not getattr(config, "sliding_window", None)
+                      and config._attn_implementation in ("sdpa", "eager"))
+        self.tokens = self.tokens_run = 0
+        """Tokens of the texts scored so far, and positions the model actually ran for them (padding included)."""
 
     @torch.inference_mode()
     def __call__(self, texts: list[tuple[str, str]], desc: str = "score") -> list[float]:
         encoded = [encode(self.tokenizer, p, r, self.max_length).ids for p, r in texts]
-        groups: dict[str, list[int]] = defaultdict(list)
-        for i, (prompt, _) in enumerate(texts):
-            groups[prompt if self.share_prompts else str(i)].append(i)
-        trees, alone = [], []
-        for members in groups.values():
-            shares = len(members) > 1 and _common_prefix([encoded[i] for i in members]) >= MIN_SHARED_PREFIX
-            (trees.append(members) if shares else alone.extend(members))
-        work = [("batch", chunk) for chunk in _chunks(sorted(alone, key=lambda i: len(encoded[i])), self.batch_size)]
-        work += [("tree", members) for members in trees]
-        scores = [0.0] * len(encoded)
-        for kind, members in progress(work, desc=desc, unit="group"):
-            if kind == "batch":
-                for i, value in zip(members, self._forward([encoded[i] for i in members], 0, None)):
+        self.tokens += sum(map(len, encoded))
+        if not self.share:
+            scores = [0.0] * len(encoded)
+            order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+            for batch in progress(_chunks(order, self.batch_size), desc=desc, unit="pass"):
+                for i, value in zip(batch, self._forward([encoded[i] for i in batch])):
                     scores[i] = value
-            else:
-                self._score_tree(members, encoded, 0, None, scores)
-        return scores
+            return scores
+        first: dict[tuple[int, ...], int] = {}
+        owner = [first.setdefault(tuple(ids), i) for i, ids in enumerate(encoded)]
+        rows = {i: encoded[i] for i in first.values()}
+        packs = sorted(trie_packs(rows, self.pack_tokens), key=lambda pack: len(pack.tokens))
+        by_row: dict[int, float] = {}
+        for batch in progress(_chunks(packs, self.batch_size), desc=desc, unit="pass"):
+            by_row.update(self._forward_trees(batch))
+        return [by_row[owner[i]] for i in range(len(encoded))]
 
-    def _score_tree(self, members: list[int], encoded: list[list[int]], start: int, cache, scores: list[float]):
-        """Score `members`, whose first `start` tokens are in `cache` (one row; None for start 0): extend it over
-        the tokens all of them share, recurse into subgroups sharing MIN_SHARED_PREFIX more, and score the rest
-        in batches on top of the extended cache."""
-        prefix = _common_prefix([encoded[i] for i in members])
-        cache = self._extend(cache, encoded[members[0]][start:prefix], start)
-        branches: dict[int, list[int]] = defaultdict(list)
-        for i in members:
-            branches[encoded[i][prefix]].append(i)
-        leaves = []
-        for branch in branches.values():
-            deeper = len(branch) > 1 and _common_prefix([encoded[i] for i in branch]) - prefix >= MIN_SHARED_PREFIX
-            (self._score_tree(branch, encoded, prefix, cache, scores) if deeper else leaves.extend(branch))
-        for chunk in _chunks(leaves, self.batch_size):
-            batch_cache = copy.deepcopy(cache)
-            batch_cache.batch_repeat_interleave(len(chunk))
-            for i, value in zip(chunk, self._forward([encoded[i] for i in chunk], prefix, batch_cache)):
-                scores[i] = value
-
-    def _extend(self, cache, tokens: list[int], start: int):
-        """A new one-row cache: `cache` (the first `start` tokens; None for none) plus `tokens`."""
-        if not tokens:
-            return cache
-        extra = {self._cache_arg: copy.deepcopy(cache)} if cache is not None else {}
-        positions = torch.arange(start, start + len(tokens), device=self.device)[None]
-        out = self._backbone(input_ids=torch.tensor([tokens], device=self.device), position_ids=positions,
-                             use_cache=True, **extra)
-        return getattr(out, "cache", None) or out.past_key_values
-
+    @classmethod
+    def for_config(cls, cfg: EvaluateConfig, model_dir: str) -> "Scorer":
+        return cls(model_dir, cfg.batch_size, cfg.max_length, pack_tokens=cfg.pack_tokens)
 
     @property
     def _backbone(self):
         return getattr(self.model, self.model.base_model_prefix)
 
-    def _forward(self, rows: list[list[int]], prefix: int, cache) -> list[float]:
-        """Rewards of token rows whose first `prefix` tokens are in `cache` (prefix 0: no cache)."""
-        ids, mask = pad_right([r[prefix:] for r in rows], self.tokenizer.pad_token_id)
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        extra = {}
-        if prefix:
-            extra = {self._cache_arg: cache, "use_cache": True,
-                     "position_ids": torch.arange(prefix, prefix + ids.size(1), device=self.device).expand_as(ids)}
-            mask = torch.cat([torch.ones(len(rows), prefix, dtype=mask.dtype, device=self.device), mask], dim=1)
-        hidden = self._backbone(input_ids=ids, attention_mask=mask, **extra).last_hidden_state
-        last = torch.tensor([len(r) - prefix - 1 for r in rows], device=self.device)
-        pooled = hidden[torch.arange(len(rows), device=self.device), last]
-        return self.model.score(pooled).squeeze(-1).float().tolist()
+    def _rewards(self, hidden: torch.Tensor) -> list[float]:
+        return self.model.score(hidden).squeeze(-1).float().tolist()
+
+    def _forward(self, rows: list[list[int]]) -> list[float]:
+        """Rewards of right-padded token rows, one batch."""
+        ids, mask = pad_right(rows, self.tokenizer.pad_token_id)
+        self.tokens_run += ids.numel()
+        hidden = self._backbone(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                use_cache=False).last_hidden_state
+        last = torch.tensor([len(r) - 1 for r in rows], device=self.device)
+        return self._rewards(hidden[torch.arange(len(rows), device=self.device), last])
+
+    def _forward_trees(self, packs: list["TriePack"]) -> dict[int, float]:
+        """Rewards of the rows whose paths `packs` hold (one right-padded batch row per pack), keyed like the rows
+        given to `trie_packs`. Separate packs keep the attention (quadratic in a row's length) small."""
+        width = max(len(pack.tokens) for pack in packs)
+        self.tokens_run += len(packs) * width
+        ids = torch.full((len(packs), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        positions = torch.zeros_like(ids)
+        dtype = self.model.dtype
+        allowed = torch.eye(width, dtype=torch.bool).repeat(len(packs), 1, 1)  # padding sees itself only
+        for b, pack in enumerate(packs):
+            n = len(pack.tokens)
+            ids[b, :n], positions[b, :n] = torch.tensor(pack.tokens), torch.tensor(pack.positions)
+            allowed[b, :n, :n] = torch.from_numpy(pack.ancestry())
+        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+        hidden = self._backbone(input_ids=ids.to(self.device), position_ids=positions.to(self.device),
+                                attention_mask=mask[:, None].to(self.device), use_cache=False).last_hidden_state
+        ends = [(b, row, node) for b, pack in enumerate(packs) for row, node in pack.ends.items()]
+        index = torch.tensor([[b, node] for b, _, node in ends], device=self.device)
+        rewards = self._rewards(hidden[index[:, 0], index[:, 1]])
+        return {row: value for (_, row, _), value in zip(ends, rewards)}
 
 
-def _chunks(items: list[int], size: int) -> list[list[int]]:
+@dataclass
+class TriePack:
+    """Part of a token trie laid out as one sequence in depth-first order: node tokens, their depths (the
+    position each token has in its own text) and parents (-1 for a root), and each row's last node."""
+
+    tokens: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    parents: list[int] = field(default_factory=list)
+    ends: dict[int, int] = field(default_factory=dict)
+
+    def ancestry(self) -> np.ndarray:
+        """[n, n] bool: node i may attend to node j (j is i or one of its ancestors)."""
+        n = len(self.tokens)
+        seen = np.zeros((n, n), dtype=bool)
+        for node, parent in enumerate(self.parents):
+            if parent >= 0:
+                seen[node, :parent + 1] = seen[parent, :parent + 1]  # depth-first order: ancestors come first
+            seen[node, node] = True
+        return seen
+
+
+def _chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def score(model_dir: str, texts: list[tuple[str, str]], batch_size: int, max_length: int,
-          desc: str = "score") -> list[float]:
-    """Reward of each (prompt, response) under `model_dir` (loads the model for this call)."""
-    return Scorer(model_dir, batch_size, max_length)(texts, desc)
+def trie_packs(rows: dict[int, list[int]], pack_tokens: int) -> list[TriePack]:
+    """The token trie of distinct `rows` (key: token row), cut into packs of at most `pack_tokens` nodes
+    (each row at most that long). A row that does not fit starts a new pack, which holds its whole path
+    again: the shared start is recomputed once per pack, never per row."""
+    packs: list[TriePack] = []
+    pack, previous, path = None, [], []
+    for key in sorted(rows, key=lambda k: rows[k]):
+        row = rows[key]
+        shared = 0
+        while shared < min(len(row), len(previous)) and row[shared] == previous[shared]:
+            shared += 1
+        if pack is None or len(pack.tokens) + len(row) - shared > pack_tokens:
+            pack, shared = TriePack(), 0
+            packs.append(pack)
+        path = path[:shared]
+        for depth in range(shared, len(row)):
+            pack.parents.append(path[-1] if path else -1)
+            path.append(len(pack.tokens))
+            pack.tokens.append(row[depth])
+            pack.positions.append(depth)
+        pack.ends[key] = path[-1]
+        previous = row
+    return packs
 
 
 def dev_pairwise_correct(cfg: EvaluateConfig, model_dir: str, dev: list[dict]) -> list[float]:
     """1/0 per dev pair row (prompt, chosen, rejected): whether `model_dir` ranks the chosen side higher."""
     texts = [(r["prompt"], r["chosen"]) for r in dev] + [(r["prompt"], r["rejected"]) for r in dev]
-    scores = score(model_dir, texts, cfg.batch_size, cfg.max_length, desc=f"score {Path(model_dir).name}")
+    scores = Scorer.for_config(cfg, model_dir)(texts, desc=f"score {Path(model_dir).name}")
     return pairwise_correct(scores[:len(dev)], scores[len(dev):])
 
 
@@ -167,7 +204,7 @@ def evaluate_models(cfg: EvaluateConfig, models: dict[str, str], data_dir: str |
     dev, pool, logic = (read_table(data_dir, name) for name in ("dev", "pool", "logic"))
     start, per_model = time.perf_counter(), {}
     for name, model_dir in models.items():
-        per_model[name] = _model_scores(Scorer(model_dir, cfg.batch_size, cfg.max_length), dev, pool, logic)
+        per_model[name] = _model_scores(Scorer.for_config(cfg, model_dir), dev, pool, logic)
     seconds = time.perf_counter() - start
     texts = len(models) * (2 * len(dev) + len(pool) + len(logic))
     domains: dict[str, dict] = {}
