@@ -34,13 +34,16 @@ SMOLLM2_SHAPE = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_laye
                  "rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"}}
 
 
-def random_smollm2_shape(folder: Path) -> str:
-    """A random 1-label reward model of SmolLM2-135M's decoder shape, for machines without the model cache."""
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+def random_smollm2_shape(folder: Path, tokenizer_dir: str = "") -> str:
+    """A random 1-label reward model of SmolLM2-135M's decoder shape, for machines without the model cache,
+    with the tokenizer in `tokenizer_dir` (SmolLM2's own gives the stage's token counts) or the small test one."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
     from codepmp.testing import build_tiny_tokenizer
 
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir else build_tiny_tokenizer()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id, num_labels=1,
                          problem_type="regression", **SMOLLM2_SHAPE)
@@ -60,7 +63,8 @@ def model_spec(args, workdir: Path) -> tuple[str, str]:
     if not args.random and (cached / "config.json").exists():
         return str(cached), ALIAS
     reason = "--random" if args.random else f"no {ALIAS} in {cache_dir()}"
-    return random_smollm2_shape(workdir / "random-smollm2"), f"random SmolLM2-135M shape ({reason})"
+    return (random_smollm2_shape(workdir / "random-smollm2", args.tokenizer),
+            f"random SmolLM2-135M shape ({reason}; tokenizer {args.tokenizer or 'small test one'})")
 
 
 def candidate_texts(data_dir: Path, tokenizer, count: int, min_tokens: int, max_tokens: int,
@@ -86,6 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=ALIAS, help="packaged alias or HF folder of a reward/base model")
     parser.add_argument("--random", action="store_true", help="random SmolLM2-135M-shaped model instead")
+    parser.add_argument("--tokenizer", default="", help="--random: tokenizer folder (default: the small test one)")
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--workload", choices=["eval", "unique"], default="eval",
                         help="eval: what the evaluate stage scores; unique: GSM8K texts with distinct prompts")
@@ -140,7 +145,8 @@ def main() -> None:
 
     n = len(texts)
     gap = max(abs(a - b) for a, b in zip(single, batched))
-    print(f"model {described}; loaded once in {load_s:.1f} s; {torch.get_num_threads()} torch threads, CPU")
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    print(f"model {described}; {model.dtype}; loaded once in {load_s:.1f} s; {device}")
     print(f"{n} texts: {what}; {min(lengths)}-{max(lengths)} tokens (mean {sum(lengths) / n:.0f}), "
           f"max length {args.max_length}")
     print(f"one at a time:          {single_s:7.1f} s  {n / single_s:7.2f} candidates/s")
