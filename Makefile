@@ -33,8 +33,14 @@ test: install
 compile: install
 	$(PY) -m codepmp.cli compile --out build/codepmp.yaml $(ARGS)
 
+# make submit [WAIT=1] [EXPERIMENT=name] [PARAMS=run.yaml] [CLUSTER=cluster-spec.yaml]; needs KFP_HOST (+ KFP_TOKEN).
+EXPERIMENT ?= codepmp
+WAIT ?=
+PARAMS ?=
+CLUSTER ?=
 submit: install
-	$(PY) -m codepmp.cli submit --profile $(PROFILE) $(ARGS)
+	$(PY) -m codepmp.cli submit --profile $(PROFILE) --experiment "$(EXPERIMENT)" $(if $(PARAMS),--params $(PARAMS)) \
+		$(if $(CLUSTER),--cluster-spec $(CLUSTER)) $(if $(filter-out 0 no false,$(WAIT)),--wait) $(ARGS)
 
 up: install
 	$(PY) -m codepmp.cli up

@@ -6,10 +6,16 @@ Credentials never enter the pipeline spec: tasks read them from the `codepmp-s3`
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from kfp import kubernetes
 
+from codepmp.errors import ConfigError
+from components.images import GPU_IMAGE
+
+RESOURCE_KEYS = ("cpu", "memory", "cpu_limit", "memory_limit")
 CLIENT_ENV = ("CODEPMP_S3_ENDPOINT", "CODEPMP_BUCKET", "MLFLOW_TRACKING_URI")
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
@@ -53,17 +59,56 @@ class ClusterSpec:
     and the TrainJob rights of manifests/pipeline-namespace)."""
     trainer_runtime: str = "torch-distributed"
     """ClusterTrainingRuntime of that TrainJob."""
+    cpu_image: str = ""
+    """Image of the CPU tasks; "" keeps the component default (`components/images.py`, which `make images`
+    and `make compile` set from REGISTRY and TAG)."""
+    gpu_image: str = ""
+    """Image of the GPU tasks and of a multi-node pretraining TrainJob; "" keeps the component default."""
+    resources: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Per-task requests over the defaults above, by task name: {"evaluate": {"cpu": "8", "memory": "32G"}}.
+    Keys: "cpu", "memory" (request), "cpu_limit", "memory_limit"."""
+    retries: int = 2
+    """Retries of a failed task, for every task where a retry is safe (all but `register`, where one would
+    register a second model version). Stages resume from their object-store markers and checkpoints."""
+    retry_backoff: str = "60s"
+    """Wait before the first retry; it doubles for each further one."""
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "ClusterSpec":
+        """The spec in a YAML file of field: value; an unknown field or a wrong type is a ConfigError."""
+        import yaml
+
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: a cluster spec is a mapping of field: value, not {type(values).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key, value in values.items():
+            if key not in fields:
+                raise ConfigError(f"{path}: unknown cluster spec field '{key}'; known: {', '.join(fields)}")
+            expected = type(getattr(cls(), key))
+            if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+                values[key] = value = str(value)  # `cpu_request: 2` reads as a number in YAML
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise ConfigError(f"{path}: '{key}' must be of type {expected.__name__}, got {value!r}")
+        spec = cls(**values)
+        for task, settings in spec.resources.items():
+            unknown = set(settings) - set(RESOURCE_KEYS)
+            if unknown:
+                raise ConfigError(f"{path}: resources.{task} has unknown keys {sorted(unknown)}; "
+                                  f"known: {', '.join(RESOURCE_KEYS)}")
+        return spec
 
     def trainjob_settings(self, image: str) -> dict:
         """`codepmp.train.trainjob.TrainJobSettings` fields for a pretraining TrainJob of this cluster."""
-        return {"image": image, "nodes": self.pretrain_nodes, "gpus_per_node": self.gpus,
+        return {"image": self.gpu_image or image, "nodes": self.pretrain_nodes, "gpus_per_node": self.gpus,
                 "accelerator": self.accelerator_type, "memory": self.gpu_memory,
                 "node_selector": dict(self.gpu_node_selector), "tolerations": [dict(t) for t in self.gpu_tolerations],
                 "runtime": self.trainer_runtime, "secret": self.secret, "config_map": self.config_map,
                 "shm_size": self.shm_size}
 
 
-def apply(task, spec: ClusterSpec, gpu: bool, github: bool = False):
+def apply(task, name: str, spec: ClusterSpec, gpu: bool, github: bool = False):
+    """Give the task called `name` its image, credentials, labels, /dev/shm, resources and placement."""
     kubernetes.use_secret_as_env(task, spec.secret, {k: k for k in SECRET_ENV})
     if github and spec.github_secret:
         kubernetes.use_secret_as_env(task, spec.github_secret, {"GITHUB_TOKEN": "GITHUB_TOKEN"}, optional=True)
@@ -73,6 +118,9 @@ def apply(task, spec: ClusterSpec, gpu: bool, github: bool = False):
     kubernetes.add_pod_label(task, "codepmp.io/pipeline-pod", "true")
     kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
                                size_limit=spec.shm_size)
+    image = spec.gpu_image if task.container_spec.image == GPU_IMAGE else spec.cpu_image
+    if image:
+        task.set_container_image(image)
     task.set_cpu_request(spec.cpu_request)
     if gpu:
         task.set_accelerator_type(spec.accelerator_type).set_accelerator_limit(spec.gpus)
@@ -83,4 +131,19 @@ def apply(task, spec: ClusterSpec, gpu: bool, github: bool = False):
             kubernetes.add_toleration(task, **toleration)
     else:
         task.set_memory_request(spec.memory_request)
+    settings = spec.resources.get(name, {})
+    for key, setter in (("cpu", task.set_cpu_request), ("memory", task.set_memory_request),
+                        ("cpu_limit", task.set_cpu_limit), ("memory_limit", task.set_memory_limit)):
+        if key in settings:
+            setter(settings[key])
+    if spec.retries and name != "register":
+        task.set_retry(spec.retries, backoff_duration=spec.retry_backoff, backoff_factor=2.0)
     return task
+
+
+def check_task_names(spec: ClusterSpec, names: set[str]) -> None:
+    """Per-task settings must name tasks of the pipeline (a typo would silently apply nothing)."""
+    unknown = set(spec.resources) - names
+    if unknown:
+        raise ConfigError(f"cluster spec resources name unknown tasks {sorted(unknown)}; "
+                          f"tasks: {', '.join(sorted(names))}")

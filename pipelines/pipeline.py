@@ -24,7 +24,7 @@ from components.sample_efficiency.component import sample_efficiency
 from components.register.component import register
 from components.synthesize.component import synthesize, synthesize_shards
 from components.synthesize_merge.component import synthesize_merge
-from pipelines.cluster import ClusterSpec, apply
+from pipelines.cluster import ClusterSpec, apply, check_task_names
 
 GPU_STAGES = {"synthesize", "pretrain", "finetune-pmp", "finetune-control", "sweep-pmp", "sweep-control"}
 
@@ -80,11 +80,13 @@ def build(cluster: "ClusterSpec | None" = None):
                                      sweep=tasks["sample_efficiency"].outputs["table"])
         tasks["register"] = register(**training, model=tasks["finetune-pmp"].outputs["model"],
                                      results=tasks["evaluate"].outputs["results"], data=data)
+        if cluster is not None:
+            check_task_names(cluster, set(tasks))
         for name, task in tasks.items():
             task.set_display_name(name)
             if cluster is not None:
                 # A multi-node pretrain task only waits for its TrainJob; the job's pods take the GPUs.
-                apply(task, cluster, gpu=name in GPU_STAGES and not (name == "pretrain" and multinode),
+                apply(task, name, cluster, gpu=name in GPU_STAGES and not (name == "pretrain" and multinode),
                       github=name == "crawl")
         # Registration, checkpointed training, the crawl and the synthesis (their work lives in the object
         # store, resumed by chunk markers) have side effects outside KFP's cache.

@@ -1,16 +1,31 @@
 """Run the pipeline locally through kfp.local, compile it to YAML, or submit it to Kubeflow Pipelines.
 
     python -m codepmp.cli run --profile local      # what `make run` does
+    python -m codepmp.cli submit --profile paper [--params run.yaml] [--wait]   # `make submit [WAIT=1]`
+
+Submitting needs KFP_HOST (and KFP_TOKEN when the endpoint wants a bearer token). Inside a cluster pod, with
+KFP_HOST unset, it uses the in-cluster API service and the pod's projected service-account token.
 """
 
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
 import os
 import sys
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
+import uuid
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from codepmp.errors import ServiceError
+import yaml
+
+from codepmp.errors import CodepmpError, ConfigError, InputError, ServiceError
 
 
 def run_local(profile: str, overrides: dict, run_name: str, pipeline_root: str) -> None:
@@ -28,33 +43,335 @@ def run_local(profile: str, overrides: dict, run_name: str, pipeline_root: str) 
 
 def compile_pipeline(out: str, cluster_spec: str | None = None) -> str:
     """Write the pipeline YAML with Kubernetes placement from a ClusterSpec YAML (defaults if none)."""
-    import yaml
     from kfp import compiler
 
     from pipelines.cluster import ClusterSpec
     from pipelines.pipeline import build
 
-    spec = ClusterSpec(**(yaml.safe_load(Path(cluster_spec).read_text()) or {})) if cluster_spec else ClusterSpec()
+    spec = ClusterSpec.from_yaml(cluster_spec) if cluster_spec else ClusterSpec()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(build(spec), out)
     return out
 
 
-def submit(package: str, profile: str, overrides: dict, run_name: str, experiment: str = "codepmp") -> str:
-    """Create a run on the KFP endpoint in KFP_HOST; returns the run id."""
-    host = os.environ.get("KFP_HOST", "")
-    if not host:
-        raise ServiceError("KFP_HOST is not set: export KFP_HOST=https://<kubeflow-host>/pipeline")
-    try:
-        urllib.request.urlopen(f"{host.rstrip('/')}/apis/v2beta1/healthz", timeout=10)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        if not isinstance(exc, urllib.error.HTTPError):
-            raise ServiceError(f"KFP_HOST={host} is unreachable: {getattr(exc, 'reason', exc)}") from None
-    import kfp
+# ---------------------------------------------------------------------------------------------------------------
+# Submitting to Kubeflow Pipelines: a thin client over the v2beta1 REST API. kfp.Client makes many implicit calls
+# (context files, namespace lookups, proxies) that are hard to reason about and to fake in tests; these few explicit
+# requests are all `make submit` needs.
 
-    client = kfp.Client(host=host, existing_token=os.environ.get("KFP_TOKEN") or None)
-    run = client.create_run_from_pipeline_package(
-        package, arguments={"profile": profile, "overrides": overrides, "run_name": run_name},
-        run_name=run_name, experiment_name=experiment)
-    print(f"submitted run {run.run_id} to {host}", file=sys.stderr)
-    return run.run_id
+IN_CLUSTER_HOST = "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
+"""The KFP API service that a pod of a Kubeflow cluster reaches when KFP_HOST is unset (KFP_IN_CLUSTER_HOST overrides)."""
+SA_TOKEN_FILE = "/var/run/secrets/kubeflow/pipelines/token"
+"""Projected service-account token (audience pipelines.kubeflow.org) used when KFP_TOKEN is unset (KFP_TOKEN_FILE
+overrides). Kubelet rotates it, so it is read again for every request."""
+API = "/apis/v2beta1"
+PARAMETER_KEYS = ("profile", "overrides", "run_name")
+FINAL_STATES = {"SUCCEEDED": True, "SKIPPED": True, "FAILED": False, "CANCELED": False}
+"""Terminal run states and whether they count as success."""
+
+
+class KfpUnavailable(ServiceError):
+    """The API could not be reached or answered 5xx: worth retrying while following a long run."""
+
+
+class RunFailed(CodepmpError):
+    """The submitted run ended FAILED or CANCELED."""
+
+
+@dataclass(frozen=True)
+class RunParameters:
+    """The pipeline's three parameters (see pipelines/pipeline.py)."""
+
+    profile: str
+    overrides: dict
+    run_name: str
+
+    def as_dict(self) -> dict:
+        return {"profile": self.profile, "overrides": self.overrides, "run_name": self.run_name}
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    merged = dict(base)
+    for key, value in top.items():
+        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(
+            merged.get(key), dict) else value
+    return merged
+
+
+def run_parameters(params_file: str | None, profile: str, overrides: dict, run_name: str = "") -> RunParameters:
+    """Parameters from a YAML file (keys among profile, overrides, run_name) over --profile; --set overrides and
+    --run-name, being the most specific, go over the file. Unknown keys fail, so a typo is never silently dropped."""
+    data: dict = {}
+    if params_file:
+        path = Path(params_file)
+        if not path.is_file():
+            raise InputError(f"--params {path}: no such file")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise InputError(f"--params {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+        if not isinstance(data, dict):
+            raise InputError(f"--params {path} must be a mapping with keys among {', '.join(PARAMETER_KEYS)}")
+        unknown = sorted(set(data) - set(PARAMETER_KEYS))
+        if unknown:
+            raise ConfigError(f"--params {path}: unknown key {', '.join(map(repr, unknown))} "
+                              f"(known: {', '.join(PARAMETER_KEYS)})")
+        for key, kind in (("profile", str), ("overrides", dict), ("run_name", str)):
+            if key in data and not isinstance(data[key], kind):
+                raise ConfigError(f"--params {path}: '{key}' must be a {kind.__name__}, got {data[key]!r}")
+    profile = data.get("profile", profile)
+    run_name = run_name or data.get("run_name") or f"{profile}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return RunParameters(profile, _deep_merge(data.get("overrides") or {}, overrides), run_name)
+
+
+@dataclass(frozen=True)
+class KfpEndpoint:
+    """Where the KFP API is and how to authenticate, from the environment."""
+
+    host: str
+    where: str
+    """How error messages name the endpoint, including which setting chose it."""
+    token_env: str = field(default="", repr=False)
+    """KFP_TOKEN (kept out of repr so it is never printed)."""
+    token_file: str = SA_TOKEN_FILE
+    namespace: str = ""
+    ui_host: str = ""
+    in_cluster: bool = False
+
+    @classmethod
+    def from_env(cls, namespace: str = "") -> KfpEndpoint:
+        env = os.environ
+        host = env.get("KFP_HOST", "").strip().rstrip("/")
+        in_cluster = not host and bool(env.get("KUBERNETES_SERVICE_HOST"))
+        if host:
+            where = f"KFP_HOST={host}"
+        elif in_cluster:
+            host = (env.get("KFP_IN_CLUSTER_HOST") or IN_CLUSTER_HOST).rstrip("/")
+            where = f"the in-cluster KFP API {host} (KFP_HOST is unset)"
+        else:
+            raise ServiceError("KFP_HOST is not set: export KFP_HOST=https://<kubeflow-host>/pipeline "
+                               f"(inside a cluster pod it defaults to {IN_CLUSTER_HOST})")
+        if not host.startswith(("http://", "https://")):
+            raise ServiceError(f"KFP_HOST={host} is not an http(s) URL: export KFP_HOST=https://<kubeflow-host>/pipeline")
+        return cls(host, where, token_env=env.get("KFP_TOKEN", "").strip().removeprefix("Bearer ").strip(),
+                   token_file=env.get("KFP_TOKEN_FILE") or SA_TOKEN_FILE,
+                   namespace=namespace or env.get("KFP_NAMESPACE", ""),
+                   ui_host=env.get("KFP_UI_HOST", "").rstrip("/"), in_cluster=in_cluster)
+
+    def token(self) -> tuple[str, str] | None:
+        """(where it came from, bearer token), or None to send no Authorization header."""
+        if self.token_env:
+            return "KFP_TOKEN", self.token_env
+        try:
+            value = Path(self.token_file).read_text().strip()
+        except OSError:
+            return None
+        return (f"the service-account token file {self.token_file}", value) if value else None
+
+    def run_url(self, run_id: str) -> str:
+        return f"{self.ui_host or self.host}/#/runs/details/{run_id}"
+
+
+def _multipart(field: str, filename: str, content: bytes) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    return head + content + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def _name_filter(name: str) -> str:
+    """The API's list filter for display_name == name (operation 1 is EQUALS)."""
+    return json.dumps({"predicates": [{"operation": 1, "key": "display_name", "stringValue": name}]})
+
+
+class KfpClient:
+    """The handful of KFP v2beta1 calls `make submit` needs; every failure is a ServiceError naming what to fix."""
+
+    def __init__(self, endpoint: KfpEndpoint, timeout_s: float = 30.0):
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+
+    @classmethod
+    def connect(cls, namespace: str = "") -> KfpClient:
+        """Client for the endpoint in the environment, checked with one health request before anything is sent."""
+        client = cls(KfpEndpoint.from_env(namespace))
+        health = client.call("GET", "/healthz")
+        if health.get("multi_user") and not client.endpoint.namespace:
+            raise ServiceError(f"{client.endpoint.where} is a multi-user deployment: set KFP_NAMESPACE "
+                               "(or --namespace) to your Kubeflow profile namespace")
+        return client
+
+    def call(self, method: str, path: str, query: dict | None = None, body: dict | None = None,
+             upload: Path | None = None) -> dict:
+        query = {k: v for k, v in (query or {}).items() if v not in (None, "")}
+        url = self.endpoint.host + API + path + (f"?{urllib.parse.urlencode(query)}" if query else "")
+        headers = {"Accept": "application/json"}
+        data = None
+        if upload is not None:
+            data, headers["Content-Type"] = _multipart("uploadfile", upload.name, upload.read_bytes())
+        elif body is not None:
+            data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
+        token = self.endpoint.token()
+        if token:
+            headers["Authorization"] = f"Bearer {token[1]}"
+        request = urllib.request.Request(url, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            raise self._refused(method, path, exc, token) from None
+        # Connection refused, DNS, TLS, timeout, a port that does not speak HTTP, a malformed URL.
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+            hint = ("set KFP_HOST to a pipelines API this pod can reach" if self.endpoint.in_cluster else
+                    "check KFP_HOST, or port-forward the API (kubectl -n kubeflow port-forward svc/ml-pipeline-ui "
+                    "8080:80) and set KFP_HOST=http://localhost:8080")
+            raise KfpUnavailable(f"{self.endpoint.where} is unreachable ({getattr(exc, 'reason', exc)}): "
+                                 f"{hint}") from None
+        try:
+            return json.loads(raw or b"{}")
+        except ValueError:
+            raise ServiceError(f"{self.endpoint.where} answered {method} {path} with something other than JSON "
+                               "(a login page?): KFP_HOST must be the pipelines API and KFP_TOKEN a bearer token "
+                               "it accepts") from None
+
+    def _refused(self, method: str, path: str, exc: urllib.error.HTTPError,
+                 token: tuple[str, str] | None) -> ServiceError:
+        text = exc.read().decode(errors="replace")
+        try:
+            detail = json.loads(text)
+            detail = detail.get("message") or detail.get("error") or text
+        except (ValueError, AttributeError):
+            detail = text
+        detail = " ".join(str(detail).split())[:300]
+        where, what = self.endpoint.where, f"HTTP {exc.code} on {method} {path}"
+        if exc.code in (401, 403) and token is None:
+            return ServiceError(f"{where} requires authentication ({what}: {detail}): export KFP_TOKEN=<bearer "
+                                "token>, e.g. `kubectl create token <service-account> -n <namespace> "
+                                "--audience=pipelines.kubeflow.org`")
+        if exc.code in (401, 403):
+            scope = f" in namespace {self.endpoint.namespace}" if self.endpoint.namespace else ""
+            return ServiceError(f"{where} rejected the bearer token from {token[0]} ({what}: {detail}): it may "
+                                f"have expired or lack access{scope}; set KFP_TOKEN to a valid token")
+        error = KfpUnavailable if exc.code >= 500 else ServiceError
+        return error(f"{where}: {what} failed: {detail}")
+
+    def _find(self, collection: str, name: str) -> str | None:
+        """Id of the pipeline or experiment with this display name, if any (the filter is checked again here)."""
+        found = self.call("GET", f"/{collection}", {"filter": _name_filter(name), "page_size": 100,
+                                                    "namespace": self.endpoint.namespace})
+        key = "pipeline_id" if collection == "pipelines" else "experiment_id"
+        ids = [item[key] for item in found.get(collection) or [] if item.get("display_name") == name]
+        return ids[0] if ids else None
+
+    def upload_version(self, package: Path, pipeline_name: str, version_name: str, description: str) -> tuple[str, str]:
+        """Upload the package as a new version of the named pipeline, creating the pipeline on first use;
+        returns (pipeline_id, pipeline_version_id)."""
+        pipeline_id = self._find("pipelines", pipeline_name)
+        if pipeline_id is None:
+            pipeline_id = self.call("POST", "/pipelines/upload", {
+                "name": pipeline_name, "description": "CodePMP (uploaded by `codepmp submit`)",
+                "namespace": self.endpoint.namespace}, upload=package)["pipeline_id"]
+            print(f"created pipeline {pipeline_name} ({pipeline_id})", file=sys.stderr)
+        version = self.call("POST", "/pipelines/upload_version", {
+            "name": version_name, "pipelineid": pipeline_id, "description": description}, upload=package)
+        return pipeline_id, version["pipeline_version_id"]
+
+    def experiment_id(self, name: str) -> str:
+        """Id of the named experiment, created if missing."""
+        found = self._find("experiments", name)
+        if found:
+            return found
+        body = {"display_name": name, **({"namespace": self.endpoint.namespace} if self.endpoint.namespace else {})}
+        created = self.call("POST", "/experiments", body=body)["experiment_id"]
+        print(f"created experiment {name} ({created})", file=sys.stderr)
+        return created
+
+    def create_run(self, body: dict) -> str:
+        return self.call("POST", "/runs", body=body)["run_id"]
+
+    def get_run(self, run_id: str) -> dict:
+        return self.call("GET", f"/runs/{run_id}")
+
+
+@dataclass(frozen=True)
+class Submission:
+    run_id: str
+    url: str
+    pipeline_id: str
+    pipeline_version_id: str
+    experiment_id: str
+
+
+def _read_package(package: str) -> tuple[Path, str, str]:
+    """(path, pipeline name, sha256) of a compiled package; fails before anything is uploaded if it is unusable."""
+    path = Path(package)
+    if not path.is_file():
+        raise InputError(f"pipeline package {path} does not exist: run `make compile` or leave out --package")
+    content = path.read_bytes()
+    try:
+        spec = next(yaml.safe_load_all(content), None)
+    except yaml.YAMLError:
+        spec = None
+    name = (spec or {}).get("pipelineInfo", {}).get("name") if isinstance(spec, dict) else None
+    if not name:
+        raise InputError(f"pipeline package {path} is not a compiled KFP pipeline (no pipelineInfo.name)")
+    return path, name, hashlib.sha256(content).hexdigest()
+
+
+def submit(client: KfpClient, package: str, params: RunParameters, experiment: str = "codepmp",
+           service_account: str = "") -> Submission:
+    """Upload the package as a new pipeline version and start a run of it in the named experiment.
+
+    The version is named `<pipeline>-<UTC time>-<sha256 prefix>-<random>`: traceable to the exact package (the full
+    hash and run name are in its description), and unique even for two submits of one package in the same second
+    (KFP refuses a version name twice)."""
+    path, pipeline, digest = _read_package(package)
+    version = f"{pipeline}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{digest[:8]}-{uuid.uuid4().hex[:4]}"
+    pipeline_id, version_id = client.upload_version(
+        path, pipeline, version, f"sha256 {digest}; submitted for run {params.run_name} ({params.profile})")
+    print(f"uploaded pipeline version {version} ({version_id})", file=sys.stderr)
+    experiment_id = client.experiment_id(experiment)
+    body = {"display_name": params.run_name, "experiment_id": experiment_id,
+            "pipeline_version_reference": {"pipeline_id": pipeline_id, "pipeline_version_id": version_id},
+            "runtime_config": {"parameters": params.as_dict()}}
+    if service_account:
+        body["service_account"] = service_account
+    run_id = client.create_run(body)
+    print(f"started run {params.run_name} ({run_id}) in experiment {experiment}", file=sys.stderr)
+    return Submission(run_id, client.endpoint.run_url(run_id), pipeline_id, version_id, experiment_id)
+
+
+def wait_for_run(client: KfpClient, run_id: str, poll_s: float = 15.0, timeout_s: float | None = None,
+                 max_unavailable: int = 10) -> str:
+    """Follow a run to its end, printing each state change; returns the final state or raises RunFailed.
+
+    Runs last hours, so a few consecutive failed polls (API restart, network blip) are tolerated. With timeout_s
+    it gives up following (the run goes on) after that long."""
+    url, start, last, misses = client.endpoint.run_url(run_id), time.monotonic(), None, 0
+    try:
+        while True:
+            if timeout_s is not None and time.monotonic() - start > timeout_s:
+                raise CodepmpError(f"run {run_id} still {last} after {timeout_s:.0f}s; it goes on running: {url}")
+            try:
+                run = client.get_run(run_id)
+                misses = 0
+            except KfpUnavailable as exc:
+                misses += 1
+                if misses >= max_unavailable:
+                    raise
+                print(f"run {run_id}: poll failed ({exc}); retrying", file=sys.stderr)
+                time.sleep(poll_s)
+                continue
+            state = run.get("state") or "RUNTIME_STATE_UNSPECIFIED"
+            if state != last:
+                print(f"run {run_id}: {state} after {time.monotonic() - start:.0f}s", file=sys.stderr, flush=True)
+                last = state
+            if state in FINAL_STATES:
+                if not FINAL_STATES[state]:
+                    error = (run.get("error") or {}).get("message", "")
+                    raise RunFailed(f"run {run.get('display_name') or run_id} ended {state}"
+                                    f"{': ' + error if error else ''}; see {url}")
+                return state
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        raise CodepmpError(f"stopped following run {run_id}; it goes on running: {url}") from None

@@ -5,7 +5,7 @@
     codepmp crawl --out DIR|s3://B/P [--set crawl.max_files=100]   # --rank R with --set crawl.world_size=N,
     codepmp crawl-merge --out DIR|s3://B/P                         # then crawl-merge once all ranks are done
     codepmp synthesize --crawl DIR --out DIR    # every shard, then the merge; rerun to resume (cache in DIR/cache)
-    codepmp compile --out build/codepmp.yaml     # then: codepmp submit --package build/codepmp.yaml
+    codepmp compile --out build/codepmp.yaml     # then: codepmp submit --package build/codepmp.yaml [--wait]
     codepmp serve --model smollm2-135m-instruct [--port 8000]   # OpenAI-compatible server for synthesis
     codepmp promote --version 3 [--force --why 'rollback: v4 regressed']
 """
@@ -126,11 +126,17 @@ def cmd_compile(args) -> None:
 
 
 def cmd_submit(args) -> None:
-    from pipelines.run import compile_pipeline, submit
+    """Validate locally, check the endpoint, then compile (seconds): nothing is built for a cluster we cannot reach."""
+    from pipelines.run import KfpClient, compile_pipeline, run_parameters, submit, wait_for_run
 
-    load_config(args.profile, args.overrides)
+    params = run_parameters(args.params, args.profile, args.overrides, args.run_name)
+    load_config(params.profile, params.overrides)
+    client = KfpClient.connect(args.namespace)
     package = args.package or compile_pipeline("build/codepmp.yaml", args.cluster_spec)
-    submit(package, args.profile, args.overrides, args.run_name or f"{args.profile}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run = submit(client, package, params, args.experiment, args.service_account)
+    print(run.url, flush=True)
+    if args.wait:
+        wait_for_run(client, run.run_id, args.poll)
 
 
 def cmd_serve(args) -> None:
@@ -179,9 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("compile", cmd_compile, "compile the pipeline to KFP YAML", config=False)
     p.add_argument("--out", default="build/codepmp.yaml")
     p.add_argument("--cluster-spec", default=None, help="YAML of pipelines.cluster.ClusterSpec fields")
-    p = add("submit", cmd_submit, "submit the pipeline to KFP_HOST")
+    p = add("submit", cmd_submit, "upload the pipeline as a new version to KFP_HOST and start a run; prints its URL")
     p.add_argument("--package", default=None, help="compiled YAML (compiled now if omitted)")
-    p.add_argument("--cluster-spec", default=None)
+    p.add_argument("--cluster-spec", default=None, help="YAML of ClusterSpec fields, used when compiling")
+    p.add_argument("--params", default=None, metavar="FILE",
+                   help="YAML of pipeline parameters (keys: profile, overrides, run_name); its profile replaces "
+                        "--profile, --set and --run-name go over it")
+    p.add_argument("--experiment", default=os.environ.get("KFP_EXPERIMENT", "codepmp"),
+                   help="KFP experiment (created if missing)")
+    p.add_argument("--namespace", default="", help="Kubeflow profile namespace (multi-user KFP; default $KFP_NAMESPACE)")
+    p.add_argument("--service-account", default="", help="run the pods as this service account, e.g. codepmp-pipeline")
+    p.add_argument("--wait", action="store_true", help="follow the run to its end; non-zero exit unless it succeeds")
+    p.add_argument("--poll", type=float, default=15.0, help="seconds between state checks with --wait")
     p = add("serve", cmd_serve, "serve models over an OpenAI-compatible HTTP API (synthesize.backend=openai)",
             config=False)
     p.add_argument("--model", action="append", required=True, help="model to serve (repeatable)")
