@@ -26,6 +26,18 @@ from components.synthesize.component import synthesize, synthesize_shards
 from components.synthesize_merge.component import synthesize_merge
 from pipelines.cluster import ClusterSpec, apply, check_task_names
 
+CACHING = {
+    # Pure functions of the profile and their inputs: a cached result is the result.
+    "crawl_ranks": True, "synthesize_shards": True, "sweep_sizes": True, "base_model": True,
+    "reasoning_data": True,
+    # Side effects outside KFP's cache: work resumed from object-store markers and checkpoints (crawl,
+    # synthesis, training), MLflow runs, metrics and reports, and model registration.
+    "crawl": False, "crawl_merge": False, "synthesize": False, "synthesize_merge": False, "pretrain": False,
+    "finetune-pmp": False, "finetune-control": False, "sweep-pmp": False, "sweep-control": False,
+    "sample_efficiency": False, "evaluate": False, "register": False,
+}
+"""Whether KFP may reuse a task's earlier result (same inputs), for every task by name."""
+
 GPU_STAGES = {"synthesize", "pretrain", "finetune-pmp", "finetune-control", "sweep-pmp", "sweep-control"}
 
 
@@ -88,10 +100,10 @@ def build(cluster: "ClusterSpec | None" = None):
                 # A multi-node pretrain task only waits for its TrainJob; the job's pods take the GPUs.
                 apply(task, name, cluster, gpu=name in GPU_STAGES and not (name == "pretrain" and multinode),
                       github=name == "crawl")
-        # Registration, checkpointed training, the crawl and the synthesis (their work lives in the object
-        # store, resumed by chunk markers) have side effects outside KFP's cache.
-        for name in ("crawl", "crawl_merge", "synthesize", "pretrain", "finetune-pmp", "finetune-control",
-                     "sweep-pmp", "sweep-control", "register"):
-            tasks[name].set_caching_options(False)
+        missing = set(tasks) ^ set(CACHING)
+        if missing:
+            raise AssertionError(f"tasks without an explicit caching choice: {sorted(missing)}")
+        for name, task in tasks.items():
+            task.set_caching_options(CACHING[name])
 
     return codepmp

@@ -73,3 +73,14 @@ def test_bad_cluster_specs_are_rejected_with_the_field_named(tmp_path, spec, mes
     with pytest.raises(ConfigError) as error:
         _compile(tmp_path, spec)
     assert message in str(error.value)
+
+
+def test_every_task_has_an_explicit_caching_choice(tmp_path):
+    from pipelines.pipeline import CACHING
+
+    spec, _ = _compile(tmp_path, {})
+    tasks = {name: task for name, task in _all_tasks(spec).items() if not name.startswith("for-loop")}
+    assert set(tasks) == set(CACHING)
+    for name, task in tasks.items():
+        assert task.get("cachingOptions", {}).get("enableCache", False) is CACHING[name], name
+    assert CACHING["register"] is False and CACHING["crawl_ranks"] is True
