@@ -10,7 +10,20 @@ export CODEPMP_MODEL_CACHE ?= $(HOME)/.cache/codepmp/models
 # DeepSpeed builds no CUDA/C++ ops at install time; they are JIT-built on GPU nodes when needed.
 export DS_BUILD_OPS := 0
 
-.PHONY: install models run test compile submit up down status promote clean bench-crawl
+# Container images. `make images` builds and pushes them under REGISTRY and TAG, and every target that
+# compiles the pipeline (compile, submit) sees the same names through CODEPMP_IMAGE_CPU/_GPU, which
+# components/images.py reads: change REGISTRY or TAG here or on the command line, never one side alone.
+REGISTRY ?= ghcr.io/codepmp
+TAG ?= 0.1.0
+IMAGE_CPU := $(REGISTRY)/codepmp-cpu:$(TAG)
+IMAGE_GPU := $(REGISTRY)/codepmp-gpu:$(TAG)
+export CODEPMP_IMAGE_CPU := $(IMAGE_CPU)
+export CODEPMP_IMAGE_GPU := $(IMAGE_GPU)
+# The MLflow server image carries the MLflow version of the lock, as the manifests expect.
+MLFLOW_VERSION := $(shell sed -n 's/^mlflow==//p' requirements.lock)
+IMAGE_MLFLOW := $(REGISTRY)/mlflow-server:$(MLFLOW_VERSION)
+
+.PHONY: install models run test compile submit up down status promote clean bench-crawl images
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +70,22 @@ promote: install
 
 bench-crawl: install
 	$(PY) benchmarks/crawl_vs_datatrove.py $(ARGS)
+
+# make images [REGISTRY=host/org] [TAG=x.y.z] [PUSH=0] [DOCKER=podman] [FLASH_ATTN=1]: build the three images from
+# the repository root (the build context .dockerignore trims) and push them; PUSH=0 only builds.
+DOCKER ?= docker
+PUSH ?= 1
+FLASH_ATTN ?= 0
+images:
+	@test -n "$(MLFLOW_VERSION)" || (echo "requirements.lock pins no mlflow version to tag the MLflow image with" >&2; exit 2)
+	$(DOCKER) build -f images/cpu/Dockerfile -t $(IMAGE_CPU) .
+	$(DOCKER) build -f images/gpu/Dockerfile -t $(IMAGE_GPU) --build-arg FLASH_ATTN=$(FLASH_ATTN) .
+	$(DOCKER) build -f images/mlflow/Dockerfile -t $(IMAGE_MLFLOW) .
+ifneq ($(filter-out 0 no false,$(PUSH)),)
+	$(DOCKER) push $(IMAGE_CPU)
+	$(DOCKER) push $(IMAGE_GPU)
+	$(DOCKER) push $(IMAGE_MLFLOW)
+endif
 
 clean:
 	rm -rf build runs .pytest_cache
