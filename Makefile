@@ -43,14 +43,15 @@ test: install
 	$(PY) -m codepmp.models smollm2-135m-instruct
 	$(PY) -m pytest -q $(ARGS)
 
+# CLUSTER=cluster-spec.yaml: Kubernetes placement (pipelines/cluster.py), e.g. manifests/overlays/gpu-cluster/cluster.yaml
+CLUSTER ?=
 compile: install
-	$(PY) -m codepmp.cli compile --out build/codepmp.yaml $(ARGS)
+	$(PY) -m codepmp.cli compile --out build/codepmp.yaml $(if $(CLUSTER),--cluster-spec $(CLUSTER)) $(ARGS)
 
 # make submit [WAIT=1] [EXPERIMENT=name] [PARAMS=run.yaml] [CLUSTER=cluster-spec.yaml]; needs KFP_HOST (+ KFP_TOKEN).
 EXPERIMENT ?= codepmp
 WAIT ?=
 PARAMS ?=
-CLUSTER ?=
 submit: install
 	$(PY) -m codepmp.cli submit --profile $(PROFILE) --experiment "$(EXPERIMENT)" $(if $(PARAMS),--params $(PARAMS)) \
 		$(if $(CLUSTER),--cluster-spec $(CLUSTER)) $(if $(filter-out 0 no false,$(WAIT)),--wait) $(ARGS)
