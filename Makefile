@@ -23,7 +23,7 @@ export CODEPMP_IMAGE_GPU := $(IMAGE_GPU)
 MLFLOW_VERSION := $(shell sed -n 's/^mlflow==//p' requirements.lock)
 IMAGE_MLFLOW := $(REGISTRY)/mlflow-server:$(MLFLOW_VERSION)
 
-.PHONY: install models run test compile submit up down status promote clean bench-crawl images
+.PHONY: install models run test compile submit up down status promote clean bench-crawl images reliability
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -68,6 +68,13 @@ status: install
 promote: install
 	@test -n "$(VERSION)" -a -n "$(WHY)" || (echo "usage: make promote VERSION=<registered model version> WHY='<reason>' [WHO=<name>]" >&2; exit 2)
 	$(PY) -m codepmp.cli promote --profile $(PROFILE) --version $(VERSION) --force --who "$(or $(WHO),$(USER))" --why "$(WHY)"
+
+# The reliability suite with fault injection (servers stopped, processes killed, a full disk; several
+# minutes), then its figures: faults survived, rows lost, bad inputs with clear errors, security checks.
+reliability: install
+	rm -f build/reliability/results.jsonl
+	CODEPMP_FAULTS=1 $(PY) -m pytest -q tests/reliability $(ARGS); status=$$?; \
+		$(PY) tests/reliability/table.py build/reliability/results.jsonl && exit $$status
 
 bench-crawl: install
 	$(PY) benchmarks/crawl_vs_datatrove.py $(ARGS)
