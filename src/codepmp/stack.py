@@ -478,7 +478,8 @@ class Stack:
         return self._spawn(command, env, log_path)
 
     def _object_store(self, bucket: str) -> ObjectStore:
-        return ObjectStore(self.s3_endpoint, self.access_key, self.secret_key, bucket)
+        # Health probes must answer at once; waiting out an outage is for the stages' own stores.
+        return ObjectStore(self.s3_endpoint, self.access_key, self.secret_key, bucket, retry_s=0)
 
     def _s3_healthy(self) -> bool:
         if not port_accepts_connections(self.ports.s3):
@@ -510,6 +511,28 @@ class Stack:
         if self.s3_server == SEAWEEDFS:
             self._remove_weed_sockets()
         return self.status()
+
+    def stop_service(self, service: str, timeout_s: float = 30.0) -> None:
+        """Stop one server (S3 or MLflow) and leave the other running: what fault-injection tests use
+        to make a server vanish in the middle of a run."""
+        self._service_parts(service)
+        pid = self.pids.pop(service, None)
+        if self._owns(pid):
+            stop_process_groups([pid], timeout_s)
+        self._write_state()
+        if service == S3 and self.s3_server == SEAWEEDFS:
+            self._remove_weed_sockets()
+
+    def start_service(self, service: str) -> None:
+        """Start one server stopped by `stop_service` on the same ports and data, and wait until healthy."""
+        start, healthy = self._service_parts(service)
+        self._ensure_service(service, start, healthy)
+
+    def _service_parts(self, service: str) -> tuple[Callable[[Path], subprocess.Popen], Callable[[], bool]]:
+        parts = {S3: (self._start_s3, self._s3_healthy), MLFLOW: (self._start_mlflow, self._mlflow_healthy)}
+        if service not in parts:
+            raise ServiceError(f"unknown service {service!r}: pick one of {sorted(parts)}")
+        return parts[service]
 
     def _remove_weed_sockets(self) -> None:
         """weed leaves /tmp/seaweedfs-<component>-<port>.sock files behind; remove ours once it is down."""

@@ -79,9 +79,10 @@ def _flatten(values: dict, prefix: str) -> dict:
 
 
 def _mlflow_log(metrics: dict, step: int) -> None:
-    import mlflow
+    from codepmp import tracking
 
-    mlflow.log_metrics(metrics, step=step)
+    # Buffered: a tracking server that is down for a while neither stalls training nor loses metrics.
+    tracking.log_metrics(metrics, step=step)
 
 
 def _run_location(stage_name: str, run_name: str) -> str:

@@ -11,6 +11,13 @@ The same variables point at the embedded stack (`codepmp up`) or a MinIO on a cl
     AWS_ACCESS_KEY_ID      access key
     AWS_SECRET_ACCESS_KEY  secret key
     CODEPMP_BUCKET         bucket (default "codepmp")
+    CODEPMP_S3_RETRY_S     how long an operation keeps retrying an unavailable endpoint (default 60)
+
+Every operation retries connection errors and 5xx / SlowDown answers with exponential backoff (0.5 s
+doubling to 8 s) for up to CODEPMP_S3_RETRY_S seconds, printing a line on stderr while it waits, so a
+server that restarts mid-stage does not fail the stage; then it raises a ServiceError naming the endpoint.
+Missing keys, refused credentials and missing buckets fail at once. The probe of `from_env` does not
+retry: a stage whose store is down when it starts fails in seconds.
 
 Every put uploads to a temporary key next to the final one (`<dir>/.tmp-<uuid>-<name>`), copies it
 server-side to the final key and deletes the temporary one, so readers never see a partial object
@@ -25,13 +32,17 @@ import io
 import json
 import os
 import posixpath
+import sys
+import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlparse
 
-from codepmp.errors import InputError, ServiceError
+from codepmp.errors import ConfigError, InputError, ServiceError
+
+T = TypeVar("T")
 
 ENDPOINT_VAR = "CODEPMP_S3_ENDPOINT"
 ACCESS_KEY_VAR = "AWS_ACCESS_KEY_ID"
@@ -44,6 +55,40 @@ CONNECT_TIMEOUT_S = 2.0
 READ_TIMEOUT_S = 300.0
 STREAM_PART_SIZE = 16 * 1024 * 1024
 MISSING_KEY_CODES = {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}
+RETRY_VAR = "CODEPMP_S3_RETRY_S"
+DEFAULT_RETRY_S = 60.0
+RETRY_FIRST_DELAY_S = 0.5
+RETRY_MAX_DELAY_S = 8.0
+# Answers that mean "the server is busy or (re)starting", not "your request is wrong".
+RETRYABLE_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "OperationAborted",
+                   "XMinioServerNotInitialized", "XMinioReadQuorum", "XMinioWriteQuorum"}
+
+
+def retry_window(environ: Mapping[str, str] | None = None) -> float:
+    """Seconds from CODEPMP_S3_RETRY_S (default 60); ConfigError for anything but a number >= 0."""
+    raw = (os.environ if environ is None else environ).get(RETRY_VAR, "").strip()
+    if not raw:
+        return DEFAULT_RETRY_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise ConfigError(f"{RETRY_VAR} must be a number of seconds >= 0, not {raw!r}")
+    return value
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True for errors a later attempt can get past: no connection, a dropped one, a 5xx or SlowDown."""
+    import urllib3
+    from minio.error import S3Error, ServerError
+
+    if isinstance(exc, S3Error):
+        status = getattr(exc.response, "status", 0) or 0
+        return exc.code in RETRYABLE_CODES or status >= 500
+    if isinstance(exc, ServerError):
+        return exc.status_code >= 500
+    return isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError))
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -89,7 +134,9 @@ def _http_client(secure: bool):
 class ObjectStore:
     """One bucket of an S3-compatible store (SeaweedFS, MinIO, AWS S3)."""
 
-    def __init__(self, endpoint: str, access_key: str, secret_key: str, bucket: str = DEFAULT_BUCKET):
+    def __init__(self, endpoint: str, access_key: str, secret_key: str, bucket: str = DEFAULT_BUCKET,
+                 retry_s: float | None = None):
+        """`retry_s`: how long each operation retries an unavailable endpoint (None: CODEPMP_S3_RETRY_S)."""
         from minio import Minio
 
         parsed = urlparse(endpoint)
@@ -97,6 +144,7 @@ class ObjectStore:
             raise ServiceError(f"S3 endpoint '{endpoint}' must look like http(s)://host:port")
         self.endpoint = endpoint
         self.bucket = bucket
+        self.retry_s = retry_window() if retry_s is None else max(0.0, retry_s)
         secure = parsed.scheme == "https"
         self.client = Minio(parsed.netloc, access_key=access_key, secret_key=secret_key,
                             secure=secure, http_client=_http_client(secure))
@@ -117,7 +165,9 @@ class ObjectStore:
         store = cls(env[ENDPOINT_VAR], env[ACCESS_KEY_VAR], env[SECRET_KEY_VAR],
                     bucket or env.get(BUCKET_VAR) or DEFAULT_BUCKET)
         if check:
-            store.bucket_exists()
+            # One attempt only: a store that is down when a stage starts should fail it in seconds.
+            with store._errors():
+                store.client.bucket_exists(store.bucket)
         return store
 
     def with_bucket(self, bucket: str) -> ObjectStore:
@@ -149,10 +199,33 @@ class ObjectStore:
             reason = getattr(exc, "reason", None) or exc
             raise ServiceError(f"S3 endpoint {self.endpoint} is unreachable or failed: {reason}") from exc
 
+    def _retrying(self, what: str, key: str, attempt: Callable[[], T], window: float | None = None) -> T:
+        """`attempt()`, repeated with exponential backoff while it fails with a retryable error, for up to
+        `window` seconds (default `self.retry_s`); errors mapped as by `_errors`."""
+        window = self.retry_s if window is None else window
+        deadline = time.monotonic() + window
+        delay = RETRY_FIRST_DELAY_S
+        with self._errors(key):
+            while True:
+                try:
+                    return attempt()
+                except Exception as exc:
+                    if window <= 0 or not is_retryable(exc):
+                        raise
+                    reason = getattr(exc, "reason", None) or exc
+                    if time.monotonic() + delay > deadline:
+                        raise ServiceError(
+                            f"S3 endpoint {self.endpoint} stayed unavailable for {window:g} s ({RETRY_VAR}) "
+                            f"while trying to {what} {self.uri(key)}: {reason}") from exc
+                    print(f"codepmp: waiting for S3 endpoint {self.endpoint} (could not {what} {self.uri(key)}: "
+                          f"{reason}); retrying in {delay:g} s, giving up in "
+                          f"{max(0.0, deadline - time.monotonic()):.0f} s ({RETRY_VAR})", file=sys.stderr, flush=True)
+                    time.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX_DELAY_S)
+
     def bucket_exists(self) -> bool:
         """True when the bucket exists; ServiceError when the endpoint is down or refuses the credentials."""
-        with self._errors():
-            return self.client.bucket_exists(self.bucket)
+        return self._retrying("check bucket", "", lambda: self.client.bucket_exists(self.bucket))
 
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist."""
@@ -160,12 +233,14 @@ class ObjectStore:
 
         if self.bucket_exists():
             return
-        with self._errors():
+        def make() -> None:
             try:
                 self.client.make_bucket(self.bucket)
             except S3Error as exc:
                 if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                     raise
+
+        self._retrying("create bucket", "", make)
 
     def put_stream(self, key: str, stream: BinaryIO, length: int = -1,
                    content_type: str = "application/octet-stream") -> str:
@@ -174,13 +249,24 @@ class ObjectStore:
 
         tmp_key = _temporary_key(key)
         part_size = STREAM_PART_SIZE if length < 0 else 0
+        # A retried upload must resend from where this one started; an unseekable stream cannot be.
+        start = stream.tell() if stream.seekable() else None
+
+        def upload() -> None:
+            if start is not None:
+                stream.seek(start)
+            self.client.put_object(self.bucket, tmp_key, stream, length,
+                                   content_type=content_type, part_size=part_size)
+
         try:
-            with self._errors(key):
-                self.client.put_object(self.bucket, tmp_key, stream, length,
-                                       content_type=content_type, part_size=part_size)
-                self.client.copy_object(self.bucket, key, CopySource(self.bucket, tmp_key))
-        finally:
-            self._remove_quietly(tmp_key)
+            self._retrying("upload", key, upload, window=None if start is not None else 0)
+            self._retrying("publish", key,
+                           lambda: self.client.copy_object(self.bucket, key, CopySource(self.bucket, tmp_key)))
+        except BaseException:
+            self._remove_quietly(tmp_key, window=0)
+            raise
+        # The final key is complete; the temporary one is hidden from listings but should not pile up.
+        self._remove_quietly(tmp_key)
         return key
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
@@ -200,19 +286,21 @@ class ObjectStore:
         with path.open("rb") as stream:
             return self.put_stream(key, stream, path.stat().st_size)
 
-    def _remove_quietly(self, key: str) -> None:
+    def _remove_quietly(self, key: str, window: float | None = None) -> None:
         with contextlib.suppress(Exception):
-            self.client.remove_object(self.bucket, key)
+            self._retrying("remove", key, lambda: self.client.remove_object(self.bucket, key), window)
 
     def get_bytes(self, key: str) -> bytes:
         """The content of `key`; InputError naming s3://bucket/key when it does not exist."""
-        with self._errors(key):
+        def get() -> bytes:
             response = self.client.get_object(self.bucket, key)
             try:
                 return response.read()
             finally:
                 response.close()
                 response.release_conn()
+
+        return self._retrying("read", key, get)
 
     def get_json(self, key: str) -> Any:
         """The JSON value stored at `key`."""
@@ -227,8 +315,8 @@ class ObjectStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp_path = path.with_name(f"{path.name}.{uuid.uuid4().hex}.part")
         try:
-            with self._errors(key):
-                self.client.fget_object(self.bucket, key, str(path), tmp_file_path=str(tmp_path))
+            self._retrying("download", key,
+                           lambda: self.client.fget_object(self.bucket, key, str(path), tmp_file_path=str(tmp_path)))
         finally:
             tmp_path.unlink(missing_ok=True)
         return path
@@ -237,20 +325,22 @@ class ObjectStore:
         """True when `key` exists."""
         from minio.error import S3Error
 
-        with self._errors(key):
+        def stat() -> bool:
             try:
                 self.client.stat_object(self.bucket, key)
             except S3Error as exc:
                 if exc.code in MISSING_KEY_CODES:
                     return False
                 raise
-        return True
+            return True
+
+        return self._retrying("check", key, stat)
 
     def _list_all(self, prefix: str) -> list[str]:
-        with self._errors(prefix):
-            return sorted(obj.object_name for obj in
-                          self.client.list_objects(self.bucket, prefix=prefix or None, recursive=True)
-                          if not obj.is_dir)
+        # The whole listing is one attempt: a listing cut short by an outage is started again.
+        return self._retrying("list", prefix, lambda: sorted(
+            obj.object_name for obj in self.client.list_objects(self.bucket, prefix=prefix or None, recursive=True)
+            if not obj.is_dir))
 
     def list(self, prefix: str = "") -> list[str]:
         """Sorted keys that start with `prefix` (plain S3 prefix match, recursive), temporary keys hidden."""
@@ -300,8 +390,8 @@ class ObjectStore:
         if not folder:
             raise InputError("refusing to delete a whole bucket: give a non-empty prefix")
         keys = self._list_all(folder)
-        with self._errors(folder):
-            errors = list(self.client.remove_objects(self.bucket, [DeleteObject(k) for k in keys]))
+        errors = self._retrying("delete under", folder, lambda: list(
+            self.client.remove_objects(self.bucket, [DeleteObject(k) for k in keys])))
         if errors:
             raise ServiceError(f"could not delete {len(errors)} objects under {self.uri(folder)}: "
                                f"{errors[0].code} {errors[0].name}")

@@ -9,6 +9,11 @@ Clients read only MLFLOW_TRACKING_URI (the embedded stack's server or a cluster'
 through the server's proxied artifact store, so no S3 settings are needed here. An unreachable
 server fails in a few seconds with a ServiceError that names the URI. Importing this module turns
 MLflow's client telemetry off unless MLFLOW_DISABLE_TELEMETRY is already set.
+
+Step metrics go through `log_metrics`, which buffers them while the server is unreachable and sends
+them (with the timestamps they were logged at, so a resend is a no-op for the server) on a later call;
+the end of `stage_run` waits up to CODEPMP_MLFLOW_RETRY_S (default 120) for the rest. Training never
+stalls on a tracking outage and no metric is lost to one.
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from codepmp.errors import InputError, ServiceError
+from codepmp.errors import ConfigError, InputError, ServiceError
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -36,6 +43,10 @@ MARGIN_TAG = "codepmp.gate_margin"
 """The gate metric's 95 % CI half-width when the version was evaluated: the lead it needs over the champion."""
 GATE_REASON_TAG = "codepmp.gate_reason"
 MODEL_ARTIFACT_NAME = "reward_model"
+RETRY_VAR = "CODEPMP_MLFLOW_RETRY_S"
+DEFAULT_RETRY_S = 120.0
+BATCH_LIMIT = 1000
+"""MLflow's log_batch takes at most 1000 metrics per call."""
 
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -77,6 +88,130 @@ def check_tracking_server(uri: str | None = None) -> str:
     raise ServiceError(f"MLflow tracking server {uri} ({TRACKING_URI_VAR}) is unreachable: {reason}")
 
 
+def retry_window(environ: Mapping[str, str] | None = None) -> float:
+    """Seconds from CODEPMP_MLFLOW_RETRY_S (default 120); ConfigError for anything but a number >= 0."""
+    raw = (os.environ if environ is None else environ).get(RETRY_VAR, "").strip()
+    if not raw:
+        return DEFAULT_RETRY_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise ConfigError(f"{RETRY_VAR} must be a number of seconds >= 0, not {raw!r}")
+    return value
+
+
+def _server_up(uri: str) -> bool:
+    try:
+        check_tracking_server(uri)
+    except ServiceError:
+        return False
+    return True
+
+
+class MetricBuffer:
+    """Step metrics of one run, kept until the server has taken them.
+
+    `log` records each metric with the time it was logged and sends everything pending when the server
+    answers its health probe; while it does not, metrics stay here (one warning line on stderr) and
+    training goes on. `flush(wait_s)` retries with backoff until all are sent or `wait_s` runs out.
+    A metric keeps its original timestamp, so a batch that reached the server before the connection
+    dropped and is sent again adds no second copy (MLflow keys metrics by name, step, time and value).
+    """
+
+    def __init__(self, run_id: str, uri: str, send: Callable[[str, list[tuple[str, float, int, int]]], None] | None = None,
+                 healthy: Callable[[], bool] | None = None):
+        self.run_id, self.uri = run_id, uri
+        self.pending: list[tuple[str, float, int, int]] = []
+        self._send = send or self._log_batch
+        self._healthy = healthy or (lambda: _server_up(uri))
+        self._warned = False
+
+    def _log_batch(self, run_id: str, metrics: list[tuple[str, float, int, int]]) -> None:
+        from mlflow.entities import Metric
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        try:
+            MlflowClient(tracking_uri=self.uri).log_batch(run_id, metrics=[Metric(*m) for m in metrics])
+        except MlflowException as exc:
+            raise ServiceError(exc.message) from exc
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        """Queue (key, value, timestamp in ms, step) for each metric, then send if the server is up."""
+        now = int(time.time() * 1000)
+        self.pending.extend((key, float(value), now, step) for key, value in metrics.items())
+        self.try_send()
+
+    def try_send(self) -> bool:
+        """Send what is pending if the server is up; True when nothing is left."""
+        if not self.pending:
+            return True
+        # The probe fails in milliseconds when the server is gone, where a log_batch call would sit in
+        # MLflow's own retries for minutes and stall training.
+        if not self._healthy():
+            self._warn("unreachable")
+            return False
+        try:
+            while self.pending:
+                batch = self.pending[:BATCH_LIMIT]
+                self._send(self.run_id, batch)
+                del self.pending[:len(batch)]
+        except (ServiceError, OSError) as exc:
+            self._warn(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return False
+        if self._warned:
+            print(f"codepmp: MLflow tracking server {self.uri} is back; buffered metrics sent",
+                  file=sys.stderr, flush=True)
+            self._warned = False
+        return True
+
+    def _warn(self, reason: str) -> None:
+        if not self._warned:
+            print(f"codepmp: MLflow tracking server {self.uri} ({TRACKING_URI_VAR}) is {reason}; buffering "
+                  f"metrics and retrying (the stage waits up to {RETRY_VAR} at its end)", file=sys.stderr, flush=True)
+            self._warned = True
+
+    def flush(self, wait_s: float) -> None:
+        """Send everything pending, retrying with backoff (0.5 s doubling to 8 s) for up to `wait_s` seconds;
+        ServiceError naming the server and how many metrics were not logged when it does not come back."""
+        deadline = time.monotonic() + wait_s
+        delay = 0.5
+        while not self.try_send():
+            if time.monotonic() + delay > deadline:
+                raise ServiceError(
+                    f"MLflow tracking server {self.uri} ({TRACKING_URI_VAR}) did not come back within {wait_s:g} s "
+                    f"({RETRY_VAR}): {len(self.pending)} metrics of run {self.run_id} were not logged")
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
+
+
+_buffers: dict[str, MetricBuffer] = {}
+
+
+def log_metrics(metrics: Mapping[str, float], step: int) -> None:
+    """Log step metrics to the active run through its `MetricBuffer` (see the module docstring)."""
+    import mlflow
+
+    run = mlflow.active_run()
+    if run is None:
+        raise ServiceError("log_metrics needs an active MLflow run (call it inside `stage_run`)")
+    buffer = _buffers.get(run.info.run_id)
+    if buffer is None:
+        buffer = _buffers[run.info.run_id] = MetricBuffer(run.info.run_id, mlflow.get_tracking_uri())
+    buffer.log(metrics, step)
+
+
+def flush_metrics(run_id: str, wait_s: float | None = None) -> None:
+    """Send the run's buffered metrics, waiting up to `wait_s` (default CODEPMP_MLFLOW_RETRY_S)."""
+    buffer = _buffers.get(run_id)
+    if buffer is None:
+        return
+    buffer.flush(retry_window() if wait_s is None else wait_s)
+    _buffers.pop(run_id, None)
+
+
 @contextlib.contextmanager
 def _mlflow_errors(what: str) -> Iterator[None]:
     from mlflow.exceptions import MlflowException
@@ -107,7 +242,15 @@ def stage_run(experiment: str, stage: str, run_name: str,
                           tags={RUN_TAG: run_name, STAGE_TAG: stage}) as run:
         if params:
             mlflow.log_params(flatten_params(params))
-        yield run
+        try:
+            yield run
+        except BaseException:
+            # The stage failed anyway: send what can be sent now rather than wait for the server.
+            with contextlib.suppress(Exception):
+                flush_metrics(run.info.run_id, wait_s=0)
+            _buffers.pop(run.info.run_id, None)
+            raise
+        flush_metrics(run.info.run_id)
 
 
 def check_reward_model_dir(model_dir: str | Path) -> Path:
