@@ -121,6 +121,20 @@ def test_deepspeed_zero_matches_plain_torch(tiny_model, tmp_path, stage):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5, msg=name)
 
 
+def test_zero_offload_trains_like_plain_torch(tiny_model, tmp_path):
+    """ZeRO-Offload with the loop's optimizer: DeepSpeed rejects a torch optimizer there, so the loop hands it
+    DeepSpeed's CPU AdamW, which must take the same steps as torch's AdamW."""
+    pytest.importorskip("deepspeed")
+    plain, offload = [], []
+    train(CFG, tiny_model, PAIRS, tmp_path / "plain", log=lambda m, s: plain.append(m["loss"]), progress=False)
+    cfg = TrainConfig(**{**CFG.__dict__, "deepspeed_stage": 2, "cpu_offload": True})
+    train(cfg, tiny_model, PAIRS, tmp_path / "offload", log=lambda m, s: offload.append(m["loss"]), progress=False)
+    assert offload == pytest.approx(plain, rel=1e-3)
+    trained, reference = load_reward_model(str(tmp_path / "offload"))[0], load_reward_model(str(tmp_path / "plain"))[0]
+    for (name, a), b in zip(trained.state_dict().items(), reference.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=name)
+
+
 def test_unusable_pairs_are_counted_skips_and_all_unusable_is_a_clear_error(tiny_model, tmp_path):
     from codepmp.errors import InputError
     from codepmp.train.data import screen_pairs

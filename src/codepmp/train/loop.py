@@ -60,6 +60,17 @@ def deepspeed_config(cfg: TrainConfig, grad_accum: int) -> dict:
     return config
 
 
+def _optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the loop's parameter groups. With the optimizer offloaded to the CPU it is DeepSpeed's CPU
+    AdamW (built on first use): ZeRO-Offload refuses a torch optimizer, which would step on the CPU slowly."""
+    groups = _param_groups(model, cfg.weight_decay)
+    if cfg.cpu_offload and cfg.deepspeed_stage >= 0:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, lr=cfg.lr, adamw_mode=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
 def _deepspeed_engine(model, optimizer, scheduler, cfg: TrainConfig, grad_accum: int):
     import deepspeed
 
@@ -119,7 +130,7 @@ def train(cfg: TrainConfig, init_model: str, pairs: list[Pair], out_dir: str | P
     if cfg.decay_from_step:
         total_steps, schedule = _decay_plan(cfg, total_steps, scaling)
 
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    optimizer = _optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(min(s, total_steps - 1)))
     engine = _deepspeed_engine(model, optimizer, scheduler, cfg, grad_accum) if cfg.deepspeed_stage >= 0 else None
 
