@@ -456,11 +456,39 @@ def _coerce(value: Any, current: Any, path: str) -> Any:
     raise ConfigError(f"config key '{path}' expects {type(current).__name__}, got {value!r}")
 
 
+_SIZE_SUFFIXES = ("_bytes", "_size", "_length", "_tokens", "_problems", "_pairs", "_chars", "_files", "_rows",
+                  "_members", "_repos", "_per_problem", "_trials", "_resamples", "_every")
+_SIZE_NAMES = frozenset({"sizes", "best_of_n", "epochs", "grad_accum", "concurrency", "retries", "processes",
+                         "ngram", "bands", "rows", "min_stars"})
+
+
+def _is_size(name: str) -> bool:
+    """Counts and sizes, which are never negative (0 often means "all" or "off"); other numbers such as
+    `deepspeed_stage = -1` or a seed keep their own meaning and are not checked here."""
+    return name in _SIZE_NAMES or name.startswith(("max_", "min_")) or name.endswith(_SIZE_SUFFIXES)
+
+
+def _check_sizes(obj: Any, where: str) -> None:
+    """Refuse a negative size at load time, naming the key, rather than deep inside a stage."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        path = f"{where}.{f.name}" if where else f.name
+        if dataclasses.is_dataclass(value):
+            _check_sizes(value, path)
+        elif _is_size(f.name):
+            values = value if isinstance(value, list) else [value]
+            bad = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0]
+            if bad:
+                raise ConfigError(f"config key '{path}' must not be negative, got {value!r}")
+
+
 def load_config(profile: str = "local", overrides: dict[str, Any] | None = None) -> PipelineConfig:
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile '{profile}' (known: {', '.join(PROFILES)})")
     cfg = _merge(PipelineConfig(profile=profile), PROFILES[profile](), "")
-    return _merge(cfg, overrides or {}, "")
+    cfg = _merge(cfg, overrides or {}, "")
+    _check_sizes(cfg, "")
+    return cfg
 
 
 def parse_set(assignments: list[str]) -> dict[str, Any]:

@@ -84,6 +84,11 @@ def check_source(source: str) -> None:
     if not os.path.lexists(source):
         raise InputError(f"crawl source {source} does not exist")
     if os.path.isdir(source):
+        # Refused before any output is written: an empty folder is almost always a wrong path, and a
+        # crawl that fails later (kept nothing) would already have replaced a finished crawl's chunk files.
+        with os.scandir(source) as it:
+            if next(it, None) is None:
+                raise InputError(f"crawl source {source} is an empty directory")
         return
     if not (os.path.isfile(source) and is_tarball(source)):
         raise InputError(

@@ -16,5 +16,12 @@ from codepmp.train.data import Pair
 
 
 def read_preference_pairs(path: str | Path) -> list[Pair]:
-    return [Pair(r.get("prompt", str), r.get("chosen", str), r.get("rejected", str))
-            for r in read_jsonl(path, "preference pairs")]
+    pairs = []
+    for r in read_jsonl(path, "preference pairs"):
+        pair = Pair(r.get("prompt", str), r.get("chosen", str), r.get("rejected", str))
+        # An empty side gives the reward model nothing to prefer; it is a broken export, not a pair.
+        for field in ("chosen", "rejected"):
+            if not getattr(pair, field).strip():
+                raise r.fail(f"field '{field}' is empty")
+        pairs.append(pair)
+    return pairs

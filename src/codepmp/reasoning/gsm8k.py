@@ -6,7 +6,6 @@ reads fluently but is wrong; correctness is always decided by the final answer, 
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from codepmp.errors import InputError
+from codepmp.reasoning.jsonl import Record, read_jsonl
 from codepmp.train.data import Pair
 
 PROMPT = "Instruction:{question}\n\nResponse:"
@@ -49,27 +49,27 @@ def final_answer(solution: str) -> str | None:
 
 
 def load_problems(data_dir: str, split: str) -> list[Problem]:
-    """Read `gsm8k/{split}.jsonl` from data_dir, or the packaged MIT sample when data_dir is empty."""
+    """Read `gsm8k/{split}.jsonl` from data_dir, or the packaged MIT sample when data_dir is empty. A bad line is
+    an InputError naming the file and line (read through the strict JSONL reader, like every other format)."""
     if data_dir:
         path = Path(data_dir) / "gsm8k" / f"{split}.jsonl"
         if not path.exists():
             raise InputError(f"GSM8K file '{path}' does not exist (reasoning.data_dir={data_dir!r})")
-        text = path.read_text()
-    else:
-        text = resources.files("codepmp.reasoning").joinpath(f"data/gsm8k_{split}.jsonl").read_text()
+        return _problems(read_jsonl(path, "GSM8K"), split)
+    with resources.as_file(resources.files("codepmp.reasoning").joinpath(f"data/gsm8k_{split}.jsonl")) as path:
+        return _problems(read_jsonl(path, "GSM8K"), split)
+
+
+def _problems(records: list[Record], split: str) -> list[Problem]:
     problems = []
-    for line_no, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            solution = CALC.sub("", row["answer"])
-            answer = final_answer(solution)
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise InputError(f"GSM8K {split} line {line_no}: not a {{question, answer}} JSON object ({exc})") from exc
+    for record in records:
+        solution = CALC.sub("", record.get("answer", str))
+        answer = final_answer(solution)
         if answer is None:
-            raise InputError(f"GSM8K {split} line {line_no}: no final answer after '####'")
-        problems.append(Problem(str(row.get("id", f"{split}-{line_no}")), row["question"], solution, answer))
+            raise record.fail("no final answer after '####' (nor any number) in 'answer'")
+        problem_id = record.get("id", (int, str), optional=True)
+        problems.append(Problem(str(problem_id if problem_id is not None else f"{split}-{record.position}"),
+                                record.get("question", str), solution, answer))
     return problems
 
 
