@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import os
+import urllib.parse
 from pathlib import Path
 
 STAGE_ORDER = ["crawl", "crawl_merge", "synthesize", "synthesize_merge", "base_model", "reasoning_data", "pretrain",
                "finetune", "sample_efficiency", "evaluate", "register"]
+
+
+def redact_uri(uri: str) -> str:
+    """`uri` without a user:password part (an MLflow URI may carry basic-auth credentials), for printing."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    netloc = f"***@{netloc}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def headline_metrics(evaluation: dict[str, float]) -> list[str]:
@@ -76,7 +88,7 @@ def summary_text(experiment: str, run_name: str, root: str | Path, total_s: floa
         moved = "MOVED to it" if reg["metrics"].get("promoted") else "kept by the previous version"
         lines += ["", f"registered model {name} version {int(reg['metrics'].get('version', -1))}; "
                       f"champion alias {moved}"]
-    lines += [f"MLflow UI: {os.environ.get('MLFLOW_TRACKING_URI', '?')}", f"artifacts: {root}"]
+    lines += [f"MLflow UI: {redact_uri(os.environ.get('MLFLOW_TRACKING_URI', '?'))}", f"artifacts: {root}"]
     return "\n".join(lines)
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from codepmp.errors import ConfigError, InputError, ServiceError
+from codepmp.report import redact_uri
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -85,7 +86,7 @@ def check_tracking_server(uri: str | None = None) -> str:
         reason = f"HTTP {exc.code}"
     except (OSError, ValueError) as exc:
         reason = str(getattr(exc, "reason", exc))
-    raise ServiceError(f"MLflow tracking server {uri} ({TRACKING_URI_VAR}) is unreachable: {reason}")
+    raise ServiceError(f"MLflow tracking server {redact_uri(uri)} ({TRACKING_URI_VAR}) is unreachable: {reason}")
 
 
 def retry_window(environ: Mapping[str, str] | None = None) -> float:
@@ -162,14 +163,14 @@ class MetricBuffer:
             self._warn(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             return False
         if self._warned:
-            print(f"codepmp: MLflow tracking server {self.uri} is back; buffered metrics sent",
+            print(f"codepmp: MLflow tracking server {redact_uri(self.uri)} is back; buffered metrics sent",
                   file=sys.stderr, flush=True)
             self._warned = False
         return True
 
     def _warn(self, reason: str) -> None:
         if not self._warned:
-            print(f"codepmp: MLflow tracking server {self.uri} ({TRACKING_URI_VAR}) is {reason}; buffering "
+            print(f"codepmp: MLflow tracking server {redact_uri(self.uri)} ({TRACKING_URI_VAR}) is {reason}; buffering "
                   f"metrics and retrying (the stage waits up to {RETRY_VAR} at its end)", file=sys.stderr, flush=True)
             self._warned = True
 
@@ -181,7 +182,7 @@ class MetricBuffer:
         while not self.try_send():
             if time.monotonic() + delay > deadline:
                 raise ServiceError(
-                    f"MLflow tracking server {self.uri} ({TRACKING_URI_VAR}) did not come back within {wait_s:g} s "
+                    f"MLflow tracking server {redact_uri(self.uri)} ({TRACKING_URI_VAR}) did not come back within {wait_s:g} s "
                     f"({RETRY_VAR}): {len(self.pending)} metrics of run {self.run_id} were not logged")
             time.sleep(delay)
             delay = min(delay * 2, 8.0)
@@ -221,7 +222,7 @@ def _mlflow_errors(what: str) -> Iterator[None]:
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise InputError(f"{what}: {exc.message}") from None
-        raise ServiceError(f"{what} failed at {os.environ.get(TRACKING_URI_VAR)}: {exc.message}") from exc
+        raise ServiceError(f"{what} failed at {redact_uri(os.environ.get(TRACKING_URI_VAR, '?'))}: {exc.message}") from exc
 
 
 @contextlib.contextmanager
