@@ -210,6 +210,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _free_space(path: str) -> str:
+    """'N bytes free on that filesystem; ' for the nearest existing folder above `path`, or ''."""
+    import shutil
+
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return f"{shutil.disk_usage(folder).free} bytes free on that filesystem; "
+    except OSError:
+        return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -221,6 +234,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except SystemExit as exc:  # a stage already printed its one-line error
         return int(exc.code or 0)
+    except OSError as exc:
+        from codepmp.atomic import is_disk_full
+
+        if not is_disk_full(exc):
+            raise
+        # One line naming where it failed, not a traceback: atomic writes left no half-written file behind.
+        where = exc.filename or "a local file"
+        print(f"codepmp {args.command}: error: disk full: could not write {where}: {exc.strerror or exc}; "
+              f"{_free_space(where)}free space there and rerun (finished work is kept and resumed)", file=sys.stderr)
+        return 1
     except RuntimeError as exc:
         # kfp.local reports a failed task as RuntimeError; the task's own error line is printed above it.
         print(f"codepmp {args.command}: error: {exc}", file=sys.stderr)

