@@ -28,7 +28,7 @@ import test_kill_resume
 from test_kill_resume import _cli, files, temp_files
 
 # The kill tests' private-stack fixture, taken over by name: this module gets a stack of its own (module scope).
-private_stack = test_kill_resume.private_stack
+kill_stack = test_kill_resume.kill_stack
 
 LIMIT_BYTES = 64 * 1024
 
@@ -66,7 +66,7 @@ def _limit_file_size() -> None:
 
 
 @pytest.mark.faults
-def test_crawl_onto_a_full_disk_fails_clearly_and_keeps_finished_chunks(private_stack, small_disk, tmp_path,
+def test_crawl_onto_a_full_disk_fails_clearly_and_keeps_finished_chunks(kill_stack, small_disk, tmp_path,
                                                                        record) -> None:
     disk, how = small_disk
     corpus = _big_corpus(tmp_path / "corpus")
