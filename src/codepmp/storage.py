@@ -40,7 +40,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlparse
 
-from codepmp.errors import ConfigError, InputError, ServiceError
+from codepmp.errors import InputError, ServiceError
+from codepmp.retry import delays, window_from_env
 
 T = TypeVar("T")
 
@@ -57,25 +58,14 @@ STREAM_PART_SIZE = 16 * 1024 * 1024
 MISSING_KEY_CODES = {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}
 RETRY_VAR = "CODEPMP_S3_RETRY_S"
 DEFAULT_RETRY_S = 60.0
-RETRY_FIRST_DELAY_S = 0.5
-RETRY_MAX_DELAY_S = 8.0
 # Answers that mean "the server is busy or (re)starting", not "your request is wrong".
 RETRYABLE_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "OperationAborted",
                    "XMinioServerNotInitialized", "XMinioReadQuorum", "XMinioWriteQuorum"}
 
 
 def retry_window(environ: Mapping[str, str] | None = None) -> float:
-    """Seconds from CODEPMP_S3_RETRY_S (default 60); ConfigError for anything but a number >= 0."""
-    raw = (os.environ if environ is None else environ).get(RETRY_VAR, "").strip()
-    if not raw:
-        return DEFAULT_RETRY_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise ConfigError(f"{RETRY_VAR} must be a number of seconds >= 0, not {raw!r}")
-    return value
+    """Seconds from CODEPMP_S3_RETRY_S (default 60)."""
+    return window_from_env(RETRY_VAR, DEFAULT_RETRY_S, environ)
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -203,8 +193,7 @@ class ObjectStore:
         """`attempt()`, repeated with exponential backoff while it fails with a retryable error, for up to
         `window` seconds (default `self.retry_s`); errors mapped as by `_errors`."""
         window = self.retry_s if window is None else window
-        deadline = time.monotonic() + window
-        delay = RETRY_FIRST_DELAY_S
+        schedule = delays(window)
         with self._errors(key):
             while True:
                 try:
@@ -213,15 +202,15 @@ class ObjectStore:
                     if window <= 0 or not is_retryable(exc):
                         raise
                     reason = getattr(exc, "reason", None) or exc
-                    if time.monotonic() + delay > deadline:
+                    delay = next(schedule, None)
+                    if delay is None:
                         raise ServiceError(
                             f"S3 endpoint {self.endpoint} stayed unavailable for {window:g} s ({RETRY_VAR}) "
                             f"while trying to {what} {self.uri(key)}: {reason}") from exc
                     print(f"codepmp: waiting for S3 endpoint {self.endpoint} (could not {what} {self.uri(key)}: "
-                          f"{reason}); retrying in {delay:g} s, giving up in "
-                          f"{max(0.0, deadline - time.monotonic()):.0f} s ({RETRY_VAR})", file=sys.stderr, flush=True)
+                          f"{reason}); retrying in {delay:g} s, for up to {window:g} s in all ({RETRY_VAR})",
+                          file=sys.stderr, flush=True)
                     time.sleep(delay)
-                    delay = min(delay * 2, RETRY_MAX_DELAY_S)
 
     def bucket_exists(self) -> bool:
         """True when the bucket exists; ServiceError when the endpoint is down or refuses the credentials."""

@@ -29,8 +29,9 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from codepmp.errors import ConfigError, InputError, ServiceError
+from codepmp.errors import InputError, ServiceError
 from codepmp.report import redact_uri
+from codepmp.retry import delays, window_from_env
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -90,17 +91,8 @@ def check_tracking_server(uri: str | None = None) -> str:
 
 
 def retry_window(environ: Mapping[str, str] | None = None) -> float:
-    """Seconds from CODEPMP_MLFLOW_RETRY_S (default 120); ConfigError for anything but a number >= 0."""
-    raw = (os.environ if environ is None else environ).get(RETRY_VAR, "").strip()
-    if not raw:
-        return DEFAULT_RETRY_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise ConfigError(f"{RETRY_VAR} must be a number of seconds >= 0, not {raw!r}")
-    return value
+    """Seconds from CODEPMP_MLFLOW_RETRY_S (default 120)."""
+    return window_from_env(RETRY_VAR, DEFAULT_RETRY_S, environ)
 
 
 def _server_up(uri: str) -> bool:
@@ -177,15 +169,14 @@ class MetricBuffer:
     def flush(self, wait_s: float) -> None:
         """Send everything pending, retrying with backoff (0.5 s doubling to 8 s) for up to `wait_s` seconds;
         ServiceError naming the server and how many metrics were not logged when it does not come back."""
-        deadline = time.monotonic() + wait_s
-        delay = 0.5
+        schedule = delays(wait_s)
         while not self.try_send():
-            if time.monotonic() + delay > deadline:
+            delay = next(schedule, None)
+            if delay is None:
                 raise ServiceError(
                     f"MLflow tracking server {redact_uri(self.uri)} ({TRACKING_URI_VAR}) did not come back within {wait_s:g} s "
                     f"({RETRY_VAR}): {len(self.pending)} metrics of run {self.run_id} were not logged")
             time.sleep(delay)
-            delay = min(delay * 2, 8.0)
 
 
 _buffers: dict[str, MetricBuffer] = {}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from codepmp import storage, tracking
+from codepmp import retry, storage, tracking
 from codepmp.errors import ConfigError, InputError, ServiceError
 from codepmp.storage import ObjectStore
 
@@ -106,7 +106,7 @@ class FlakyClient:
 
 @pytest.fixture
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(storage, "RETRY_FIRST_DELAY_S", 0.01)
+    monkeypatch.setattr(retry, "FIRST_DELAY_S", 0.01)
 
 
 def _fake_store(client: FlakyClient, retry_s: float = 5.0) -> ObjectStore:
