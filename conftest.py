@@ -7,7 +7,6 @@ on free ports, never the user's own stack:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -46,16 +45,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def stack_env(stack: Stack) -> Iterator[dict[str, str]]:
     """The client variables of the private stack, set in os.environ for the whole session."""
     env = stack.client_env()
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
         yield env
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 PIPELINE_TEST_EXPERIMENT = "codepmp-pipeline-test"

@@ -81,11 +81,12 @@ class ClusterSpec:
         values = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: a cluster spec is a mapping of field: value, not {type(values).__name__}")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        defaults = cls()
+        fields = [f.name for f in dataclasses.fields(cls)]
         for key, value in values.items():
             if key not in fields:
                 raise ConfigError(f"{path}: unknown cluster spec field '{key}'; known: {', '.join(fields)}")
-            expected = type(getattr(cls(), key))
+            expected = type(getattr(defaults, key))
             if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
                 values[key] = value = str(value)  # `cpu_request: 2` reads as a number in YAML
             if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):

