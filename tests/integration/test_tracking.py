@@ -149,3 +149,18 @@ def test_unreachable_tracking_server_fails_fast_naming_the_uri(
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     with pytest.raises(ServiceError, match="MLFLOW_TRACKING_URI is not set"):
         stage_run("never", "crawl", "never").__enter__()
+
+
+@pytest.mark.parametrize("password", [None, "wrong-password-123"])
+def test_a_stage_without_the_right_mlflow_login_fails_at_start_naming_the_variables(
+        stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, password: str | None) -> None:
+    """The embedded MLflow answers /health to anyone, so the start probe also makes one signed-in call."""
+    if password is None:
+        monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+        expected = "requires credentials: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+    else:
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        expected = "refuses the credentials in MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD"
+    with pytest.raises(ServiceError, match=expected) as caught, stage_run("never", "crawl", "never"):
+        pass
+    assert "HTTP 401" in str(caught.value) and (password or stack_env["MLFLOW_TRACKING_PASSWORD"]) not in str(caught.value)

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import socket
 import stat
 import subprocess
@@ -56,8 +57,9 @@ class Needles:
     """What a leak of the stack's credentials looks like in bytes.
 
     The secret key is searched raw and in its base64 forms. The access key is searched the same way unless
-    it is also part of the bucket name (the test stack names both `codepmp-test`), where a raw hit means
-    nothing: it is then searched only next to a credential name and in base64."""
+    it is also part of the bucket name (a stack may name both `codepmp`), where a raw hit means nothing: it
+    is then searched only next to a credential name and in base64. The test stack's differ, so both are
+    searched raw."""
 
     def __init__(self, access_key: str, secret_key: str, bucket: str):
         self.plain: dict[str, bytes] = {"secret key": secret_key.encode()}
@@ -186,6 +188,28 @@ def test_no_credential_in_the_run_outputs_logs_or_report(pipeline_run, needles, 
     record("security", "no credential in pipeline root, stage output, stack logs, HTML report", ok=ok,
            detail=f"{scanned} files" + ("" if output is not None else "; run output captured by an earlier test")
            + ("; " + "; ".join(found) if found else ""))
+    assert ok, "credentials found:\n" + "\n".join(found)
+
+
+@pytest.mark.integration
+def test_no_credential_in_the_object_store(pipeline_run, needles, stack, tmp_path, record):
+    """Every object in both buckets, read back through S3: stage outputs, checkpoints, the registry's model
+    files and MLflow's artifacts, written by the run and by every earlier test of the session."""
+    from codepmp.stack import ARTIFACT_BUCKET
+    from codepmp.storage import ObjectStore
+
+    found, scanned = [], 0
+    for bucket in (stack.bucket, ARTIFACT_BUCKET):
+        store = ObjectStore(stack.s3_endpoint, stack.access_key, stack.secret_key, bucket)
+        local = store.download_dir("", tmp_path / bucket)
+        assert local, f"bucket {bucket} is empty: the scan would mean nothing"
+        hits, files = needles.scan_tree(tmp_path / bucket, f"s3://{bucket}")
+        found += hits
+        scanned += files
+        shutil.rmtree(tmp_path / bucket)
+    ok = not found
+    record("security", "no credential in any object of the S3 buckets", ok=ok,
+           detail=f"{scanned} objects" + ("; " + "; ".join(found) if found else ""))
     assert ok, "credentials found:\n" + "\n".join(found)
 
 
@@ -410,23 +434,56 @@ def test_s3_refuses_requests_without_the_credentials(stack, record):
 
 
 @pytest.mark.integration
-def test_mlflow_access_control(stack, record):
-    """The embedded MLflow server runs without authentication (stack.py starts `mlflow server` with no
-    `--app-name basic-auth`), so any local user who can reach 127.0.0.1:<port> can read and write runs and,
-    through --serve-artifacts, the artifacts bucket. What holds is that it is reachable from this host only
-    (test_stack_listens_on_loopback_only). This test measures the gap and is an expected failure while it
-    is there; it passes once MLflow refuses unauthenticated requests."""
-    api = _no_proxy_open(urllib.request.Request(
-        f"{stack.mlflow_uri}/api/2.0/mlflow/experiments/search", data=b'{"max_results": 1}',
-        headers={"Content-Type": "application/json"}, method="POST"))
-    artifacts = _no_proxy_open(urllib.request.Request(f"{stack.mlflow_uri}/api/2.0/mlflow-artifacts/artifacts"))
-    refused = api in (401, 403) and artifacts in (401, 403)
-    record("security", "MLflow refuses requests without credentials", ok=refused,
-           detail=f"unauthenticated: REST API {api}, artifact proxy {artifacts}; listens on {stack.mlflow_uri} only")
-    if not refused:
-        assert api == 200  # answered, not broken: the gap is real, not a server error
-        pytest.xfail(f"embedded MLflow has no authentication (REST API {api}, artifact proxy {artifacts}); "
-                     "it binds 127.0.0.1 only")
+def test_mlflow_refuses_requests_without_the_credentials(stack, record):
+    """The REST API, the artifact proxy (the artifacts bucket behind it) and the model registry each refuse
+    requests with no login, a wrong password or an unknown user; the stack's own login is let through,
+    so the refusals are the server's auth and not a broken server. /health stays open, for probes."""
+    from codepmp.tracking import http_status
+
+    base = stack.mlflow_uri
+    good = (stack.mlflow_user, stack.secret_key)
+    experiment = f"security-probe-{uuid.uuid4().hex[:8]}"
+    create = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/create", method="POST",
+                                    data=json.dumps({"name": experiment}).encode(),
+                                    headers={"Content-Type": "application/json"})
+    paths = {"REST search": "/api/2.0/mlflow/experiments/search?max_results=1",
+             "artifact proxy": "/api/2.0/mlflow-artifacts/artifacts",
+             "model registry": "/api/2.0/mlflow/registered-models/search?max_results=1"}
+    logins = {"no login": None, "wrong password": (stack.mlflow_user, "not-" + stack.secret_key),
+              "unknown user": ("nobody-" + uuid.uuid4().hex[:8], stack.secret_key)}
+    outcomes = {f"{who} {what}": http_status(base + path, login, direct=True)
+                for who, login in logins.items() for what, path in paths.items()}
+    outcomes["no login create experiment"] = _no_proxy_open(create)
+    allowed = {what: http_status(base + path, good, direct=True) for what, path in paths.items()}
+    allowed["health, no login"] = http_status(f"{base}/health", direct=True)
+    let_through = {name: code for name, code in outcomes.items() if code not in (401, 403)}
+    from mlflow.tracking import MlflowClient
+
+    created = MlflowClient(tracking_uri=base).get_experiment_by_name(experiment)  # signed in via the env
+    ok = not let_through and set(allowed.values()) == {200} and created is None
+    record("security", "MLflow refuses requests without the stack's credentials (401)", ok=ok,
+           detail=json.dumps({"refused": outcomes, "signed in": allowed}))
+    assert set(allowed.values()) == {200}, allowed
+    assert not let_through, outcomes
+    assert created is None, "an unauthenticated request created an experiment"
+
+
+@pytest.mark.integration
+def test_the_stack_names_the_file_when_mlflow_refuses_its_credential(stack, tmp_path, record):
+    """The MLflow user is made on the first start; a stack adopted with another secret key gets a clear
+    error naming the auth store, not a 401 on every call later."""
+    from codepmp.errors import ServiceError
+    from codepmp.stack import Stack
+
+    other = Stack(stack.state_dir)  # adopts the running servers and their recorded credential
+    other.secret_key = "another-secret-" + uuid.uuid4().hex[:6]
+    with pytest.raises(ServiceError) as caught:
+        other._check_mlflow_login()
+    message = str(caught.value)
+    ok = str(stack.mlflow_auth_db) in message and "HTTP 401" in message and other.secret_key not in message
+    record("security", "a stack restarted with another secret is told which file holds the old one", ok=ok,
+           detail=message)
+    assert ok, message
 
 
 # ---------------------------------------------------------------------------------------------------------------
