@@ -18,6 +18,8 @@ from components.images import GPU_IMAGE
 RESOURCE_KEYS = ("cpu", "memory", "cpu_limit", "memory_limit")
 CLIENT_ENV = ("CODEPMP_S3_ENDPOINT", "CODEPMP_BUCKET", "MLFLOW_TRACKING_URI")
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+# Optional keys of the same Secret, for an MLflow server that requires a login (the embedded stack's does).
+MLFLOW_LOGIN_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
 @dataclass
@@ -40,7 +42,8 @@ class ClusterSpec:
     shm_size: str = "16Gi"
     """Size of the memory-backed /dev/shm (DataLoader workers and NCCL need more than the 64 MB default)."""
     secret: str = "codepmp-s3"
-    """Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for the object store."""
+    """Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for the object store, and optionally
+    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD when the MLflow server requires a login."""
     config_map: str = "codepmp-env"
     """ConfigMap with the object-store endpoint, bucket and MLflow tracking URI."""
     github_secret: str = "codepmp-github"
@@ -111,6 +114,7 @@ class ClusterSpec:
 def apply(task, name: str, spec: ClusterSpec, gpu: bool, github: bool = False):
     """Give the task called `name` its image, credentials, labels, /dev/shm, resources and placement."""
     kubernetes.use_secret_as_env(task, spec.secret, {k: k for k in SECRET_ENV})
+    kubernetes.use_secret_as_env(task, spec.secret, {k: k for k in MLFLOW_LOGIN_ENV}, optional=True)
     if github and spec.github_secret:
         kubernetes.use_secret_as_env(task, spec.github_secret, {"GITHUB_TOKEN": "GITHUB_TOKEN"}, optional=True)
     kubernetes.use_config_map_as_env(task, spec.config_map, {k: k for k in CLIENT_ENV})

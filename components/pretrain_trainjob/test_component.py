@@ -34,15 +34,17 @@ class FakeTrainer:
         self.runs += 1
         threading.Thread(target=self._run, args=(job,), daemon=True).start()
 
-    def _value(self, source: dict) -> str:
+    def _value(self, source: dict) -> str | None:
+        """A key's value; None (the variable is left unset, as Kubernetes does) for a missing optional key."""
         ref = source.get("secretKeyRef") or source.get("configMapKeyRef")
         assert ref["name"] in ("codepmp-s3", "codepmp-env"), ref
-        return self.env[ref["key"]]
+        return self.env.get(ref["key"]) if ref.get("optional") else self.env[ref["key"]]
 
     def _run(self, job: dict) -> None:
         trainer = job["spec"]["trainer"]
         env = {k: v for k, v in os.environ.items() if k not in self.env and not k.startswith(("RANK", "WORLD"))}
-        env.update({e["name"]: e["value"] if "value" in e else self._value(e["valueFrom"]) for e in trainer["env"]})
+        values = {e["name"]: e["value"] if "value" in e else self._value(e["valueFrom"]) for e in trainer["env"]}
+        env.update({name: value for name, value in values.items() if value is not None})
         env.update(PET_NNODES=str(trainer["numNodes"]), PET_NPROC_PER_NODE=str(trainer["numProcPerNode"]),
                    PET_NODE_RANK="0", PET_MASTER_ADDR="127.0.0.1", PET_MASTER_PORT="29533", OMP_NUM_THREADS="1")
         assert trainer["command"][0] == "torchrun"

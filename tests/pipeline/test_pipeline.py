@@ -76,6 +76,9 @@ def test_compiled_yaml_holds_every_stage_and_cluster_settings(tmp_path):
     crawl_k8s = json.dumps(k8s[fan_out["crawl"]["componentRef"]["name"].replace("comp-", "exec-")])
     assert "codepmp-env" in crawl_k8s and "h100" not in crawl_k8s and "codepmp-github" in crawl_k8s
     assert "codepmp-github" not in pretrain_k8s
+    for name, executor in k8s.items():  # an MLflow login, when the Secret has one; never required
+        logins = [e for e in executor["secretAsEnv"] if e["keyToEnv"][0]["envVar"] == "MLFLOW_TRACKING_USERNAME"]
+        assert [(e["secretName"], e["optional"], len(e["keyToEnv"])) for e in logins] == [("codepmp-s3", True, 2)], name
     shards = spec["components"]["comp-for-loop-2"]["dag"]["tasks"]
     assert list(shards) == ["synthesize"]
     assert tasks["for-loop-2"]["parameterIterator"]["items"] == {

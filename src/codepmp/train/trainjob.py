@@ -52,7 +52,8 @@ class TrainJobSettings:
     service_account: str = ""
     """ServiceAccount of the job's pods ("" = the namespace default)."""
     secret: str = "codepmp-s3"
-    """Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for the object store."""
+    """Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for the object store, and optionally
+    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD for an MLflow server that requires a login."""
     config_map: str = "codepmp-env"
     """ConfigMap with CODEPMP_S3_ENDPOINT, CODEPMP_BUCKET and MLFLOW_TRACKING_URI."""
     shm_size: str = "64Gi"
@@ -89,6 +90,8 @@ def manifest(settings: TrainJobSettings, name: str, spec_uri: str, labels: dict[
     """The TrainJob object."""
     secret_env = [{"name": key, "valueFrom": {"secretKeyRef": {"name": settings.secret, "key": key}}}
                   for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
+    secret_env += [{"name": key, "valueFrom": {"secretKeyRef": {"name": settings.secret, "key": key, "optional": True}}}
+                   for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")]
     config_env = [{"name": key, "valueFrom": {"configMapKeyRef": {"name": settings.config_map, "key": key}}}
                   for key in ("CODEPMP_S3_ENDPOINT", "CODEPMP_BUCKET", "MLFLOW_TRACKING_URI")]
     pod_spec = {"volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_size}}],
