@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -134,6 +133,7 @@ def recorded_error(error: dict) -> CodepmpError:
 def run_spec(spec: TrainSpec) -> dict:
     """One torchrun process: train on the spec's pairs; rank 0 logs, saves the model and writes the summary.
     `pairs`, `out_dir` and `summary` may be s3:// (a TrainJob's nodes share no disk with the pipeline)."""
+    from codepmp.tracking import MetricBuffer, retry_window
     from codepmp.train.data import read_text_rows
     from codepmp.train.loop import train
 
@@ -144,11 +144,14 @@ def run_spec(spec: TrainSpec) -> dict:
             if spec.pairs.startswith("s3://") else spec.pairs
         rows = read_text_rows(pairs_file, ["prompt", "chosen", "rejected"], "written by the launching stage")
         resumable, scaling = Checkpoints(**spec.checkpoints).open() if spec.checkpoints else (None, None)
-        log = _rank0_mlflow_log(spec) if rank == 0 and spec.mlflow_run_id else (lambda metrics, step: None)
+        metrics = MetricBuffer(spec.mlflow_run_id, spec.tracking_uri) if rank == 0 and spec.mlflow_run_id else None
+        log = metrics.log if metrics else (lambda values, step: None)
         remote_out = spec.out_dir.startswith("s3://")
         out_dir = Path(tmp) / "model" if remote_out else spec.out_dir
         summary = train(cfg, spec.init_model, [Pair(**row) for row in rows], out_dir, checkpointer=resumable,
                         scaling=scaling, log=log, progress=rank == 0)
+        if metrics:
+            metrics.flush(retry_window())
         if rank == 0:
             from codepmp.atomic import write_json
 
@@ -174,20 +177,6 @@ def _key(uri: str) -> str:
     from codepmp.storage import parse_s3_uri
 
     return parse_s3_uri(uri)[1]
-
-
-def _rank0_mlflow_log(spec: TrainSpec):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=spec.tracking_uri)
-
-    def log(metrics: dict, step: int) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        client.log_batch(spec.mlflow_run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
-
-    return log
 
 
 def _free_port() -> int:
