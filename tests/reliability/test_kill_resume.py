@@ -3,9 +3,13 @@
 For each of crawl, synthesize and pretrain: one clean reference run of the CLI command (`codepmp crawl |
 synthesize | pretrain` on local folders, against a private stack of this module), then for seeds 0..N-1 the
 same command in a fresh output folder (a fresh run name for pretrain, whose resumable checkpoints live in the
-object store under it), killed after a delay drawn from the seed, uniform in 10-80 % of the reference's wall
-time (the first 10 % is interpreter start-up, where a kill tests nothing; past 80 % a run on a busy machine
-may end before the kill), then rerun to completion; `detail` says whether the kill landed. The rerun
+object store under it), killed mid-work, then rerun to completion. Most of a tiny run's wall time is start-up
+(imports, model loading), so a kill timed from process start mostly lands before anything is written and
+tests nothing; the kill is timed from the stage's own progress instead: the test polls what the stage has
+persisted (crawl: output files; synthesize: row-cache files; pretrain: checkpoint objects), and once it
+reaches k of the reference run's n units (k drawn from the seed in 1..n-1) waits a seeded fraction of the
+reference's mean time per unit, so the kill lands while the next unit is being made or written. `detail`
+says whether the kill landed and how much progress there was. The rerun
 must exit 0 with outputs equal to the reference: the same rows in the same order (rows lost = reference rows
 missing; a duplicated row fails on its own), and for pretrain bit-identical model files (CPU training here is
 deterministic once resumed from a checkpoint that holds the optimizer, scheduler and RNG state).
@@ -114,22 +118,51 @@ def run_to_end(command: list[str], log: Path) -> tuple[int, float, str]:
     return done.returncode, time.monotonic() - started, stderr
 
 
-def kill_after(command: list[str], delay_s: float, log: Path) -> bool:
-    """Start `command` in its own process group and SIGKILL the whole group after `delay_s`; False when the
-    run had already ended by then (nothing was killed)."""
+POLL_S = 0.05
+
+
+def watch(command: list[str], progress, log: Path) -> dict:
+    """Run `command` to the end while polling `progress()` (units persisted so far): exit code, wall seconds,
+    stderr, and the times (from start) at which the count first reached 1, 2, ... n."""
+    started = time.monotonic()
+    reached: list[float] = []
+    errors = log.with_suffix(".stderr")
+    with log.open("ab") as out, errors.open("wb") as err:
+        proc = subprocess.Popen(command, stdout=out, stderr=err, start_new_session=True)
+        while proc.poll() is None and time.monotonic() - started < RUN_TIMEOUT_S:
+            reached += [time.monotonic() - started] * max(0, progress() - len(reached))
+            time.sleep(POLL_S)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return {"code": proc.returncode, "seconds": time.monotonic() - started,
+            "stderr": errors.read_text(errors="replace"), "reached": reached}
+
+
+def kill_point(seed: int, reached: list[float]) -> tuple[int, float]:
+    """(units to wait for, then seconds more): k in 1..n-1 and 0-80 % of the mean time per unit."""
+    rng = random.Random(seed)
+    units = len(reached)
+    target = rng.randint(1, max(1, units - 1))
+    per_unit = (reached[-1] - reached[0]) / (units - 1) if units > 1 else 0.5
+    return target, rng.uniform(0.0, 0.8) * per_unit  # below one unit: the run is still going
+
+
+def kill_at_progress(command: list[str], progress, target: int, extra_s: float, log: Path) -> dict:
+    """Start `command` in its own process group, wait until `progress()` reaches `target`, `extra_s` more, then
+    SIGKILL the whole group; killed is False when the run ended first."""
+    started = time.monotonic()
     with log.open("ab") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=out, start_new_session=True)
+        while proc.poll() is None and progress() < target and time.monotonic() - started < RUN_TIMEOUT_S:
+            time.sleep(POLL_S)
         try:
-            proc.wait(timeout=delay_s)
-            return False
+            proc.wait(timeout=extra_s)
+            return {"killed": False, "at_s": time.monotonic() - started, "progress": progress()}
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)  # the group: no child (a loader, a tokenizer pool) survives
             proc.wait()
-            return True
-
-
-def kill_delay(seed: int, reference_s: float) -> float:
-    return random.Random(seed).uniform(0.10, 0.80) * reference_s
+            return {"killed": True, "at_s": time.monotonic() - started, "progress": progress()}
 
 
 def files(folder: Path) -> dict[str, bytes]:
@@ -169,16 +202,23 @@ def _log_tail(log: Path) -> str:
     return log.read_text(errors="replace")[-3000:] if log.exists() else ""
 
 
-def _kill_and_resume(command_for, reference_s: float, seed: int, tmp: Path) -> dict:
-    """Kill a run of `command_for(out, run_name)` at the seed's delay, rerun it; what happened."""
+def _kill_and_resume(command_for, progress_for, reference: dict, seed: int, tmp: Path) -> dict:
+    """Kill a run of `command_for(out, run_name)` at the seed's point of progress (`progress_for(out,
+    run_name)` counts units), rerun it; what happened."""
     out, run_name, log = tmp / f"kill-{seed}", f"kill-{seed}", tmp / f"kill-{seed}.log"
     command = command_for(out, run_name)
-    delay = kill_delay(seed, reference_s)
-    killed = kill_after(command, delay, log)
-    progress = len(files(out)) if out.exists() else 0
+    target, extra_s = kill_point(seed, reference["reached"])
+    kill = kill_at_progress(command, lambda: progress_for(out, run_name), target, extra_s, log)
     code, rerun_s, stderr = run_to_end(command, log)
-    return {"seed": seed, "out": out, "run_name": run_name, "delay": delay, "killed": killed,
-            "files_at_kill": progress, "code": code, "rerun_s": rerun_s, "log": log, "stderr": stderr}
+    units = len(reference["reached"])
+    where = (f"killed={kill['killed']} at {kill['at_s']:.1f}s of a {reference['seconds']:.1f}s run, "
+             f"{kill['progress']} of {units} units persisted (aimed at {target} + {extra_s:.2f}s)")
+    return {"seed": seed, "out": out, "run_name": run_name, "killed": kill["killed"], "where": where,
+            "code": code, "rerun_s": rerun_s, "log": log, "stderr": stderr}
+
+
+def file_count(folder: Path) -> int:
+    return len(files(folder)) if folder.exists() else 0
 
 
 # --- the three stages --------------------------------------------------------------------------------------
@@ -187,10 +227,9 @@ def _kill_and_resume(command_for, reference_s: float, seed: int, tmp: Path) -> d
 @pytest.fixture(scope="module")
 def crawl_reference(kill_stack, kill_inputs, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("crawl-ref") / "out"
-    code, seconds, stderr = run_to_end(crawl_command(kill_inputs["corpus"], out, "crawl-ref"),
-                                       out.parent / "run.log")
-    assert code == 0, stderr[-3000:]
-    return {"out": out, "seconds": seconds}
+    run = watch(crawl_command(kill_inputs["corpus"], out, "crawl-ref"), lambda: file_count(out), out.parent / "run.log")
+    assert run["code"] == 0, run["stderr"][-3000:]
+    return {"out": out, **run}
 
 
 @pytest.mark.faults
@@ -198,18 +237,18 @@ def crawl_reference(kill_stack, kill_inputs, tmp_path_factory) -> dict:
 def test_crawl_killed_then_rerun(kill_stack, kill_inputs, crawl_reference, seed, tmp_path, record) -> None:
     ref = crawl_reference["out"]
     run = _kill_and_resume(lambda out, name: crawl_command(kill_inputs["corpus"], out, name),
-                           crawl_reference["seconds"], seed, tmp_path)
+                           lambda out, name: file_count(out), crawl_reference, seed, tmp_path)
     ok_exit = run["code"] == 0
     lost, duplicates = row_loss(crawl_ids(ref), crawl_ids(run["out"]) if ok_exit else [])
     differing = sorted(n for n in files(ref).keys() | files(run["out"]).keys()
                        if files(ref).get(n) != files(run["out"]).get(n)) if ok_exit else ["<no output>"]
     leftovers = temp_files(run["out"]) if run["out"].exists() else []
-    ok = ok_exit and lost == 0 and duplicates == 0 and not differing and not leftovers
+    ok = run["killed"] and ok_exit and lost == 0 and duplicates == 0 and not differing and not leftovers
     record("fault", f"SIGKILL mid-stage, then rerun (crawl, tiny, seed {seed})", ok, rows_lost=lost,
-           detail=f"killed={run['killed']} at {run['delay']:.1f}s of a {crawl_reference['seconds']:.1f}s run "
-                  f"({run['files_at_kill']} output files then); rerun exit {run['code']} in {run['rerun_s']:.1f}s; "
+           detail=f"{run['where']} (output files); rerun exit {run['code']} in {run['rerun_s']:.1f}s; "
                   f"duplicates={duplicates}; differing files={differing}; temp files left={leftovers}")
 
+    assert run["killed"], f"the kill did not land, so no fault was injected: {run['where']}"
     assert ok_exit, _log_tail(run["log"])
     assert lost == 0 and duplicates == 0, (lost, duplicates)
     assert differing == []
@@ -219,10 +258,10 @@ def test_crawl_killed_then_rerun(kill_stack, kill_inputs, crawl_reference, seed,
 @pytest.fixture(scope="module")
 def synthesize_reference(kill_stack, kill_inputs, crawl_reference, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("synth-ref") / "out"
-    code, seconds, stderr = run_to_end(synthesize_command(kill_inputs, crawl_reference["out"], out, "synth-ref"),
-                                       out.parent / "run.log")
-    assert code == 0, stderr[-3000:]
-    return {"out": out, "seconds": seconds}
+    run = watch(synthesize_command(kill_inputs, crawl_reference["out"], out, "synth-ref"),
+                lambda: file_count(out / "cache"), out.parent / "run.log")
+    assert run["code"] == 0, run["stderr"][-3000:]
+    return {"out": out, **run}
 
 
 @pytest.mark.faults
@@ -231,7 +270,7 @@ def test_synthesize_killed_then_rerun(kill_stack, kill_inputs, crawl_reference, 
                                       tmp_path, record) -> None:
     ref = synthesize_reference["out"]
     run = _kill_and_resume(lambda out, name: synthesize_command(kill_inputs, crawl_reference["out"], out, name),
-                           synthesize_reference["seconds"], seed, tmp_path)
+                           lambda out, name: file_count(out / "cache"), synthesize_reference, seed, tmp_path)
     ok_exit = run["code"] == 0
     expected, actual = pairs_rows(ref), pairs_rows(run["out"]) if ok_exit else []
     lost, duplicates = row_loss([r["id"] for r in expected], [r["id"] for r in actual])
@@ -239,13 +278,13 @@ def test_synthesize_killed_then_rerun(kill_stack, kill_inputs, crawl_reference, 
     counts = {k: json.loads((ref / "stats.json").read_text())[k] for k in ("pairs", "files", "dropped")}
     got = {k: json.loads((run["out"] / "stats.json").read_text())[k] for k in counts} if ok_exit else {}
     leftovers = temp_files(run["out"]) if run["out"].exists() else []
-    ok = ok_exit and lost == 0 and duplicates == 0 and same_rows and got == counts and not leftovers
+    ok = run["killed"] and ok_exit and lost == 0 and duplicates == 0 and same_rows and got == counts and not leftovers
     record("fault", f"SIGKILL mid-stage, then rerun (synthesize, tiny, seed {seed})", ok, rows_lost=lost,
-           detail=f"killed={run['killed']} at {run['delay']:.1f}s of a {synthesize_reference['seconds']:.1f}s run "
-                  f"({run['files_at_kill']} output files then); rerun exit {run['code']} in {run['rerun_s']:.1f}s; "
+           detail=f"{run['where']} (row-cache files); rerun exit {run['code']} in {run['rerun_s']:.1f}s; "
                   f"duplicates={duplicates}; rows equal={same_rows}; counts {got} vs {counts}; "
                   f"temp files left={leftovers}")
 
+    assert run["killed"], f"the kill did not land, so no fault was injected: {run['where']}"
     assert ok_exit, _log_tail(run["log"])
     assert lost == 0 and duplicates == 0, (lost, duplicates)
     assert same_rows
@@ -256,15 +295,23 @@ def test_synthesize_killed_then_rerun(kill_stack, kill_inputs, crawl_reference, 
 @pytest.fixture(scope="module")
 def pretrain_reference(kill_stack, kill_inputs, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("pretrain-ref") / "out"
-    code, seconds, stderr = run_to_end(pretrain_command(kill_inputs, out, "pretrain-ref"), out.parent / "run.log")
-    assert code == 0, stderr[-3000:]
-    return {"out": out, "seconds": seconds}
+    run = watch(pretrain_command(kill_inputs, out, "pretrain-ref"), lambda: checkpoint_objects("pretrain-ref"),
+                out.parent / "run.log")
+    assert run["code"] == 0, run["stderr"][-3000:]
+    return {"out": out, **run}
 
 
 def _checkpoint_keys(run_name: str) -> list[str]:
     from codepmp.storage import ObjectStore
 
     return ObjectStore.from_env()._list_all(f"runs/{run_name}/pretrain/")  # temporary keys included
+
+
+def checkpoint_objects(run_name: str) -> int:
+    """Checkpoint objects written so far (each checkpoint is several; temporary keys not counted)."""
+    from codepmp.storage import is_temporary_key
+
+    return sum(1 for key in _checkpoint_keys(run_name) if not is_temporary_key(key))
 
 
 @pytest.mark.faults
@@ -274,7 +321,7 @@ def test_pretrain_killed_then_rerun(kill_stack, kill_inputs, pretrain_reference,
 
     ref = pretrain_reference["out"]
     run = _kill_and_resume(lambda out, name: pretrain_command(kill_inputs, out, name),
-                           pretrain_reference["seconds"], seed, tmp_path)
+                           lambda out, name: checkpoint_objects(name), pretrain_reference, seed, tmp_path)
     ok_exit = run["code"] == 0
     resumed = "resumed from checkpoint" in run["log"].read_text(errors="replace")
     expected, actual = files(ref), files(run["out"]) if ok_exit else {}
@@ -282,13 +329,13 @@ def test_pretrain_killed_then_rerun(kill_stack, kill_inputs, pretrain_reference,
     lost = sum(1 for n in expected if n not in actual)
     leftovers = [k for k in _checkpoint_keys(run["run_name"]) if is_temporary_key(k)]
     local_leftovers = temp_files(run["out"].parent) if run["out"].parent.exists() else []
-    ok = ok_exit and not differing and not leftovers and not local_leftovers
+    ok = run["killed"] and ok_exit and not differing and not leftovers and not local_leftovers
     record("fault", f"SIGKILL mid-stage, then rerun (pretrain, tiny, seed {seed})", ok, rows_lost=lost,
-           detail=f"killed={run['killed']} at {run['delay']:.1f}s of a {pretrain_reference['seconds']:.1f}s run; "
-                  f"resumed from a checkpoint={resumed}; rerun exit {run['code']} in {run['rerun_s']:.1f}s; "
+           detail=f"{run['where']} (checkpoint objects); resumed from a checkpoint={resumed}; rerun exit {run['code']} in {run['rerun_s']:.1f}s; "
                   f"differing model files={differing} (bitwise comparison); temporary keys left={leftovers}; "
                   f"local temp files left={local_leftovers}")
 
+    assert run["killed"], f"the kill did not land, so no fault was injected: {run['where']}"
     assert ok_exit, _log_tail(run["log"])
     assert differing == [], "the resumed model differs from the uninterrupted one"
     assert leftovers == [] and local_leftovers == []
