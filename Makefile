@@ -69,8 +69,8 @@ promote: install
 	@test -n "$(VERSION)" -a -n "$(WHY)" || (echo "usage: make promote VERSION=<registered model version> WHY='<reason>' [WHO=<name>]" >&2; exit 2)
 	$(PY) -m codepmp.cli promote --profile $(PROFILE) --version $(VERSION) --force --who "$(or $(WHO),$(USER))" --why "$(WHY)"
 
-# The reliability suite with fault injection (servers stopped, processes killed, a full disk; several
-# minutes), then its figures: faults survived, rows lost, bad inputs with clear errors, security checks.
+# The reliability suite with fault injection (servers stopped, processes killed, a full disk; about 20
+# minutes on 2 cores), then its figures: faults survived, rows lost, bad inputs with clear errors, security checks.
 reliability: install
 	rm -f build/reliability/results.jsonl
 	CODEPMP_FAULTS=1 $(PY) -m pytest -q tests/reliability $(ARGS); status=$$?; \
