@@ -13,13 +13,12 @@ from pathlib import Path
 from kfp import kubernetes
 
 from codepmp.errors import ConfigError
+from codepmp.tracking import LOGIN_VARS
 from components.images import GPU_IMAGE
 
 RESOURCE_KEYS = ("cpu", "memory", "cpu_limit", "memory_limit")
 CLIENT_ENV = ("CODEPMP_S3_ENDPOINT", "CODEPMP_BUCKET", "MLFLOW_TRACKING_URI")
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-# Optional keys of the same Secret, for an MLflow server that requires a login (the embedded stack's does).
-MLFLOW_LOGIN_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
 @dataclass
@@ -114,7 +113,7 @@ class ClusterSpec:
 def apply(task, name: str, spec: ClusterSpec, gpu: bool, github: bool = False):
     """Give the task called `name` its image, credentials, labels, /dev/shm, resources and placement."""
     kubernetes.use_secret_as_env(task, spec.secret, {k: k for k in SECRET_ENV})
-    kubernetes.use_secret_as_env(task, spec.secret, {k: k for k in MLFLOW_LOGIN_ENV}, optional=True)
+    kubernetes.use_secret_as_env(task, spec.secret, {k: k for k in LOGIN_VARS}, optional=True)
     if github and spec.github_secret:
         kubernetes.use_secret_as_env(task, spec.github_secret, {"GITHUB_TOKEN": "GITHUB_TOKEN"}, optional=True)
     kubernetes.use_config_map_as_env(task, spec.config_map, {k: k for k in CLIENT_ENV})

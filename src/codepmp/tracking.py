@@ -39,6 +39,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 TRACKING_URI_VAR = "MLFLOW_TRACKING_URI"
 USERNAME_VAR = "MLFLOW_TRACKING_USERNAME"
 PASSWORD_VAR = "MLFLOW_TRACKING_PASSWORD"
+LOGIN_VARS = (USERNAME_VAR, PASSWORD_VAR)  # optional: only an MLflow server with auth needs them
 # A search any signed-in user may run: 200 with valid credentials, 401 without on a server with basic-auth.
 AUTH_PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"
 HEALTH_TIMEOUT_S = 3.0

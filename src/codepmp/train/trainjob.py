@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 
 from codepmp.errors import ConfigError, ServiceError
+from codepmp.tracking import LOGIN_VARS
 
 GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
 API_VAR = "CODEPMP_KUBE_API"
@@ -91,7 +92,7 @@ def manifest(settings: TrainJobSettings, name: str, spec_uri: str, labels: dict[
     secret_env = [{"name": key, "valueFrom": {"secretKeyRef": {"name": settings.secret, "key": key}}}
                   for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
     secret_env += [{"name": key, "valueFrom": {"secretKeyRef": {"name": settings.secret, "key": key, "optional": True}}}
-                   for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")]
+                   for key in LOGIN_VARS]
     config_env = [{"name": key, "valueFrom": {"configMapKeyRef": {"name": settings.config_map, "key": key}}}
                   for key in ("CODEPMP_S3_ENDPOINT", "CODEPMP_BUCKET", "MLFLOW_TRACKING_URI")]
     pod_spec = {"volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_size}}],
