@@ -108,14 +108,8 @@ def _cli(stage: str, *args: str) -> list[str]:
 
 def run_to_end(command: list[str], log: Path) -> tuple[int, float, str]:
     """(exit code, wall seconds, stderr) of one run; output goes to `log` for a failing test to show."""
-    started = time.monotonic()
-    with log.open("ab") as out:
-        done = subprocess.run(command, stdout=out, stderr=subprocess.PIPE, timeout=RUN_TIMEOUT_S,
-                              start_new_session=True)
-    stderr = done.stderr.decode(errors="replace")
-    with log.open("a") as out:
-        out.write(stderr)
-    return done.returncode, time.monotonic() - started, stderr
+    run = watch(command, lambda: 0, log)
+    return run["code"], run["seconds"], run["stderr"]
 
 
 POLL_S = 0.05
@@ -135,8 +129,10 @@ def watch(command: list[str], progress, log: Path) -> dict:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    return {"code": proc.returncode, "seconds": time.monotonic() - started,
-            "stderr": errors.read_text(errors="replace"), "reached": reached}
+    stderr = errors.read_text(errors="replace")
+    with log.open("a") as out:
+        out.write(stderr)
+    return {"code": proc.returncode, "seconds": time.monotonic() - started, "stderr": stderr, "reached": reached}
 
 
 def kill_point(seed: int, reached: list[float]) -> tuple[int, float]:
@@ -217,6 +213,18 @@ def _kill_and_resume(command_for, progress_for, reference: dict, seed: int, tmp:
             "code": code, "rerun_s": rerun_s, "log": log, "stderr": stderr}
 
 
+def reference_run(command: list[str], progress, out: Path) -> dict:
+    """The uninterrupted run the kills are compared with, watched for when each unit of progress appears."""
+    run = watch(command, progress, out.parent / "run.log")
+    assert run["code"] == 0, run["stderr"][-3000:]
+    return {"out": out, **run}
+
+
+def assert_killed_then_completed(run: dict) -> None:
+    assert run["killed"], f"the kill did not land, so no fault was injected: {run['where']}"
+    assert run["code"] == 0, _log_tail(run["log"])
+
+
 def file_count(folder: Path) -> int:
     return len(files(folder)) if folder.exists() else 0
 
@@ -227,9 +235,7 @@ def file_count(folder: Path) -> int:
 @pytest.fixture(scope="module")
 def crawl_reference(kill_stack, kill_inputs, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("crawl-ref") / "out"
-    run = watch(crawl_command(kill_inputs["corpus"], out, "crawl-ref"), lambda: file_count(out), out.parent / "run.log")
-    assert run["code"] == 0, run["stderr"][-3000:]
-    return {"out": out, **run}
+    return reference_run(crawl_command(kill_inputs["corpus"], out, "crawl-ref"), lambda: file_count(out), out)
 
 
 @pytest.mark.faults
@@ -248,8 +254,7 @@ def test_crawl_killed_then_rerun(kill_stack, kill_inputs, crawl_reference, seed,
            detail=f"{run['where']} (output files); rerun exit {run['code']} in {run['rerun_s']:.1f}s; "
                   f"duplicates={duplicates}; differing files={differing}; temp files left={leftovers}")
 
-    assert run["killed"], f"the kill did not land, so no fault was injected: {run['where']}"
-    assert ok_exit, _log_tail(run["log"])
+    assert_killed_then_completed(run)
     assert lost == 0 and duplicates == 0, (lost, duplicates)
     assert differing == []
     assert leftovers == []
@@ -258,10 +263,8 @@ def test_crawl_killed_then_rerun(kill_stack, kill_inputs, crawl_reference, seed,
 @pytest.fixture(scope="module")
 def synthesize_reference(kill_stack, kill_inputs, crawl_reference, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("synth-ref") / "out"
-    run = watch(synthesize_command(kill_inputs, crawl_reference["out"], out, "synth-ref"),
-                lambda: file_count(out / "cache"), out.parent / "run.log")
-    assert run["code"] == 0, run["stderr"][-3000:]
-    return {"out": out, **run}
+    return reference_run(synthesize_command(kill_inputs, crawl_reference["out"], out, "synth-ref"),
+                         lambda: file_count(out / "cache"), out)
 
 
 @pytest.mark.faults
@@ -284,8 +287,7 @@ def test_synthesize_killed_then_rerun(kill_stack, kill_inputs, crawl_reference, 
                   f"duplicates={duplicates}; rows equal={same_rows}; counts {got} vs {counts}; "
                   f"temp files left={leftovers}")
 
-    assert run["killed"], f"the kill did not land, so no fault was injected: {run['where']}"
-    assert ok_exit, _log_tail(run["log"])
+    assert_killed_then_completed(run)
     assert lost == 0 and duplicates == 0, (lost, duplicates)
     assert same_rows
     assert got == counts
@@ -295,10 +297,8 @@ def test_synthesize_killed_then_rerun(kill_stack, kill_inputs, crawl_reference, 
 @pytest.fixture(scope="module")
 def pretrain_reference(kill_stack, kill_inputs, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("pretrain-ref") / "out"
-    run = watch(pretrain_command(kill_inputs, out, "pretrain-ref"), lambda: checkpoint_objects("pretrain-ref"),
-                out.parent / "run.log")
-    assert run["code"] == 0, run["stderr"][-3000:]
-    return {"out": out, **run}
+    return reference_run(pretrain_command(kill_inputs, out, "pretrain-ref"), lambda: checkpoint_objects("pretrain-ref"),
+                         out)
 
 
 def _checkpoint_keys(run_name: str) -> list[str]:
@@ -335,8 +335,7 @@ def test_pretrain_killed_then_rerun(kill_stack, kill_inputs, pretrain_reference,
                   f"differing model files={differing} (bitwise comparison); temporary keys left={leftovers}; "
                   f"local temp files left={local_leftovers}")
 
-    assert run["killed"], f"the kill did not land, so no fault was injected: {run['where']}"
-    assert ok_exit, _log_tail(run["log"])
+    assert_killed_then_completed(run)
     assert differing == [], "the resumed model differs from the uninterrupted one"
     assert leftovers == [] and local_leftovers == []
 
