@@ -10,12 +10,11 @@ KFP_HOST unset, it uses the in-cluster API service and the pod's projected servi
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
+import re
 import sys
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -23,6 +22,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import kfp_server_api
+import urllib3
 import yaml
 
 from codepmp.errors import CodepmpError, ConfigError, InputError, ServiceError
@@ -55,9 +56,9 @@ def compile_pipeline(out: str, cluster_spec: str | None = None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Submitting to Kubeflow Pipelines: a thin client over the v2beta1 REST API. kfp.Client makes many implicit calls
-# (context files, namespace lookups, proxies) that are hard to reason about and to fake in tests; these few explicit
-# requests are all `make submit` needs.
+# Submitting to Kubeflow Pipelines through the generated v2beta1 client (kfp_server_api), so request and response
+# shapes are upstream's. Not kfp.Client: its constructor writes ~/.config/kfp/context.json and retries healthz, and
+# its wait does not treat CANCELED as final.
 
 IN_CLUSTER_HOST = "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
 """The KFP API service that a pod of a Kubeflow cluster reaches when KFP_HOST is unset (KFP_IN_CLUSTER_HOST overrides)."""
@@ -68,6 +69,12 @@ API = "/apis/v2beta1"
 PARAMETER_KEYS = ("profile", "overrides", "run_name")
 FINAL_STATES = {"SUCCEEDED": True, "SKIPPED": True, "FAILED": False, "CANCELED": False}
 """Terminal run states and whether they count as success."""
+MIN_BACKEND_VERSION = (2, 15, 0)
+"""Oldest KFP backend that runs the compiled pipeline. kfp-kubernetes 2.17 writes `secretNameParameter` /
+`configMapNameParameter`: drivers before 2.5.0 reject them as unknown fields. It also writes `optional` on
+`secretAsEnv` (the optional MLflow login and GitHub token): drivers before 2.15.0 drop it, so a Secret without
+those keys stops every pod from starting."""
+MIN_BACKEND = ".".join(map(str, MIN_BACKEND_VERSION))
 
 
 class KfpUnavailable(ServiceError):
@@ -172,16 +179,40 @@ class KfpEndpoint:
         return f"{self.ui_host or self.host}/#/runs/details/{run_id}"
 
 
-def _multipart(field: str, filename: str, content: bytes) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n").encode()
-    return head + content + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+class _EndpointAuth(kfp_server_api.Configuration):
+    """The generated client's settings, with the bearer token looked up again for every request (the projected
+    service-account token rotates) and where it came from kept for error messages."""
+
+    def __init__(self, endpoint: KfpEndpoint):
+        super().__init__(host=endpoint.host)
+        self.endpoint = endpoint
+        self.token_source: str | None = None
+        # urllib3 honours neither *_PROXY nor SSL_CERT_FILE on its own; users reaching KFP through a proxy or a
+        # private CA set them.
+        url = urllib.parse.urlsplit(endpoint.host)
+        proxy = urllib.request.getproxies().get(url.scheme)
+        if proxy and not urllib.request.proxy_bypass(url.hostname or ""):
+            self.proxy = proxy
+        self.ssl_ca_cert = os.environ.get("SSL_CERT_FILE") or None
+        # One attempt per call: the WAIT loop has its own tolerance, and a retried POST could create twice.
+        self.retries = urllib3.Retry(total=None, connect=0, read=0, other=0, redirect=5)
+
+    def auth_settings(self) -> dict:
+        token = self.endpoint.token()
+        self.token_source = token[0] if token else None
+        if token is None:
+            return {}
+        return {"Bearer": {"type": "api_key", "in": "header", "key": "authorization", "value": f"Bearer {token[1]}"}}
 
 
-def _name_filter(name: str) -> str:
-    """The API's list filter for display_name == name (operation 1 is EQUALS)."""
-    return json.dumps({"predicates": [{"operation": 1, "key": "display_name", "stringValue": name}]})
+class _NamedApiClient(kfp_server_api.ApiClient):
+    """Remembers the method and API path of the last request, which errors name."""
+
+    last_call = ""
+
+    def request(self, method, url, *args, **kwargs):
+        self.last_call = f"{method} {url.removeprefix(self.configuration.host).removeprefix(API)}"
+        return super().request(method, url, *args, **kwargs)
 
 
 class KfpClient:
@@ -190,107 +221,141 @@ class KfpClient:
     def __init__(self, endpoint: KfpEndpoint, timeout_s: float = 30.0):
         self.endpoint = endpoint
         self.timeout_s = timeout_s
+        self.api = _NamedApiClient(_EndpointAuth(endpoint))
+        self.healthz = kfp_server_api.HealthzServiceApi(self.api)
+        self.pipelines = kfp_server_api.PipelineServiceApi(self.api)
+        self.uploads = kfp_server_api.PipelineUploadServiceApi(self.api)
+        self.experiments = kfp_server_api.ExperimentServiceApi(self.api)
+        self.runs = kfp_server_api.RunServiceApi(self.api)
 
     @classmethod
     def connect(cls, namespace: str = "") -> KfpClient:
-        """Client for the endpoint in the environment, checked with one health request before anything is sent."""
+        """Client for the endpoint in the environment, checked with one health request before anything is sent:
+        the backend must be new enough for the compiled pipeline, and a multi-user one needs a namespace."""
         client = cls(KfpEndpoint.from_env(namespace))
-        health = client.call("GET", "/healthz")
+        health = client.health()
+        client.check_version(health.get("tag_name"))
         if health.get("multi_user") and not client.endpoint.namespace:
             raise ServiceError(f"{client.endpoint.where} is a multi-user deployment: set KFP_NAMESPACE "
                                "(or --namespace) to your Kubeflow profile namespace")
         return client
 
-    def call(self, method: str, path: str, query: dict | None = None, body: dict | None = None,
-             upload: Path | None = None) -> dict:
-        query = {k: v for k, v in (query or {}).items() if v not in (None, "")}
-        url = self.endpoint.host + API + path + (f"?{urllib.parse.urlencode(query)}" if query else "")
-        headers = {"Accept": "application/json"}
-        data = None
-        if upload is not None:
-            data, headers["Content-Type"] = _multipart("uploadfile", upload.name, upload.read_bytes())
-        elif body is not None:
-            data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
-        token = self.endpoint.token()
-        if token:
-            headers["Authorization"] = f"Bearer {token[1]}"
-        request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    def health(self) -> dict:
+        """The healthz answer as sent. The backend's handler adds tag_name and commit_sha, which the swagger (and so
+        the generated V2beta1GetHealthzResponse) leaves out, so they are read from the raw JSON."""
+        self._call(self.healthz.healthz_service_get_healthz)
+        return json.loads(self.api.last_response.data)
+
+    def check_version(self, tag_name: str | None) -> None:
+        found = re.match(r"v?(\d+)\.(\d+)\.(\d+)", str(tag_name or ""))
+        if not found:
+            print(f"warning: {self.endpoint.where} does not report its KFP version (tag_name "
+                  f"{tag_name!r}); this pipeline needs KFP {MIN_BACKEND} or newer, and on an older backend its "
+                  "pods fail at start", file=sys.stderr)
+        elif tuple(map(int, found.groups())) < MIN_BACKEND_VERSION:
+            raise ServiceError(f"{self.endpoint.where} runs KFP {tag_name}, but the compiled pipeline needs KFP "
+                               f"{MIN_BACKEND} or newer (secretNameParameter, optional secretAsEnv): upgrade Kubeflow "
+                               f"Pipelines to {MIN_BACKEND}+ or point KFP_HOST at one that runs it")
+
+    def _call(self, operation, *args, **kwargs):
+        """One generated API call with this client's timeout; any failure becomes one ServiceError line."""
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as exc:
-            raise self._refused(method, path, exc, token) from None
+            result = operation(*args, _request_timeout=(self.timeout_s, self.timeout_s), **kwargs)
+        except kfp_server_api.ApiException as exc:
+            raise self._refused(exc) from None
         # Connection refused, DNS, TLS, timeout, a port that does not speak HTTP, a malformed URL.
-        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-            hint = ("set KFP_HOST to a pipelines API this pod can reach" if self.endpoint.in_cluster else
-                    "check KFP_HOST, or port-forward the API (kubectl -n kubeflow port-forward svc/ml-pipeline-ui "
-                    "8080:80) and set KFP_HOST=http://localhost:8080")
-            raise KfpUnavailable(f"{self.endpoint.where} is unreachable ({getattr(exc, 'reason', exc)}): "
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            if isinstance(reason, urllib3.exceptions.SSLError):
+                hint = "check that KFP_HOST speaks https and, for a private CA, set SSL_CERT_FILE to its bundle"
+            elif self.endpoint.in_cluster:
+                hint = "set KFP_HOST to a pipelines API this pod can reach"
+            else:
+                hint = ("check KFP_HOST, or port-forward the API (kubectl -n kubeflow port-forward svc/ml-pipeline-ui "
+                        "8080:80) and set KFP_HOST=http://localhost:8080")
+            raise KfpUnavailable(f"{self.endpoint.where} is unreachable ({' '.join(str(reason).split())}): "
                                  f"{hint}") from None
         try:
-            return json.loads(raw or b"{}")
+            if not isinstance(json.loads(self.api.last_response.data or "{}"), dict):
+                raise ValueError("every v2beta1 answer is a JSON object")
         except ValueError:
-            raise ServiceError(f"{self.endpoint.where} answered {method} {path} with something other than JSON "
+            raise ServiceError(f"{self.endpoint.where} answered {self.api.last_call} with something other than JSON "
                                "(a login page?): KFP_HOST must be the pipelines API and KFP_TOKEN a bearer token "
                                "it accepts") from None
+        return result
 
-    def _refused(self, method: str, path: str, exc: urllib.error.HTTPError,
-                 token: tuple[str, str] | None) -> ServiceError:
-        text = exc.read().decode(errors="replace")
+    def _refused(self, exc: kfp_server_api.ApiException) -> ServiceError:
+        text = exc.body if isinstance(exc.body, str) else (exc.body or b"").decode(errors="replace")
         try:
             detail = json.loads(text)
             detail = detail.get("message") or detail.get("error") or text
         except (ValueError, AttributeError):
-            detail = text
+            detail = text or exc.reason
         detail = " ".join(str(detail).split())[:300]
-        where, what = self.endpoint.where, f"HTTP {exc.code} on {method} {path}"
-        if exc.code in (401, 403) and token is None:
+        where, what = self.endpoint.where, f"HTTP {exc.status} on {self.api.last_call}"
+        source = self.api.configuration.token_source
+        if exc.status in (401, 403) and source is None:
             return ServiceError(f"{where} requires authentication ({what}: {detail}): export KFP_TOKEN=<bearer "
                                 "token>, e.g. `kubectl create token <service-account> -n <namespace> "
                                 "--audience=pipelines.kubeflow.org`")
-        if exc.code in (401, 403):
+        if exc.status in (401, 403):
             scope = f" in namespace {self.endpoint.namespace}" if self.endpoint.namespace else ""
-            return ServiceError(f"{where} rejected the bearer token from {token[0]} ({what}: {detail}): it may "
+            return ServiceError(f"{where} rejected the bearer token from {source} ({what}: {detail}): it may "
                                 f"have expired or lack access{scope}; set KFP_TOKEN to a valid token")
-        error = KfpUnavailable if exc.code >= 500 else ServiceError
+        if exc.status == 404 and self.api.last_call == "GET /healthz":
+            return ServiceError(f"{where} has no KFP v2 API ({what}): KFP_HOST must be the pipelines API of "
+                                f"Kubeflow Pipelines {MIN_BACKEND}+, e.g. https://<kubeflow-host>/pipeline")
+        error = KfpUnavailable if exc.status >= 500 else ServiceError
         return error(f"{where}: {what} failed: {detail}")
 
-    def _find(self, collection: str, name: str) -> str | None:
-        """Id of the pipeline or experiment with this display name, if any (the filter is checked again here)."""
-        found = self.call("GET", f"/{collection}", {"filter": _name_filter(name), "page_size": 100,
-                                                    "namespace": self.endpoint.namespace})
-        key = "pipeline_id" if collection == "pipelines" else "experiment_id"
-        ids = [item[key] for item in found.get(collection) or [] if item.get("display_name") == name]
-        return ids[0] if ids else None
+    def _namespace(self) -> str | None:
+        return self.endpoint.namespace or None
+
+    def _name_filter(self, name: str) -> str:
+        """The list filter for display_name == name, as the API takes it: a JSON-encoded v2beta1Filter."""
+        predicate = kfp_server_api.V2beta1Predicate(key="display_name", string_value=name,
+                                                    operation=kfp_server_api.V2beta1PredicateOperation.EQUALS)
+        return json.dumps(self.api.sanitize_for_serialization(kfp_server_api.V2beta1Filter(predicates=[predicate])))
+
+    def _find_pipeline(self, name: str) -> str | None:
+        """Id of the pipeline with this display name, if any (the filter is checked again here)."""
+        found = self._call(self.pipelines.pipeline_service_list_pipelines, filter=self._name_filter(name),
+                           page_size=100, namespace=self._namespace())
+        return next((p.pipeline_id for p in found.pipelines or [] if p.display_name == name), None)
+
+    def _find_experiment(self, name: str) -> str | None:
+        found = self._call(self.experiments.experiment_service_list_experiments, filter=self._name_filter(name),
+                           page_size=100, namespace=self._namespace())
+        return next((e.experiment_id for e in found.experiments or [] if e.display_name == name), None)
 
     def upload_version(self, package: Path, pipeline_name: str, version_name: str, description: str) -> tuple[str, str]:
         """Upload the package as a new version of the named pipeline, creating the pipeline on first use;
         returns (pipeline_id, pipeline_version_id)."""
-        pipeline_id = self._find("pipelines", pipeline_name)
+        pipeline_id = self._find_pipeline(pipeline_name)
         if pipeline_id is None:
-            pipeline_id = self.call("POST", "/pipelines/upload", {
-                "name": pipeline_name, "description": "CodePMP (uploaded by `codepmp submit`)",
-                "namespace": self.endpoint.namespace}, upload=package)["pipeline_id"]
+            pipeline_id = self._call(self.uploads.upload_pipeline, str(package), name=pipeline_name,
+                                     description="CodePMP (uploaded by `codepmp submit`)",
+                                     namespace=self._namespace()).pipeline_id
             print(f"created pipeline {pipeline_name} ({pipeline_id})", file=sys.stderr)
-        version = self.call("POST", "/pipelines/upload_version", {
-            "name": version_name, "pipelineid": pipeline_id, "description": description}, upload=package)
-        return pipeline_id, version["pipeline_version_id"]
+        version = self._call(self.uploads.upload_pipeline_version, str(package), name=version_name,
+                             pipelineid=pipeline_id, description=description)
+        return pipeline_id, version.pipeline_version_id
 
     def experiment_id(self, name: str) -> str:
         """Id of the named experiment, created if missing."""
-        found = self._find("experiments", name)
+        found = self._find_experiment(name)
         if found:
             return found
-        body = {"display_name": name, **({"namespace": self.endpoint.namespace} if self.endpoint.namespace else {})}
-        created = self.call("POST", "/experiments", body=body)["experiment_id"]
+        experiment = kfp_server_api.V2beta1Experiment(display_name=name, namespace=self._namespace())
+        created = self._call(self.experiments.experiment_service_create_experiment, experiment).experiment_id
         print(f"created experiment {name} ({created})", file=sys.stderr)
         return created
 
-    def create_run(self, body: dict) -> str:
-        return self.call("POST", "/runs", body=body)["run_id"]
+    def create_run(self, run: kfp_server_api.V2beta1Run) -> str:
+        return self._call(self.runs.run_service_create_run, run).run_id
 
-    def get_run(self, run_id: str) -> dict:
-        return self.call("GET", f"/runs/{run_id}")
+    def get_run(self, run_id: str) -> kfp_server_api.V2beta1Run:
+        return self._call(self.runs.run_service_get_run, run_id)
 
 
 @dataclass(frozen=True)
@@ -331,12 +396,12 @@ def submit(client: KfpClient, package: str, params: RunParameters, experiment: s
         path, pipeline, version, f"sha256 {digest}; submitted for run {params.run_name} ({params.profile})")
     print(f"uploaded pipeline version {version} ({version_id})", file=sys.stderr)
     experiment_id = client.experiment_id(experiment)
-    body = {"display_name": params.run_name, "experiment_id": experiment_id,
-            "pipeline_version_reference": {"pipeline_id": pipeline_id, "pipeline_version_id": version_id},
-            "runtime_config": {"parameters": params.as_dict()}}
-    if service_account:
-        body["service_account"] = service_account
-    run_id = client.create_run(body)
+    run_id = client.create_run(kfp_server_api.V2beta1Run(
+        display_name=params.run_name, experiment_id=experiment_id,
+        pipeline_version_reference=kfp_server_api.V2beta1PipelineVersionReference(
+            pipeline_id=pipeline_id, pipeline_version_id=version_id),
+        runtime_config=kfp_server_api.V2beta1RuntimeConfig(parameters=params.as_dict()),
+        service_account=service_account or None))
     print(f"started run {params.run_name} ({run_id}) in experiment {experiment}", file=sys.stderr)
     return Submission(run_id, client.endpoint.run_url(run_id), pipeline_id, version_id, experiment_id)
 
@@ -362,14 +427,14 @@ def wait_for_run(client: KfpClient, run_id: str, poll_s: float = 15.0, timeout_s
                 print(f"run {run_id}: poll failed ({exc}); retrying", file=sys.stderr)
                 time.sleep(poll_s)
                 continue
-            state = run.get("state") or "RUNTIME_STATE_UNSPECIFIED"
+            state = run.state or "RUNTIME_STATE_UNSPECIFIED"
             if state != last:
                 print(f"run {run_id}: {state} after {time.monotonic() - start:.0f}s", file=sys.stderr, flush=True)
                 last = state
             if state in FINAL_STATES:
                 if not FINAL_STATES[state]:
-                    error = (run.get("error") or {}).get("message", "")
-                    raise RunFailed(f"run {run.get('display_name') or run_id} ended {state}"
+                    error = run.error.message if run.error else ""
+                    raise RunFailed(f"run {run.display_name or run_id} ended {state}"
                                     f"{': ' + error if error else ''}; see {url}")
                 return state
             time.sleep(poll_s)
