@@ -9,7 +9,6 @@ Dockerfiles are parsed, not built (there is no container engine in CI).
 
 from __future__ import annotations
 
-import base64
 import re
 import shutil
 import subprocess
@@ -44,7 +43,7 @@ EXTERNAL = "overlays/external-services"
 # The taint manifests/README.md has the GPU pool's nodes carry (GKE puts the same one on GPU nodes).
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
 
-PLACEHOLDER_PREFIX = "replace-me-"
+PLACEHOLDER_PREFIX = "replace-me"
 PIPELINE_POD_LABEL = ("codepmp.io/pipeline-pod", "true")
 TORCH_PIN = "torch==2.13.0"
 
@@ -113,6 +112,17 @@ def find(objs: list[dict], kind: str, name: str) -> dict:
     return matches[0]
 
 
+def find_generated(objs: list[dict], kind: str, name: str) -> dict:
+    """A generated object whose name carries kustomize's content hash (`name-<hash>`)."""
+    matches = [
+        o
+        for o in objs
+        if o["kind"] == kind and re.fullmatch(rf"{re.escape(name)}-[a-z0-9]{{10}}", o["metadata"]["name"])
+    ]
+    assert len(matches) == 1, f"expected exactly one {kind}/{name}-<hash>, found {len(matches)}"
+    return matches[0]
+
+
 def pod_specs(objs: list[dict]) -> list[tuple[str, dict]]:
     specs = []
     for o in objs:
@@ -132,12 +142,6 @@ def containers(spec: dict) -> list[dict]:
 
 def env_of(container: dict) -> dict[str, dict]:
     return {e["name"]: e for e in container.get("env", [])}
-
-
-def secret_data(secret: dict) -> dict[str, str]:
-    data = {k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()}
-    data.update(secret.get("stringData", {}))
-    return data
 
 
 def env_file(path: Path) -> dict[str, str]:
@@ -230,10 +234,9 @@ def test_expected_objects_exist(kustomization):
     assert postgres["spec"]["volumeClaimTemplates"], "Postgres has no persistent volume"
     find(objs, "PersistentVolumeClaim", "minio-data")
     find(objs, "Job", "codepmp-buckets")
-
-    s3 = secret_data(find(objs, "Secret", "codepmp-s3"))
-    assert set(s3) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
-    assert "POSTGRES_PASSWORD" in secret_data(find(objs, "Secret", "mlflow-postgres"))
+    find(objs, "Job", "codepmp-mlflow-users")
+    for config in ("codepmp-scripts", "codepmp-minio-policies", "mlflow-auth"):
+        find_generated(objs, "ConfigMap", config)
 
     env = find(objs, "ConfigMap", "codepmp-env")["data"]
     assert env == {
@@ -256,11 +259,11 @@ def test_expected_objects_exist(kustomization):
 
 
 @pytest.mark.parametrize("kustomization", ALL_KUSTOMIZATIONS)
-def test_credentials_carry_exactly_what_the_pipeline_reads(kustomization):
-    client_env, secret_env = pipeline_env_names()
+def test_configmap_carries_exactly_what_the_pipeline_reads(kustomization):
+    # The codepmp-s3 keys are checked against bootstrap-secrets.sh in test_secrets.py.
+    client_env, _ = pipeline_env_names()
     objs = docs(kustomization)
     assert set(find(objs, "ConfigMap", "codepmp-env")["data"]) == set(client_env)
-    assert set(secret_data(find(objs, "Secret", "codepmp-s3"))) == set(secret_env)
 
 
 @pytest.mark.parametrize("kustomization", SERVICE_OVERLAYS)
@@ -281,13 +284,12 @@ def test_client_kustomizations_carry_copies_and_identity_only(kustomization):
     for o in objs:
         assert o["metadata"].get("namespace") == PIPELINE_NAMESPACE, o["metadata"]["name"]
     kinds = sorted((o["kind"], o["metadata"]["name"]) for o in objs)
-    # No Namespace (the profile controller owns it), no server, no NetworkPolicy.
+    # No Namespace (the profile controller owns it), no server, no NetworkPolicy, and no Secret
+    # (bootstrap-secrets.sh copies codepmp-s3 in once; an apply must never reset it).
     assert kinds == [
         ("ConfigMap", "codepmp-env"),
         ("Role", "codepmp-pipeline"),
         ("RoleBinding", "codepmp-pipeline"),
-        ("Secret", "codepmp-github"),
-        ("Secret", "codepmp-s3"),
         ("ServiceAccount", "codepmp-pipeline"),
     ]
     assert not pod_specs(objs)
@@ -306,9 +308,6 @@ def test_pipeline_namespace_copies_the_in_cluster_endpoints():
     assert (
         find(objs, "ConfigMap", "codepmp-env")["data"]
         == find(base, "ConfigMap", "codepmp-env")["data"]
-    )
-    assert secret_data(find(objs, "Secret", "codepmp-s3")) == secret_data(
-        find(base, "Secret", "codepmp-s3")
     )
 
 
@@ -329,10 +328,6 @@ def test_external_services_point_at_the_existing_services_only():
         assert url.hostname.endswith(".example.com"), f"{key}={env[key]} is not a placeholder"
     assert env["CODEPMP_BUCKET"]
 
-    s3 = secret_data(find(objs, "Secret", "codepmp-s3"))
-    assert s3 == env_file(MANIFESTS / EXTERNAL / "codepmp-s3.env"), "the store's own key is used"
-    assert s3 != secret_data(find(docs("pipeline-namespace"), "Secret", "codepmp-s3"))
-
     # Same identity and rights as for the in-cluster services.
     assert (
         find(objs, "Role", "codepmp-pipeline")["rules"]
@@ -340,6 +335,12 @@ def test_external_services_point_at_the_existing_services_only():
     )
     readme = (MANIFESTS / "README.md").read_text()
     assert f"kubectl apply -k manifests/{EXTERNAL}" in readme
+    # The store's key goes into a Secret made by hand, once, with every key the pipeline reads.
+    client_env, secret_env = pipeline_env_names()
+    create = re.search(r"kubectl -n \S+ create secret generic codepmp-s3(.*?)\n\s*```", readme, re.S)
+    assert create, "README does not show how to create codepmp-s3 for existing services"
+    for key in secret_env:
+        assert f"--from-literal={key}=" in create.group(1), key
 
 
 # --------------------------------------------------------------------------- workload hygiene
@@ -432,15 +433,23 @@ _CREDENTIAL_PATTERNS = [
 
 
 @pytest.mark.parametrize("kustomization", ALL_KUSTOMIZATIONS)
-def test_secrets_hold_only_documented_placeholders(kustomization):
-    secrets = [o for o in docs(kustomization) if o["kind"] == "Secret"]
-    assert secrets
-    for secret in secrets:
-        for key, value in secret_data(secret).items():
-            assert value.startswith(PLACEHOLDER_PREFIX), (
-                f"Secret {secret['metadata']['name']} key {key} is not a '{PLACEHOLDER_PREFIX}...' "
-                "placeholder; real credentials must not be committed"
-            )
+def test_no_kustomization_renders_a_secret(kustomization):
+    # `kubectl apply -k` would reset a rendered Secret to the committed value on every deploy,
+    # overwriting what bootstrap-secrets.sh or a secret manager made.
+    secrets = [o["metadata"]["name"] for o in docs(kustomization) if o["kind"] == "Secret"]
+    assert not secrets, f"{kustomization} renders Secrets {secrets}"
+
+
+def test_no_secret_generator_or_placeholder_in_manifest_sources():
+    for path in MANIFESTS.rglob("kustomization.yaml"):
+        assert "secretGenerator" not in yaml.safe_load(path.read_text()), path
+    env_files = {p.name for p in MANIFESTS.rglob("*.env")}
+    assert env_files == {"codepmp-env.env"}, "credentials have no file under manifests/ any more"
+    # Only the check that refuses placeholders, and the README that explains it, may name them.
+    allowed = {MANIFESTS / "base" / "scripts" / "check-secrets.sh", MANIFESTS / "README.md"}
+    for path in MANIFESTS.rglob("*"):
+        if path.is_file() and path not in allowed:
+            assert PLACEHOLDER_PREFIX not in path.read_text(), path.relative_to(REPO)
 
 
 def test_no_credential_lookalikes_in_manifest_sources():
@@ -450,22 +459,6 @@ def test_no_credential_lookalikes_in_manifest_sources():
         text = path.read_text()
         for pattern in _CREDENTIAL_PATTERNS:
             assert not pattern.search(text), f"{path.relative_to(REPO)} matches {pattern.pattern}"
-
-
-def test_secret_env_files_are_placeholders_and_documented():
-    env_files = sorted(MANIFESTS.rglob("*.env"))
-    secret_files = [p for p in env_files if p.name != "codepmp-env.env"]
-    assert secret_files
-    for path in secret_files:
-        lines = path.read_text().splitlines()
-        assert any(
-            "replace before use" in line.lower() for line in lines if line.startswith("#")
-        ), path
-        for line in lines:
-            if line.strip() and not line.startswith("#"):
-                assert line.split("=", 1)[1].startswith(PLACEHOLDER_PREFIX), f"{path}: {line}"
-    readme = (MANIFESTS / "README.md").read_text().lower()
-    assert "replace before use" in readme
 
 
 # --------------------------------------------------------------------------- servers, policies
@@ -478,6 +471,7 @@ def test_mlflow_server_uses_postgres_and_proxies_artifacts_to_minio(kustomizatio
     argv = [*server.get("command", []), *server.get("args", [])]
     assert argv[:2] == ["mlflow", "server"]
     pairs = dict(zip(argv, argv[1:], strict=False))
+    assert pairs["--app-name"] == "basic-auth"
     assert pairs["--artifacts-destination"] == "s3://mlflow-artifacts"
     assert pairs["--host"] == "0.0.0.0" and pairs["--port"] == "5000"
     assert "--serve-artifacts" in argv
@@ -485,38 +479,59 @@ def test_mlflow_server_uses_postgres_and_proxies_artifacts_to_minio(kustomizatio
     env = env_of(server)
     backend = urlparse(env["MLFLOW_BACKEND_STORE_URI"]["value"])
     assert backend.scheme == "postgresql" and backend.hostname == "mlflow-postgres"
-    assert backend.password == "$(POSTGRES_PASSWORD)", "the password must come from the secret"
-    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-postgres"
+    # libpq takes the password from PGPASSWORD, so neither the URI nor the auth config holds it.
+    assert backend.password is None
+    assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "mlflow-postgres",
+        "key": "POSTGRES_PASSWORD",
+    }
     assert env["MLFLOW_S3_ENDPOINT_URL"]["value"] == "http://minio:9000"
+    # The artifact proxy's own MinIO user, not the pipeline's and not root.
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "codepmp-s3", "key": key}
-    # Dependent $(VAR) references only expand when the variable is defined earlier in the list.
-    names = [e["name"] for e in server["env"]]
-    assert names.index("POSTGRES_PASSWORD") < names.index("MLFLOW_BACKEND_STORE_URI")
+        assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "codepmp-mlflow-s3", "key": key}
 
     allowed = env["MLFLOW_SERVER_ALLOWED_HOSTS"]["value"].split(",")
     for host in ("mlflow:5000", f"mlflow.{NAMESPACE}.svc.cluster.local:5000"):
         assert any(fnmatch(host, pattern) for pattern in allowed), host
 
 
+def _secret_refs(container: dict) -> dict[str, tuple[str, str]]:
+    """env name -> (Secret, key) for the container's secretKeyRef variables."""
+    return {
+        e["name"]: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+        for e in container.get("env", [])
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+
+
 @pytest.mark.parametrize("kustomization", SERVICE_OVERLAYS)
-def test_minio_and_bucket_job_share_the_pipeline_credentials(kustomization):
+def test_minio_root_stays_with_the_server_and_the_bucket_job(kustomization):
     objs = docs(kustomization)
-    minio = find(objs, "Deployment", "minio")["spec"]["template"]["spec"]["containers"][0]
-    env = env_of(minio)
-    assert env["MINIO_ROOT_USER"]["valueFrom"]["secretKeyRef"] == {
-        "name": "codepmp-s3",
-        "key": "AWS_ACCESS_KEY_ID",
+    minio = find(objs, "Deployment", "minio")["spec"]["template"]["spec"]
+    (server,) = minio["containers"]
+    assert _secret_refs(server) == {
+        "MINIO_ROOT_USER": ("codepmp-minio-root", "MINIO_ROOT_USER"),
+        "MINIO_ROOT_PASSWORD": ("codepmp-minio-root", "MINIO_ROOT_PASSWORD"),
     }
-    assert env["MINIO_ROOT_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
-        "name": "codepmp-s3",
-        "key": "AWS_SECRET_ACCESS_KEY",
+    job = find(objs, "Job", "codepmp-buckets")["spec"]["template"]["spec"]
+    (mc,) = job["containers"]
+    assert _secret_refs(mc) == {
+        "MINIO_ROOT_USER": ("codepmp-minio-root", "MINIO_ROOT_USER"),
+        "MINIO_ROOT_PASSWORD": ("codepmp-minio-root", "MINIO_ROOT_PASSWORD"),
+        # The users the Job makes: the pipeline's, and the artifact proxy's.
+        "PIPELINE_ACCESS_KEY_ID": ("codepmp-s3", "AWS_ACCESS_KEY_ID"),
+        "PIPELINE_SECRET_ACCESS_KEY": ("codepmp-s3", "AWS_SECRET_ACCESS_KEY"),
+        "MLFLOW_ACCESS_KEY_ID": ("codepmp-mlflow-s3", "AWS_ACCESS_KEY_ID"),
+        "MLFLOW_SECRET_ACCESS_KEY": ("codepmp-mlflow-s3", "AWS_SECRET_ACCESS_KEY"),
     }
-    job = find(objs, "Job", "codepmp-buckets")["spec"]["template"]["spec"]["containers"][0]
-    script = " ".join([*job.get("command", []), *job.get("args", [])])
-    assert "mc mb --ignore-existing" in script
-    for bucket in ("codepmp", "mlflow-artifacts"):
-        assert re.search(rf"\b{re.escape(bucket)}\b", script), bucket
+    # No other container may hold the root key.
+    for owner, spec in pod_specs(objs):
+        for c in spec["containers"]:
+            if (owner, c["name"]) in {("Deployment/minio", "minio"), ("Job/codepmp-buckets", "mc")}:
+                continue
+            assert "codepmp-minio-root" not in {s for s, _ in _secret_refs(c).values()}, (
+                f"{owner} {c['name']} reads MinIO's root key"
+            )
 
 
 def _peers(policy: dict) -> list[dict]:
@@ -564,6 +579,8 @@ def test_network_policies(kustomization):
     assert _admits_label(
         _peers(policies["minio-ingress"]), "app.kubernetes.io/name", "codepmp-buckets"
     )
+    users_job = labels["codepmp-mlflow-users"]["app.kubernetes.io/name"]
+    assert _admits_label(_peers(policies["mlflow-ingress"]), "app.kubernetes.io/name", users_job)
 
 
 @pytest.mark.parametrize("kustomization", ALL_KUSTOMIZATIONS)
@@ -776,6 +793,7 @@ def test_gpu_cluster_keeps_every_server_pod_off_the_gpu_pool():
         "Deployment/mlflow",
         "StatefulSet/mlflow-postgres",
         "Job/codepmp-buckets",
+        "Job/codepmp-mlflow-users",
     }
     for owner, pod in pods:
         # By node affinity alone, so an untainted pool is avoided too.
@@ -943,11 +961,13 @@ def test_lock_pins_the_same_torch_the_images_install():
 def test_mlflow_server_image_matches_the_client_and_the_manifests():
     version = _lock_pins()["mlflow"]
     installs = " ".join(_pip_installs(IMAGES / "mlflow" / "Dockerfile"))
-    assert f"mlflow=={version}" in installs.split()
+    # The auth extra (Flask-WTF) is what `mlflow server --app-name basic-auth` needs.
+    assert f'"mlflow[auth]=={version}"' in installs.split()
     assert "psycopg2-binary==" in installs and "boto3==" in installs
-    mlflow = find(docs("base"), "Deployment", "mlflow")["spec"]["template"]["spec"]
-    for c in containers(mlflow):
-        assert c["image"] == f"ghcr.io/codepmp/mlflow-server:{version}", c["image"]
+    objs = docs("base")
+    for kind, name in [("Deployment", "mlflow"), ("Job", "codepmp-mlflow-users")]:
+        for c in containers(find(objs, kind, name)["spec"]["template"]["spec"]):
+            assert c["image"] == f"ghcr.io/codepmp/mlflow-server:{version}", c["image"]
 
 
 def test_images_readme_documents_the_build_commands():

@@ -1,0 +1,214 @@
+#!/bin/sh
+# Creates, once, the Secrets the codepmp services and pipeline pods read, with random values, and
+# never changes a Secret that exists: rerunning it is safe, and it leaves alone what you or a
+# secret manager put there. `kubectl apply -k` renders no Secret, so it cannot reset them either.
+#
+#   sh manifests/bootstrap-secrets.sh [--namespace NS] [--pipeline-namespace PROFILE_NS]...
+#
+# In NS (default codepmp, the services' namespace; created if missing):
+#   codepmp-minio-root    MINIO_ROOT_USER, MINIO_ROOT_PASSWORD: MinIO's root, for the server and
+#                         the bucket Job only
+#   codepmp-s3            AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY: the pipeline's MinIO user (the
+#                         codepmp bucket only); MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD:
+#                         the pipeline's MLflow login
+#   codepmp-mlflow-s3     AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY: MLflow's artifact proxy's MinIO
+#                         user (the mlflow-artifacts bucket only)
+#   codepmp-mlflow-admin  MLFLOW_AUTH_ADMIN_USERNAME, MLFLOW_AUTH_ADMIN_PASSWORD: MLflow's admin;
+#                         MLFLOW_FLASK_SERVER_SECRET_KEY: signs the MLflow login UI's CSRF tokens
+#   mlflow-postgres       POSTGRES_PASSWORD: the database MLflow keeps runs and users in
+# In each PROFILE_NS (the Kubeflow profile namespaces pipelines run in; they must exist): a copy of
+# NS's codepmp-s3. The optional GitHub token (Secret codepmp-github, key GITHUB_TOKEN) is never
+# made here; see manifests/README.md.
+#
+# Values are hex from `openssl rand` (or /dev/urandom): URL-safe, as the Postgres password is used
+# in a URI. They are written to a private temporary directory and handed to kubectl as files, so
+# they appear neither in the output nor in any process's arguments.
+set -eu
+
+usage() {
+    sed -n '2,/^set -eu$/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'
+}
+
+namespace=codepmp
+pipeline_namespaces=
+while [ $# -gt 0 ]; do
+    case $1 in
+        -n | --namespace)
+            [ $# -ge 2 ] || { echo "bootstrap-secrets.sh: $1 needs a namespace" >&2; exit 2; }
+            namespace=$2
+            shift 2
+            ;;
+        --namespace=*)
+            namespace=${1#*=}
+            shift
+            ;;
+        -p | --pipeline-namespace)
+            [ $# -ge 2 ] || { echo "bootstrap-secrets.sh: $1 needs a namespace" >&2; exit 2; }
+            pipeline_namespaces="$pipeline_namespaces $2"
+            shift 2
+            ;;
+        --pipeline-namespace=*)
+            pipeline_namespaces="$pipeline_namespaces ${1#*=}"
+            shift
+            ;;
+        -h | --help)
+            usage
+            exit 0
+            ;;
+        *)
+            echo "bootstrap-secrets.sh: unknown argument '$1' (see --help)" >&2
+            exit 2
+            ;;
+    esac
+done
+
+umask 077
+workdir=$(mktemp -d)
+trap 'rm -rf "$workdir"' EXIT
+trap 'exit 1' INT TERM
+
+random_hex() {  # BYTES: twice as many hex characters
+    if command -v openssl >/dev/null 2>&1; then
+        openssl rand -hex "$1"
+    else
+        od -An -vtx1 -N"$1" /dev/urandom | tr -d ' \n'
+        echo
+    fi
+}
+
+# --ignore-not-found: only "not found" counts as missing; any other kubectl error stops the script.
+secret_exists() {  # NAMESPACE NAME
+    found=$(kubectl -n "$1" get secret "$2" --ignore-not-found -o name)
+    [ -n "$found" ]
+}
+
+namespace_exists() {  # NAME
+    found=$(kubectl get namespace "$1" --ignore-not-found -o name)
+    [ -n "$found" ]
+}
+
+# Each key of a new Secret is a file under $workdir/NAME, and the directory becomes the Secret
+# (kubectl create secret generic --from-file=DIR takes every file in it as a key).
+put() {  # NAME KEY VALUE
+    if [ -z "$3" ]; then
+        echo "bootstrap-secrets.sh: could not generate a value for $1 key $2 (openssl or /dev/urandom)" >&2
+        exit 1
+    fi
+    mkdir -p "$workdir/$1"
+    printf '%s' "$3" >"$workdir/$1/$2"
+}
+
+create_from_files() {  # NAMESPACE NAME
+    kubectl -n "$1" create secret generic "$2" --from-file="$workdir/$2" >/dev/null
+    kubectl -n "$1" label secret "$2" app.kubernetes.io/part-of=codepmp >/dev/null
+    rm -rf "${workdir:?}/$2"
+}
+
+# A Secret kept from an earlier version may lack keys added since (codepmp-s3's MLflow login);
+# say so rather than change it. The pods' check-secrets step names them too.
+report_missing_keys() {  # NAMESPACE NAME KEY...
+    target_namespace=$1
+    name=$2
+    shift 2
+    present=" $(kubectl -n "$target_namespace" get secret "$name" \
+        -o go-template='{{range $key, $value := .data}}{{$key}} {{end}}') "
+    missing=
+    for key in "$@"; do
+        case $present in
+            *" $key "*) ;;
+            *) missing="$missing $key" ;;
+        esac
+    done
+    if [ -n "$missing" ]; then
+        echo "  Secret $target_namespace/$name lacks$missing: add them, or delete it and rerun" \
+            "(manifests/README.md, Secrets)"
+    fi
+}
+
+ensure_secret() {  # NAME KEY...; the values are generated by new_NAME
+    name=$1
+    shift
+    if secret_exists "$namespace" "$name"; then
+        echo "kept    Secret $namespace/$name (exists; not changed)"
+        report_missing_keys "$namespace" "$name" "$@"
+        return
+    fi
+    "new_$(echo "$name" | tr - _)"
+    create_from_files "$namespace" "$name"
+    echo "created Secret $namespace/$name"
+}
+
+# MinIO takes access keys of 3 to 20 characters and secret keys of 8 to 40; MLflow wants
+# passwords of 12 or more.
+new_codepmp_minio_root() {
+    put codepmp-minio-root MINIO_ROOT_USER "$(random_hex 10)"
+    put codepmp-minio-root MINIO_ROOT_PASSWORD "$(random_hex 20)"
+}
+new_codepmp_s3() {
+    put codepmp-s3 AWS_ACCESS_KEY_ID "$(random_hex 10)"
+    put codepmp-s3 AWS_SECRET_ACCESS_KEY "$(random_hex 20)"
+    # MLflow records this name as the user of every run the pipeline makes.
+    put codepmp-s3 MLFLOW_TRACKING_USERNAME codepmp-pipeline
+    put codepmp-s3 MLFLOW_TRACKING_PASSWORD "$(random_hex 16)"
+}
+new_codepmp_mlflow_s3() {
+    put codepmp-mlflow-s3 AWS_ACCESS_KEY_ID "$(random_hex 10)"
+    put codepmp-mlflow-s3 AWS_SECRET_ACCESS_KEY "$(random_hex 20)"
+}
+new_codepmp_mlflow_admin() {
+    put codepmp-mlflow-admin MLFLOW_AUTH_ADMIN_USERNAME codepmp-admin
+    put codepmp-mlflow-admin MLFLOW_AUTH_ADMIN_PASSWORD "$(random_hex 16)"
+    put codepmp-mlflow-admin MLFLOW_FLASK_SERVER_SECRET_KEY "$(random_hex 32)"
+}
+new_mlflow_postgres() {
+    put mlflow-postgres POSTGRES_PASSWORD "$(random_hex 16)"
+}
+
+# The copy goes through a Secret manifest holding the base64 data as kubectl printed it, so the
+# values are never decoded here.
+copy_codepmp_s3() {  # PROFILE_NAMESPACE
+    target=$1
+    if secret_exists "$target" codepmp-s3; then
+        echo "kept    Secret $target/codepmp-s3 (exists; not changed)"
+        report_missing_keys "$target" codepmp-s3 \
+            AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY MLFLOW_TRACKING_USERNAME MLFLOW_TRACKING_PASSWORD
+        return
+    fi
+    manifest=$workdir/codepmp-s3-copy.yaml
+    {
+        echo "apiVersion: v1"
+        echo "kind: Secret"
+        echo "metadata:"
+        echo "  name: codepmp-s3"
+        echo "  labels:"
+        echo "    app.kubernetes.io/part-of: codepmp"
+        echo "type: Opaque"
+        echo "data:"
+        kubectl -n "$namespace" get secret codepmp-s3 \
+            -o go-template='{{range $key, $value := .data}}  {{$key}}: {{$value}}{{"\n"}}{{end}}'
+    } >"$manifest"
+    kubectl -n "$target" create -f "$manifest" >/dev/null
+    rm -f "$manifest"
+    echo "created Secret $target/codepmp-s3 (a copy of $namespace/codepmp-s3)"
+}
+
+for target in $pipeline_namespaces; do
+    if ! namespace_exists "$target"; then
+        echo "bootstrap-secrets.sh: namespace $target does not exist; its Kubeflow profile creates it" >&2
+        exit 1
+    fi
+done
+if ! namespace_exists "$namespace"; then
+    # `kubectl apply -k` later adds the labels base/namespace.yaml gives it.
+    kubectl create namespace "$namespace" >/dev/null
+    echo "created Namespace $namespace"
+fi
+
+ensure_secret codepmp-minio-root MINIO_ROOT_USER MINIO_ROOT_PASSWORD
+ensure_secret codepmp-s3 AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY MLFLOW_TRACKING_USERNAME MLFLOW_TRACKING_PASSWORD
+ensure_secret codepmp-mlflow-s3 AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
+ensure_secret codepmp-mlflow-admin MLFLOW_AUTH_ADMIN_USERNAME MLFLOW_AUTH_ADMIN_PASSWORD MLFLOW_FLASK_SERVER_SECRET_KEY
+ensure_secret mlflow-postgres POSTGRES_PASSWORD
+for target in $pipeline_namespaces; do
+    copy_codepmp_s3 "$target"
+done
