@@ -98,8 +98,9 @@ def build(cluster: "ClusterSpec | None" = None):
             task.set_display_name(name)
             if cluster is not None:
                 # A multi-node pretrain task only waits for its TrainJob; the job's pods take the GPUs.
-                apply(task, name, cluster, gpu=name in GPU_STAGES and not (name == "pretrain" and multinode),
-                      github=name == "crawl")
+                trainjob = name == "pretrain" and multinode
+                apply(task, name, cluster, gpu=name in GPU_STAGES and not trainjob, github=name == "crawl",
+                      trainjob=trainjob)
         missing = set(tasks) ^ set(CACHING)
         if missing:
             raise AssertionError(f"tasks without an explicit caching choice: {sorted(missing)}")

@@ -1,18 +1,18 @@
-"""Tier 1 against a small stand-in for the Kubernetes API with Kubeflow Trainer: it stores the TrainJob the
-task creates and plays the Trainer's part for it, running the job's own command the way the torch runtime
-does on one node (PET_* variables, env resolved from the Secret and ConfigMap it names), then reporting
-the Complete or Failed condition. Everything else is real: object store, MLflow, torchrun, DeepSpeed.
+"""Tier 1 against a stand-in for the Kubernetes API with Kubeflow Trainer v2.3.0's TrainJob CRD installed
+(tests/trainer_upstream.py: the upstream schema, checked with the API server's pruning and Strict-validation
+semantics). It plays the Trainer's part for a stored TrainJob: it runs the job's own command the way the
+torch runtime does on one node (PET_* variables, env resolved from the Secret and ConfigMap it names), then
+reports the Complete or Failed condition. Everything else is real: object store, MLflow, torchrun, DeepSpeed.
 
 There is no tier-2 test: `kfp.local` has no cluster to create a TrainJob on. tests/pipeline checks that
-the compiled pipeline uses this component when `ClusterSpec.pretrain_nodes` > 1.
+the compiled pipeline uses this component when `ClusterSpec.pretrain_nodes` > 1, and that every TrainJob
+it can write conforms to the Trainer releases' schemas.
 """
 
-import json
 import os
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import mlflow
 import pytest
@@ -20,15 +20,14 @@ from kfp import dsl
 
 from codepmp.models import load_reward_model
 from components.pretrain_trainjob.component import pretrain_trainjob
-
-PREFIX = "/apis/trainer.kubeflow.org/v1alpha1/namespaces/"
+from tests.trainer_upstream import FakeKubeApi, node_pod_template
 
 
 class FakeTrainer:
-    """TrainJobs by name; `runs` counts the jobs actually started."""
+    """Runs each stored TrainJob's command on this machine; `runs` counts the jobs actually started."""
 
     def __init__(self, env: dict[str, str]):
-        self.env, self.jobs, self.runs, self.logs = env, {}, 0, []
+        self.env, self.runs, self.logs = env, 0, []
 
     def start(self, job: dict) -> None:
         self.runs += 1
@@ -57,43 +56,16 @@ class FakeTrainer:
         job["status"] = {"conditions": [{"type": "Created", "status": "True"}, condition]}
 
 
+TRAINER_RELEASE = "v2.3.0"
+
+
 @pytest.fixture
 def kube_api(stack_env, monkeypatch):
     trainer = FakeTrainer(dict(stack_env))
-
-    class Handler(BaseHTTPRequestHandler):
-        def _send(self, code: int, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_POST(self):  # noqa: N802
-            assert self.path.startswith(PREFIX) and self.path.endswith("/trainjobs"), self.path
-            job = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            name = job["metadata"]["name"]
-            if name in trainer.jobs:
-                return self._send(409, {"kind": "Status", "reason": "AlreadyExists", "code": 409})
-            trainer.jobs[name] = job
-            trainer.start(job)
-            self._send(201, job)
-
-        def do_GET(self):  # noqa: N802
-            name = self.path.rsplit("/", 1)[-1]
-            if name not in trainer.jobs:
-                return self._send(404, {"kind": "Status", "reason": "NotFound", "code": 404})
-            self._send(200, trainer.jobs[name])
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("CODEPMP_KUBE_API", f"http://127.0.0.1:{server.server_address[1]}")
-    yield trainer
-    server.shutdown()
+    with FakeKubeApi(TRAINER_RELEASE, on_create=trainer.start) as api:
+        monkeypatch.setenv("CODEPMP_KUBE_API", api.url)
+        trainer.api = api
+        yield trainer
 
 
 SETTINGS = {"image": "registry.example/codepmp-gpu:1", "nodes": 1.0, "gpus_per_node": 2.0, "poll_s": 0.5,
@@ -113,14 +85,16 @@ def test_python_func_runs_a_trainjob_and_outputs_its_model(kube_api, tiny_overri
     _run(overrides, tiny_lm, pairs_dir, tmp_path / "pmp")
     assert kube_api.runs == 1, kube_api.logs
     load_reward_model(str(tmp_path / "pmp"))
-    (job,) = kube_api.jobs.values()
+    (job,) = kube_api.api.jobs.values()
     trainer = job["spec"]["trainer"]
     assert job["spec"]["runtimeRef"]["name"] == "torch-distributed"
     assert (trainer["numNodes"], trainer["numProcPerNode"]) == (1, 2)  # ints, though the parameter held floats
     assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "2"
-    (override,) = job["spec"]["podTemplateOverrides"]
-    assert override["spec"]["nodeSelector"] == {"pool": "h100"}
-    assert override["metadata"]["labels"]["codepmp.io/pipeline-pod"] == "true"
+    # The stored object is what the server kept after checking it against the CRD; the node pods get the settings.
+    pod = node_pod_template(job, TRAINER_RELEASE)
+    assert pod["spec"]["nodeSelector"] == {"pool": "h100"}
+    assert pod["metadata"]["labels"]["codepmp.io/pipeline-pod"] == "true"
+    assert all(query["fieldValidation"] == "Strict" for query in kube_api.api.created())
     assert not any("value" in e and e["name"].startswith("AWS_") for e in trainer["env"])  # refs, not values
     (run,) = mlflow.search_runs(experiment_names=[tiny_overrides["experiment"]], output_format="list",
                                 filter_string="tags.`codepmp.run` = 'tj-1'")
@@ -154,4 +128,4 @@ def test_unknown_settings_and_unreachable_api_are_clear_errors(stack_env, tiny_o
     monkeypatch.setenv("CODEPMP_KUBE_API", "http://127.0.0.1:9")
     with pytest.raises(SystemExit):
         _run(tiny_overrides, tiny_lm, pairs_dir, tmp_path / "y", run_name="tj-unreachable")
-    assert "could not reach the Kubernetes API to create TrainJob default/codepmp-pretrain-" in capsys.readouterr().err
+    assert "could not reach the Kubernetes API to read TrainJob default/codepmp-pretrain-" in capsys.readouterr().err
