@@ -9,6 +9,12 @@ TrainJob (Kubeflow Trainer v2, `trainer.kubeflow.org/v1alpha1`, `torch-distribut
 Complete or Failed condition, and copies the model and summary back into its own outputs. A retried task
 finds the TrainJob it created by name and waits for it again instead of starting a second one.
 
+Trainer releases moved the node pod settings: v2.0 `podSpecOverrides` (cannot label pods: unsupported),
+v2.1 `podTemplateOverrides`, v2.2 and later `runtimePatches`. The API server prunes fields its CRD does not
+know, silently unless asked otherwise, so every create here asks for `fieldValidation=Strict`; with
+`trainer_api="auto"` Strict server-side dry runs find the shape the installed CRD takes.
+tests/pipeline/test_trainjob_conformance.py checks each shape against the upstream CRDs.
+
 The Kubernetes API is the in-cluster one (the task's ServiceAccount needs the TrainJob rights in
 manifests/components/pipeline-access/rbac.yaml), `$CODEPMP_KUBE_API` when set (e.g. `kubectl proxy`'s
 http://127.0.0.1:8001), else the local kubeconfig.
