@@ -20,9 +20,9 @@
 # NS's codepmp-s3. The optional GitHub token (Secret codepmp-github, key GITHUB_TOKEN) is never
 # made here; see manifests/README.md.
 #
-# Values are hex from `openssl rand` (or /dev/urandom): URL-safe, as the Postgres password is used
-# in a URI. They are written to a private temporary directory and handed to kubectl as files, so
-# they appear neither in the output nor in any process's arguments.
+# Values are hex from `openssl rand` (or /dev/urandom), safe in any URI, shell word or config file.
+# They are written to a private temporary directory and handed to kubectl as files, so they appear
+# neither in the output nor in any process's arguments.
 set -eu
 
 usage() {

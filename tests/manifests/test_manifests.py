@@ -478,7 +478,8 @@ def test_mlflow_server_uses_postgres_and_proxies_artifacts_to_minio(kustomizatio
 
     env = env_of(server)
     backend = urlparse(env["MLFLOW_BACKEND_STORE_URI"]["value"])
-    assert backend.scheme == "postgresql" and backend.hostname == "mlflow-postgres"
+    # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the image has psycopg2.
+    assert backend.scheme == "postgresql+psycopg2" and backend.hostname == "mlflow-postgres"
     # libpq takes the password from PGPASSWORD, so neither the URI nor the auth config holds it.
     assert backend.password is None
     assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {
@@ -819,7 +820,7 @@ def test_gpu_cluster_spec_sends_gpu_stages_to_that_pool():
     assert not _fits_node(gpu_pod, {}, []), "GPU stages may land off the pool"
     assert spec.gpus >= 1 and spec.accelerator_type == "nvidia.com/gpu"
     # The memory-backed /dev/shm is charged to the pod's memory limit.
-    assert _bytes(spec.shm_size) < _bytes(spec.gpu_pod_resources()[1])
+    assert _bytes(spec.shm_size) < _bytes(spec.gpu_memory)
 
     readme = (MANIFESTS / "README.md").read_text()
     ((label, value),) = spec.gpu_node_selector.items()

@@ -718,7 +718,7 @@ def test_mlflow_requires_a_login_configured_by_the_admin_secret(kustomization, m
     # No secret in the file: the admin comes from the Secret as env, the database password as PGPASSWORD.
     assert config.admin_username is None and config.admin_password is None
     database = urlparse(config.database_uri)
-    assert database.scheme == "postgresql" and database.hostname == "mlflow-postgres"
+    assert database.scheme == "postgresql+psycopg2" and database.hostname == "mlflow-postgres"
     assert database.password is None
     assert config.database_uri == env["MLFLOW_BACKEND_STORE_URI"]["value"], "one database for runs and users"
     assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-postgres"
@@ -777,7 +777,7 @@ def mlflow_with_login(tmp_path_factory):
     work = tmp_path_factory.mktemp("mlflow-login")
     database = f"sqlite:///{work / 'mlflow.db'}"
     ini = rendered_file("mlflow-auth", "mlflow-auth.ini").replace(
-        "postgresql://mlflow@mlflow-postgres:5432/mlflow", database
+        "postgresql+psycopg2://mlflow@mlflow-postgres:5432/mlflow", database
     )
     assert database in ini
     (work / "auth.ini").write_text(ini)
