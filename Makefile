@@ -23,7 +23,7 @@ export CODEPMP_IMAGE_GPU := $(IMAGE_GPU)
 MLFLOW_VERSION := $(shell sed -n 's/^mlflow==//p' requirements.lock)
 IMAGE_MLFLOW := $(REGISTRY)/mlflow-server:$(MLFLOW_VERSION)
 
-.PHONY: install models run test compile submit up down status promote clean bench-crawl images reliability
+.PHONY: install models run test compile submit up down status promote clean bench-crawl images reliability secrets
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ PARAMS ?=
 submit: install
 	$(PY) -m codepmp.cli submit --profile $(PROFILE) --experiment "$(EXPERIMENT)" $(if $(PARAMS),--params $(PARAMS)) \
 		$(if $(CLUSTER),--cluster-spec $(CLUSTER)) $(if $(filter-out 0 no false,$(WAIT)),--wait) $(ARGS)
+
+# make secrets [NS=codepmp] [PROFILE_NS=kubeflow-user-example-com]: create the cluster's Secrets once, with
+# random values, before the first `kubectl apply -k`; existing Secrets are never changed (docs/cluster.md).
+secrets:
+	sh manifests/bootstrap-secrets.sh --namespace $(or $(NS),codepmp) $(if $(PROFILE_NS),--pipeline-namespace $(PROFILE_NS))
 
 up: install
 	$(PY) -m codepmp.cli up
