@@ -405,7 +405,9 @@ def evaluate(cfg: PipelineConfig, run_name: str, models: dict[str, str], data_di
         for figure in render_report(results, report_path, figures):
             mlflow.log_artifact(str(figure), "figures")
     mlflow.log_artifact(report_path)
-    write_json({"results": results, "metrics": evaluation["metrics"], "scoring": scoring}, results_path)
+    # The register stage's gate reads the PMP - control differences (paired intervals) from this file.
+    write_json({"results": results, "metrics": evaluation["metrics"], "differences": evaluation["differences"],
+                "scoring": scoring}, results_path)
     flat = {f"{name}.{key}": value for name, metrics in evaluation["metrics"].items() for key, value in metrics.items()}
     flat.update({f"diff.{key}": value for key, value in evaluation["differences"].items()})
     return {**flat, "scoring_s": scoring["seconds"], "scored_texts_per_s": scoring["texts_per_s"]}
