@@ -146,7 +146,7 @@ def cmd_serve(args) -> None:
 
 
 def cmd_promote(args) -> None:
-    from codepmp.tracking import promote
+    from codepmp.registry import promote
 
     _ensure_services(start_embedded=False)
     cfg = load_config(args.profile, args.overrides)
@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", required=True, help="model to serve (repeatable)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p = add("promote", cmd_promote, "move the champion alias to a registered version (gated)")
+    p = add("promote", cmd_promote, "move the champion alias to a registered version: forced, or unforced only "
+            "when both versions were evaluated on the same data and its interval lies above the champion's")
     p.add_argument("--version", required=True, type=int)
     p.add_argument("--force", action="store_true", help="skip the gate (needs --why; recorded on the version)")
     p.add_argument("--who", default=os.environ.get("USER", ""), help="who forces the promotion (default: $USER)")

@@ -97,7 +97,21 @@ def crawl_location(cfg: PipelineConfig, run_name: str) -> str:
     fingerprint, so a retried or rerun task resumes its finished chunks and another config never does."""
     from codepmp.crawl.crawl import config_fingerprint
 
-    return f"{_run_location('crawl', run_name)}/{config_fingerprint(cfg.crawl)}"
+    return f"{_run_location('crawl', run_name)}/{config_fingerprint(crawl_config(cfg))}"
+
+
+def crawl_config(cfg: PipelineConfig):
+    """`cfg.crawl` with decontamination also against every dev/evaluation file of this run's reasoning stage, so
+    pretraining code never holds the problems the run finetunes or evaluates on (and a change of those files
+    changes the crawl fingerprint)."""
+    from codepmp.reasoning.build import evaluation_files
+
+    if not cfg.crawl.decontam.enabled:
+        return cfg.crawl
+    given = cfg.crawl.decontam.reasoning_sets
+    decontam = dataclasses.replace(cfg.crawl.decontam, reasoning_sets=given + [
+        path for path in evaluation_files(cfg.reasoning) if path not in given])
+    return dataclasses.replace(cfg.crawl, decontam=decontam)
 
 
 def _crawl_result(stats: dict) -> dict:
@@ -110,7 +124,7 @@ def crawl(cfg: PipelineConfig, run_name: str, rank: int = 0, location: str = "")
     """One rank of the crawl into `location` (default: the object store, see `crawl_location`)."""
     from codepmp.crawl import run_crawl
 
-    stats = run_crawl(cfg.crawl, location or crawl_location(cfg, run_name), rank=rank,
+    stats = run_crawl(crawl_config(cfg), location or crawl_location(cfg, run_name), rank=rank,
                       world_size=cfg.crawl.world_size)
     return {"rank": rank, **_crawl_result(stats)}
 
@@ -121,7 +135,7 @@ def crawl_merge(cfg: PipelineConfig, run_name: str, out_dir: str, location: str 
     from codepmp.atomic import write_json
     from codepmp.crawl import finalize_crawl
 
-    manifest = finalize_crawl(cfg.crawl, location or crawl_location(cfg, run_name),
+    manifest = finalize_crawl(crawl_config(cfg), location or crawl_location(cfg, run_name),
                               world_size=cfg.crawl.world_size)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     write_json(manifest, Path(out_dir) / "manifest.json")
@@ -393,14 +407,15 @@ def evaluate(cfg: PipelineConfig, run_name: str, models: dict[str, str], data_di
     from codepmp.evaluate.run import evaluate_models
     from codepmp.report import loss_curves
 
-    evaluation = evaluate_models(cfg.evaluate, models, data_dir, cfg.reasoning.seed)
+    evaluation = evaluate_models(cfg.evaluate, models, data_dir)
     sweep = json.loads(Path(sweep_path).read_text()) if sweep_path and Path(sweep_path).is_file() else None
     scoring = evaluation["scoring"]
     results = build_results(evaluation["domains"], sample_efficiency=sweep,
                             loss_curves=loss_curves(cfg.experiment, run_name),
                             meta={"title": f"codepmp evaluation: {run_name}", "profile": cfg.profile,
                                   "models": ", ".join(models), "texts scored": scoring["texts"],
-                                  "scoring seconds": scoring["seconds"], "texts per second": scoring["texts_per_s"]})
+                                  "scoring seconds": scoring["seconds"], "texts per second": scoring["texts_per_s"],
+                                  **evaluation["meta"]})
     with tempfile.TemporaryDirectory(prefix="codepmp-figures-") as figures:
         for figure in render_report(results, report_path, figures):
             mlflow.log_artifact(str(figure), "figures")
@@ -416,28 +431,36 @@ def evaluate(cfg: PipelineConfig, run_name: str, models: dict[str, str], data_di
 @stage("register")
 def register(cfg: PipelineConfig, run_name: str, model_dir: str, results_path: str, data_dir: str = "",
              job_id: str = "") -> dict:
-    """Register the PMP model; it takes the champion alias only with a gate-metric lead above its CI half-width."""
+    """Register the PMP model; it takes the champion alias only when it beats both its control and the current
+    champion (re-scored on `data_dir`) on the gate metric with paired intervals above 0 (`codepmp.registry`)."""
     import json
 
     from codepmp.errors import InputError
+    from codepmp.registry import check_gate_metric, gate_verdict
     from codepmp.tracking import register_reward_model
 
+    check_gate_metric(cfg.evaluate.gate_metric)
     results = json.loads(Path(results_path).read_text())
     metrics = results.get("metrics", {}).get("pmp")
     if not metrics:
         raise InputError(f"{results_path} holds no metrics of a 'pmp' model (run the evaluate stage first)")
-    gate = cfg.evaluate.gate_metric
-    low, high = metrics.get(f"{gate}_ci_low"), metrics.get(f"{gate}_ci_high")
-    margin = (high - low) / 2 if low is not None and high is not None else 0.0
+    if "differences" not in results:
+        raise InputError(f"{results_path} holds no PMP - control differences (rerun the evaluate stage)")
+    verdict = gate_verdict(cfg, model_dir, data_dir, results["differences"], seed=cfg.reasoning.seed)
     lineage = {"codepmp.pipeline_run": run_name, "codepmp.pipeline_job": job_id or "none",
                "codepmp.base_model": cfg.base_model}
     stats_file = Path(data_dir) / "stats.json" if data_dir else None
     if stats_file and stats_file.is_file():
         lineage.update({f"codepmp.data_sha256.{table}": digest
                         for table, digest in json.loads(stats_file.read_text()).get("sha256", {}).items()})
-    outcome = register_reward_model(model_dir, cfg.promote.registered_model, metrics, gate, alias=cfg.promote.alias,
-                                    run_name=run_name, margin=margin, lineage=lineage)
-    print(f"[register] version {outcome['version']}: {outcome['reason']}", flush=True)
+    # The whole evaluation, differences included, goes on the run; the version gets only the gate and lineage.
+    run_metrics = {**metrics, **{f"diff.{key}": value for key, value in results["differences"].items()}}
+    outcome = register_reward_model(model_dir, cfg.promote.registered_model, run_metrics, verdict,
+                                    alias=cfg.promote.alias, run_name=run_name, lineage=lineage)
+    print(f"[register] version {outcome['version']}: {outcome['summary']}", flush=True)
+    gate = {f"gate_{c.against}_{field}": getattr(c, field) for c in (verdict.control, verdict.champion) if c
+            for field in ("mean", "low", "high")}
     return {"registered_model": outcome["name"], "version": int(outcome["version"]),
-            "promoted": int(bool(outcome["promoted"])), "gate_value": outcome["value"], "gate_margin": margin,
-            "alias": outcome["alias"] or "", "gate_reason": outcome["reason"]}
+            "promoted": int(bool(outcome["promoted"])), "alias": outcome["alias"] or "", "gate_metric": verdict.metric,
+            "gate_reason": outcome["reason"], "gate_summary": outcome["summary"],
+            "gate_champion_version": verdict.champion_version or "none", **gate}

@@ -1,9 +1,10 @@
-"""MLflow helpers shared by every stage: one run per stage, reward-model registration, gated promotion.
+"""MLflow helpers shared by every stage: one run per stage, reward-model registration (the gate that
+decides its alias is `codepmp.registry`).
 
     from codepmp.tracking import stage_run, register_reward_model
     with stage_run("codepmp", "pretrain", "r1", cfg.to_dict()):
         mlflow.log_metric("loss", 0.7, step=1)
-    register_reward_model(rm_dir, "codepmp-reward-model", {"pairwise_accuracy": 0.71}, "pairwise_accuracy")
+    register_reward_model(rm_dir, "codepmp-reward-model", metrics, gate_verdict(cfg, rm_dir, data_dir, differences))
 
 Clients read only MLFLOW_TRACKING_URI (the embedded stack's server or a cluster's); artifacts go
 through the server's proxied artifact store, so no S3 settings are needed here. An unreachable
@@ -28,11 +29,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from codepmp.errors import InputError, ServiceError
 from codepmp.report import redact_uri
 from codepmp.retry import delays, window_from_env
+
+if TYPE_CHECKING:
+    from codepmp.registry import GateVerdict
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -46,10 +50,6 @@ HEALTH_TIMEOUT_S = 3.0
 MAX_PARAM_CHARS = 6000
 RUN_TAG = "codepmp.run"
 STAGE_TAG = "codepmp.stage"
-GATE_TAG = "codepmp.gate_metric"
-MARGIN_TAG = "codepmp.gate_margin"
-"""The gate metric's 95 % CI half-width when the version was evaluated: the lead it needs over the champion."""
-GATE_REASON_TAG = "codepmp.gate_reason"
 MODEL_ARTIFACT_NAME = "reward_model"
 RETRY_VAR = "CODEPMP_MLFLOW_RETRY_S"
 DEFAULT_RETRY_S = 120.0
@@ -329,63 +329,27 @@ def pip_requirements() -> list[str]:
                                                                     "tokenizers", "accelerate")]
 
 
-def _tag_value(tags: Mapping[str, str], name: str) -> float | None:
-    try:
-        return float(tags[name])
-    except (KeyError, ValueError):
-        return None
-
-
-def _apply_gate(client: Any, name: str, version: str, alias: str, gate_metric: str, value: float | None,
-                force: bool, margin: float = 0.0, challenger_alias: str = "") -> dict[str, Any]:
-    """Move `alias` to `version` when forced, unheld, or when `value` beats the holder's gate tag by more than
-    `margin` (the candidate's confidence-interval half-width: a smaller lead is within noise). Otherwise
-    `challenger_alias`, when given, moves to the version instead. The result says which happened and why."""
-    with _mlflow_errors(f"registered model '{name}'"):
-        holder = client.get_registered_model(name).aliases.get(alias)
-        previous_value = None
-        if holder is not None:
-            previous_value = _tag_value(client.get_model_version(name, holder).tags, gate_metric)
-        if holder == version:
-            promoted, reason = False, f"version {version} already holds '{alias}'"
-        elif force:
-            promoted, reason = True, "forced"
-        elif holder is None or previous_value is None:
-            promoted, reason = True, (f"no version held '{alias}'" if holder is None else
-                                      f"'{alias}' version {holder} has no {gate_metric} to compare")
-        else:
-            lead = value - previous_value if value is not None else float("-inf")
-            promoted = lead > margin
-            verdict = "beats" if promoted else "does not beat"
-            reason = (f"{gate_metric} {value:.4f} {verdict} '{alias}' version {holder} ({previous_value:.4f}) by "
-                      f"more than the CI half-width {margin:.4f} (lead {lead:+.4f})")
-        given = alias if promoted or holder == version else (challenger_alias or None)
-        if given and holder != version:
-            client.set_registered_model_alias(name, given, version)
-    return {"name": name, "version": version, "promoted": promoted, "previous_version": holder,
-            "previous_value": previous_value, "value": value, "margin": margin, "alias": given, "reason": reason}
-
-
 def register_reward_model(model_dir: str | Path, registered_model: str, metrics: Mapping[str, float],
-                          gate_metric: str, alias: str = "champion", run_name: str = "manual",
-                          experiment: str = "codepmp", margin: float = 0.0, challenger_alias: str = "challenger",
+                          verdict: GateVerdict, alias: str = "champion", run_name: str = "manual",
+                          experiment: str = "codepmp", challenger_alias: str = "challenger",
                           lineage: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Log the HF reward-model folder with the transformers flavor, register a version, tag it with `metrics`
-    and `lineage` (data hashes, pipeline run ids), and move `alias` to it only if metrics[gate_metric] beats
-    the current holder's tag by more than `margin`; otherwise `challenger_alias` moves to it.
+    """Log the HF reward-model folder with the transformers flavor and register a version. The full `metrics`
+    go on the MLflow run; the version's tags carry the gate `verdict` (see `codepmp.registry`) and `lineage`
+    (data hashes, pipeline run ids, base model). `alias` moves to the version when the verdict promotes it,
+    `challenger_alias` otherwise.
 
     Logs into the active run, or else into a new "<run_name>/register" run of `experiment`.
-    Returns {name, version, promoted, previous_version, previous_value, value, margin, alias, reason}.
+    Returns {name, version, promoted, previous_version, alias, reason, summary}.
     """
     model_dir = check_reward_model_dir(model_dir)
-    if gate_metric not in metrics:
-        raise InputError(f"gate metric '{gate_metric}' is not among the metrics {sorted(metrics)}")
     check_tracking_server()
     import mlflow
 
+    from codepmp.registry import TAG_PREFIX as GATE
+
     run_context = (contextlib.nullcontext() if mlflow.active_run() is not None else
                    stage_run(experiment, "register", run_name,
-                             {"registered_model": registered_model, "gate_metric": gate_metric}))
+                             {"registered_model": registered_model, "gate_metric": verdict.metric}))
     with run_context, _mlflow_errors(f"registering '{registered_model}'"):
         mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
         model_info = mlflow.transformers.log_model(
@@ -395,48 +359,25 @@ def register_reward_model(model_dir: str | Path, registered_model: str, metrics:
         version = str(model_info.registered_model_version)
     client = mlflow.MlflowClient()
     with _mlflow_errors(f"tagging '{registered_model}' version {version}"):
-        for key, value in metrics.items():
-            client.set_model_version_tag(registered_model, version, key, str(float(value)))
-        for key, value in (lineage or {}).items():
+        holder = client.get_registered_model(registered_model).aliases.get(alias)
+        tags = {**(lineage or {}), RUN_TAG: run_name, **verdict.tags()}
+        promoted = verdict.promoted
+        if promoted and holder != verdict.champion_version:
+            # Another version took the alias while this one was scored against the previous holder.
+            promoted = False
+            tags.update({f"{GATE}verdict": challenger_alias, f"{GATE}reason": "champion_changed",
+                         f"{GATE}summary": f"'{alias}' moved to version {holder} during the gate; " + verdict.summary})
+        for key, value in tags.items():
             client.set_model_version_tag(registered_model, version, key, str(value))
-        client.set_model_version_tag(registered_model, version, RUN_TAG, run_name)
-        client.set_model_version_tag(registered_model, version, GATE_TAG, gate_metric)
-        client.set_model_version_tag(registered_model, version, MARGIN_TAG, str(margin))
-    outcome = _apply_gate(client, registered_model, version, alias, gate_metric, float(metrics[gate_metric]),
-                          force=False, margin=margin, challenger_alias=challenger_alias)
-    with _mlflow_errors(f"tagging '{registered_model}' version {version}"):
-        client.set_model_version_tag(registered_model, version, GATE_REASON_TAG, outcome["reason"])
-    return outcome
+        given = alias if promoted else challenger_alias
+        if given:
+            client.set_registered_model_alias(registered_model, given, version)
+    return {"name": registered_model, "version": version, "promoted": promoted, "previous_version": holder,
+            "alias": given or None, "reason": tags[f"{GATE}reason"], "summary": tags[f"{GATE}summary"]}
 
 
-def promote(registered_model: str, version: str | int, alias: str = "champion",
-            gate_metric: str = "pairwise_accuracy", force: bool = False, who: str = "", why: str = "") -> dict[str, Any]:
-    """Move `alias` to `version` if its `gate_metric` tag beats the current holder's by more than the version's
-    recorded CI half-width, or always with `force`, which needs `who` and `why`: they are written on the
-    version as audit tags. The manual path behind `make promote`. Returns the same dict as `register_reward_model`.
-    """
-    if force and not (who.strip() and why.strip()):
-        raise InputError("a forced promotion needs who is promoting and why (make promote VERSION=N WHY='...')")
-    uri = check_tracking_server()
-    import mlflow
+def promote(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """`codepmp.registry.promote`: the manual promotion behind `make promote`."""
+    from codepmp.registry import promote as promote_version
 
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    version = str(version)
-    with _mlflow_errors(f"version {version} of registered model '{registered_model}'"):
-        tags = client.get_model_version(registered_model, version).tags
-    value = _tag_value(tags, gate_metric)
-    if value is None and not force:
-        raise InputError(f"version {version} of '{registered_model}' has no numeric '{gate_metric}' "
-                         f"tag to compare; evaluate it first or promote with force")
-    outcome = _apply_gate(client, registered_model, version, alias, gate_metric, value, force,
-                          margin=_tag_value(tags, MARGIN_TAG) or 0.0)
-    if force and outcome["promoted"]:
-        import datetime
-
-        audit = {"codepmp.promoted_by": who, "codepmp.promote_reason": why, "codepmp.promote_forced": "true",
-                 "codepmp.promoted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                 "codepmp.promoted_over": str(outcome["previous_version"])}
-        with _mlflow_errors(f"tagging '{registered_model}' version {version}"):
-            for key, text in audit.items():
-                client.set_model_version_tag(registered_model, version, key, text)
-    return outcome
+    return promote_version(*args, **kwargs)
