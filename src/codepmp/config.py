@@ -93,6 +93,9 @@ class DecontamConfig:
     sets: list[str] = field(default_factory=list)
     """JSON/JSONL files or folders of them whose text fields are the evaluation data; empty: the reasoning data
     that `reasoning` and `evaluate` use (packaged GSM8K sample), plus the files of `CODEPMP_EVAL_DATA` if set."""
+    reasoning_sets: list[str] = field(default_factory=list)
+    """The dev and evaluation files of the run's own reasoning stage (`reasoning.data_dir` per domain, imported
+    pools), indexed besides `sets`; the crawl stage adds them from the pipeline's `reasoning` section."""
 
 
 @dataclass
@@ -290,15 +293,23 @@ class ReasoningConfig:
     paired with incorrect: Math-Shepherd style). Logic pairs are always the right option against each wrong one."""
     rejected_per_problem: int = 1
     """Corrupted pairs per problem ("corrupted"), or at most this many pairs per problem ("sampled")."""
+    samples_per_problem: int = 4
+    """Solutions sampled per train (and, without a sampled pool, dev) problem for "sampled" pairs (k, at least
+    2): a problem gives pairs only when its samples are both right and wrong, so more samples pair more problems."""
+    dev_pairs_per_problem: int = 1
+    """Held-out pairs per dev problem (at most, for "sampled"); few per problem keep the pairs independent."""
     extra_pairs: list[str] = field(default_factory=list)
     """More finetuning pairs from files: a Math-Shepherd JSONL (name containing "shepherd") or a generic
     {prompt, chosen, rejected} JSONL."""
     pool: str = "corrupted"
     """Best-of-N candidates for gsm8k/math dev problems: "corrupted" (the reference plus corruptions),
-    "sampled" (from `policy_model`) or "import" (`pool_file`)."""
+    "sampled" (from `policy_model`, each labelled by the answer checker; with `pairs` "sampled" the dev pairs
+    are then correct against incorrect candidates of the same problem) or "import" (`pool_files`)."""
+    pool_files: dict[str, str] = field(default_factory=dict)
+    """Pool "import": per math domain, a JSONL of {problem_id, prompt, gold, candidates: [{text, is_correct}]}
+    (e.g. {"gsm8k": "gsm8k_pool.jsonl", "math": "math_pool.jsonl"}); every configured math domain needs one."""
     pool_file: str = ""
-    """JSONL of {problem_id, prompt, gold, candidates: [{text, is_correct}]} for pool "import" (the problems of
-    the first math domain)."""
+    """Pool "import" with a single math domain: its pool file (the same as `pool_files` {domain: pool_file})."""
     candidates_per_problem: int = 8
     """Best-of-N pool size per dev problem (the paper samples up to 256 on a cluster)."""
     policy_model: str = "smollm2-135m-instruct"
@@ -407,9 +418,10 @@ def _paper() -> dict[str, Any]:
         "pretrain": paper_train,
         "finetune": {**paper_train, "lm_coef": 0.0, "lr": 1e-6, "grad_accum": 8, "checkpoint_every": 200},
         "reasoning": {"domains": ["gsm8k", "math", "logiqa2"], "train_problems": 7273, "dev_problems": 200,
-                      "pairs": "sampled", "pool": "sampled", "candidates_per_problem": 64,
+                      "pairs": "sampled", "pool": "sampled", "samples_per_problem": 8,
+                      "candidates_per_problem": 256,
                       "policy_model": "Qwen/Qwen2-1.5B-Instruct", "max_new_tokens": 1024},
-        "evaluate": {"best_of_n": [1, 2, 4, 8, 16, 32, 64], "max_length": 1024, "batch_size": 16,
+        "evaluate": {"best_of_n": [1, 2, 4, 8, 16, 32, 64, 128, 256], "max_length": 1024, "batch_size": 16,
                      "pack_tokens": 2048},
         "sweep": {"sizes": [250, 500, 1000, 2000, 4000]},
     }
@@ -453,6 +465,9 @@ def _coerce(value: Any, current: Any, path: str) -> Any:
     elif isinstance(current, list):
         if isinstance(value, list):
             return [_coerce(v, current[0], path) for v in value] if current else list(value)
+    elif isinstance(current, dict):  # string to string maps (reasoning.pool_files)
+        if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            return dict(value)
     raise ConfigError(f"config key '{path}' expects {type(current).__name__}, got {value!r}")
 
 

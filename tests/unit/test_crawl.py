@@ -297,6 +297,63 @@ def test_a_planted_gsm8k_problem_is_decontaminated(tmp_path: Path):
     assert off["files_kept"] == 2
 
 
+
+def _reasoning_folder(root: Path) -> dict[str, str]:
+    """A made-up reasoning data folder (gsm8k, math, logiqa2 dev files); returns a planted text per domain."""
+    texts = {"gsm8k": "Marcy bakes seventeen loaves of rye bread every Sunday morning and sells each loaf at the "
+                      "harbour market for four dollars. How much money does she make in a month of Sundays?",
+             "math": "Find the greatest common divisor of the two polynomials whose coefficients are listed in "
+                     "the table below, expressing your answer as a monic polynomial in descending powers.",
+             "logiqa2": "Every librarian in the northern district has read the complete works of the novelist, "
+                        "yet no critic who reviewed the novelist favourably has ever worked in a public library."}
+    for name, rows in {"gsm8k/dev.jsonl": [{"question": texts["gsm8k"], "answer": "#### 68"}],
+                       "math/dev.jsonl": [{"problem": texts["math"], "solution": "$\\boxed{1}$"}],
+                       "logiqa2/dev.jsonl": [{"id": 1, "text": texts["logiqa2"], "question": "Which follows?",
+                                              "options": ["a", "b", "c", "d"], "answer": 0}]}.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(json.dumps(rows[0]) + "\n")
+    (root / "logiqa2" / "dev200.jsonl").write_text((root / "logiqa2" / "dev.jsonl").read_text())
+    return texts
+
+
+def test_the_crawl_stage_decontaminates_against_the_runs_own_reasoning_dev_files(tmp_path: Path):
+    from codepmp.config import PipelineConfig, ReasoningConfig
+    from codepmp.stages import crawl_config, crawl_location
+
+    planted = _reasoning_folder(tmp_path / "data")
+    root = tmp_path / "code"
+    root.mkdir()
+    for name, text in planted.items():
+        (root / f"{name}_solver.py").write_text(f'"""{text}"""\n\n' + code(name))
+    (root / "clean.py").write_text(code("clean"))
+    reasoning = ReasoningConfig(data_dir=str(tmp_path / "data"), domains=["gsm8k", "math", "logiqa2"])
+    cfg = PipelineConfig(crawl=small_cfg(root), reasoning=reasoning)
+    # The crawl section alone indexes only the packaged sample: the planted dev problems get through ...
+    assert run_crawl(cfg.crawl, tmp_path / "plain", progress=False)["files_kept"] == 4
+    # ... the stage's config indexes every dev file the reasoning stage reads, and drops all three.
+    staged = crawl_config(cfg)
+    assert sorted(Path(p).relative_to(tmp_path / "data").as_posix() for p in staged.decontam.reasoning_sets) == \
+        ["gsm8k/dev.jsonl", "logiqa2/dev.jsonl", "logiqa2/dev200.jsonl", "math/dev.jsonl"]
+    stats = run_crawl(staged, tmp_path / "out", progress=False)
+    assert stats["dropped"] == {"contaminated": 3}
+    assert [r["path"] for r in read_shards(tmp_path / "out")] == ["clean.py"]
+    # Other reasoning files make another crawl (fingerprint), and a configured file that is missing is an error.
+    fewer = dataclasses.replace(cfg, reasoning=dataclasses.replace(reasoning, domains=["gsm8k"]))
+    assert crawl_location(fewer, "r") != crawl_location(cfg, "r")
+    (tmp_path / "data" / "math" / "dev.jsonl").unlink()
+    with pytest.raises(InputError, match="math/dev.jsonl' does not exist .*cannot decontaminate"):
+        crawl_config(cfg)
+    off = dataclasses.replace(cfg, crawl=small_cfg(root, decontam=DecontamConfig(enabled=False)))
+    assert crawl_config(off).decontam.reasoning_sets == []
+
+
+def test_missing_reasoning_set_names_its_setting(tmp_path: Path):
+    from codepmp.crawl.decontam import Decontaminator
+
+    with pytest.raises(InputError, match=r"does not exist \(crawl.decontam.reasoning_sets\)"):
+        Decontaminator.from_config(DecontamConfig(reasoning_sets=[str(tmp_path / "gone.jsonl")]))
+
+
 # ---------------------------------------------------------------- max_files, ranks and merging
 
 

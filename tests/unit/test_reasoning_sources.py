@@ -213,6 +213,18 @@ def test_real_logiqa2_dev200_loads():
     assert len(logic_pairs(items[:5])) == 15
 
 
+@needs_shared
+def test_real_logiqa2_dev_reuses_ids_and_unique_items_repairs_them():
+    from codepmp.reasoning.logic import content_key, unique_items
+
+    raw = load_logiqa2(SHARED, "dev")
+    assert len({i.id for i in raw}) < len(raw)  # upstream reuses ids for different items
+    items, stats = unique_items(raw)
+    assert len({i.id for i in items}) == len(items) == len(raw) - stats.dropped
+    assert len({content_key(i) for i in items}) == len(items) and stats.renamed > 0
+    assert all(i.id.split("#")[0] in {r.id for r in raw} for i in items)
+
+
 # --- Math-Shepherd -------------------------------------------------------------------------------------------
 
 def shepherd_row(question: str, steps: list[tuple[str, str]], task: str = "GSM8K") -> dict:

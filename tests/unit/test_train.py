@@ -36,10 +36,28 @@ def test_encode_marks_response_boundary(tiny_model):
     decoded = tokenizer.decode(enc.ids[enc.response_start:])
     assert decoded.strip() == "response text"
     assert len(encode(tokenizer, "p", "x " * 500, max_length=16).ids) == 16
-    # Too long: the prompt's start goes, the response's end (its final answer) stays.
-    cut = encode(tokenizer, "question " * 100, " so the answer is 42", max_length=24)
-    assert len(cut.ids) == 24 and tokenizer.decode(cut.ids).endswith("so the answer is 42")
-    assert tokenizer.decode(cut.ids[cut.response_start:]).strip() == "so the answer is 42"
+
+
+def test_truncation_keeps_the_prompt_and_cuts_the_end_of_the_response(tiny_model):
+    from codepmp.train.data import PromptTooLong
+
+    _, tokenizer = load_reward_model(tiny_model)
+    question = "Tom has 3 apples and buys 4 more. How many apples?"
+    answer = " He has 3 + 4 = 7 apples. " + "Checking again. " * 40 + "#### 7"
+    full = encode(tokenizer, question, answer, 512)
+    limit = full.response_start + 8
+    cut = encode(tokenizer, question, answer, limit)
+    assert len(full.ids) > limit and len(cut.ids) == limit
+    assert cut.ids == full.ids[:limit] and cut.response_start == full.response_start
+    assert tokenizer.decode(cut.ids[:cut.response_start]) == question  # the whole question is scored
+    assert not tokenizer.decode(cut.ids).endswith("#### 7")  # the response's end went
+    # A prompt with no room left for a response token is an error naming its length; one token of room is enough.
+    prompt_tokens = full.response_start
+    with pytest.raises(PromptTooLong, match=f"a prompt of {prompt_tokens} tokens leaves no room .* max_length "
+                                            f"{prompt_tokens}"):
+        encode(tokenizer, question, answer, max_length=prompt_tokens)
+    fits = encode(tokenizer, question, answer, max_length=prompt_tokens + 1)
+    assert fits.response_start == prompt_tokens and len(fits.ids) == prompt_tokens + 1
 
 
 def test_batches_cover_every_pair_once():
@@ -141,11 +159,12 @@ def test_unusable_pairs_are_counted_skips_and_all_unusable_is_a_clear_error(tiny
 
     tokenizer = PreferenceModel.load(tiny_model, with_lm_head=False).tokenizer
     long_prompt = "word " * 200
-    # The long prompt loses its start, not the responses: that pair stays usable.
-    bad = [Pair("Q:", "   ", " no"), Pair("Q:", " a" + " common" * 40, " b" + " common" * 40)]
+    # The cut keeps the prompt and drops the end of the responses: responses that differ only at the end
+    # become the same tokens, and a prompt that fills max_length leaves nothing to compare.
+    bad = [Pair("Q:", "   ", " no"), Pair("Q:", " common" * 80 + " a", " common" * 80 + " b")]
     kept, skipped = screen_pairs(tokenizer, bad + [Pair(long_prompt, " yes", " no")] + PAIRS[:2], max_length=64)
-    assert len(kept) == 3 and kept[0][0].ids[-1] != kept[0][1].ids[-1]
-    assert skipped == {"empty_response": 1, "identical_after_truncation": 1}
+    assert len(kept) == 2 and all(c.ids != r.ids for c, r in kept)
+    assert skipped == {"empty_response": 1, "prompt_too_long": 1, "identical_after_truncation": 1}
     summary = train(CFG, tiny_model, bad + PAIRS, tmp_path / "out", progress=False)
     assert summary["pairs"] == 8 and summary["skipped_empty_response"] == 1
     with pytest.raises(InputError, match="none of the 2 training pairs is usable at max_length 64: empty_response 1, "

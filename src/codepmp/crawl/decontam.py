@@ -13,9 +13,11 @@ that ordinary code and prose do not collide by chance, and short enough to catch
 or solution inside a docstring or a test fixture.
 
 Evaluation sets are JSON Lines or JSON files (a list of rows), or folders of them; every string value of a
-row (nested lists and objects included) is indexed. By default the reasoning data that `reasoning` and
-`evaluate` use is indexed (the packaged GSM8K sample), plus every such file under `$CODEPMP_EVAL_DATA`
-(point it at your GSM8K / MATH / LogiQA 2.0 / ReClor copies on a cluster).
+row (nested lists and objects included) is indexed. By default the packaged GSM8K sample is indexed, plus
+every such file under `$CODEPMP_EVAL_DATA` (point it at your GSM8K / MATH / LogiQA 2.0 / ReClor copies on a
+cluster). On top of those, `reasoning_sets` holds the dev and evaluation files of the run's own reasoning stage:
+the crawl stage fills it from the pipeline's `reasoning` section (`reasoning.build.evaluation_files`), so the
+code corpus never holds a problem that the same run finetunes or evaluates on.
 """
 
 from __future__ import annotations
@@ -65,8 +67,9 @@ def _rows(path: Path) -> Iterator[Any]:
                 raise InputError(f"evaluation set {path} line {number} is not valid JSON: {exc}") from None
 
 
-def eval_files(sets: list[str]) -> list[Path]:
-    """The JSON/JSONL files named by `sets` (files or folders, searched recursively), sorted; InputError if none."""
+def eval_files(sets: list[str], key: str = "crawl.decontam.sets") -> list[Path]:
+    """The JSON/JSONL files named by `sets` (files or folders, searched recursively), sorted; InputError if none.
+    `key` is the setting that named them, for the message."""
     files: list[Path] = []
     for item in sets:
         path = Path(item)
@@ -78,7 +81,7 @@ def eval_files(sets: list[str]) -> list[Path]:
         elif path.is_file():
             files.append(path)
         else:
-            raise InputError(f"evaluation set {path} does not exist (crawl.decontam.sets)")
+            raise InputError(f"evaluation set {path} does not exist ({key})")
     return files
 
 
@@ -150,6 +153,7 @@ class Decontaminator:
     @classmethod
     def from_config(cls, cfg: DecontamConfig) -> Decontaminator:
         files = eval_files(cfg.sets or default_sets())
+        files += [p for p in eval_files(cfg.reasoning_sets, "crawl.decontam.reasoning_sets") if p not in files]
         texts = [text for path in files for row in _rows(path) for text in _strings(row)]
         return cls(cfg.ngram, texts, [str(p) for p in files])
 

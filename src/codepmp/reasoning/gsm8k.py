@@ -56,8 +56,13 @@ def load_problems(data_dir: str, split: str) -> list[Problem]:
         if not path.exists():
             raise InputError(f"GSM8K file '{path}' does not exist (reasoning.data_dir={data_dir!r})")
         return _problems(read_jsonl(path, "GSM8K"), split)
-    with resources.as_file(resources.files("codepmp.reasoning").joinpath(f"data/gsm8k_{split}.jsonl")) as path:
+    with resources.as_file(packaged_path(split)) as path:
         return _problems(read_jsonl(path, "GSM8K"), split)
+
+
+def packaged_path(split: str):
+    """The packaged MIT sample of `split` ('train' or 'dev'), as an importlib resource."""
+    return resources.files("codepmp.reasoning").joinpath(f"data/gsm8k_{split}.jsonl")
 
 
 def _problems(records: list[Record], split: str) -> list[Problem]:

@@ -10,6 +10,7 @@ Public API:
     option_response(item, index) -> str          ' The answer is B. <option text>'
     logic_pairs(items) -> list[Pair]             right option (chosen) against each wrong one (rejected)
     logic_tasks(items) -> list[Task]             for sampling and best-of-N pools (gold: the option letter)
+    unique_items(items) -> (list[LogicItem], IdStats)   one id per item: renamed reused ids, dropped repeats
 
 Formats. LogiQA 2.0: one object a line with `id` (int), `answer` (int, 0-based), `text` (the passage),
 `question`, `options` (list of strings) and `type` (reasoning-type name -> true). ReClor: one JSON array of
@@ -21,7 +22,7 @@ scored, but pairs and tasks need the label and refuse them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from codepmp.errors import InputError
@@ -44,6 +45,47 @@ class LogicItem:
     """0-based index into `options`; None only for unlabelled ReClor test items."""
     types: tuple[str, ...] = ()
     """LogiQA 2.0 reasoning types (e.g. 'Categorical Reasoning')."""
+
+
+@dataclass
+class IdStats:
+    """What `unique_items` changed; evaluation groups option rows by item id, so both would corrupt it."""
+
+    renamed: int = 0
+    """Items whose id an earlier, different item already had: they get '<id>#2', '<id>#3', ..."""
+    dropped: int = 0
+    """Items identical to an earlier one (passage, question, options and answer), whatever their ids: a repeat
+    would count twice in option accuracy and give the same finetuning pairs twice."""
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def content_key(item: LogicItem) -> tuple:
+    """What makes two items the same item (the id and reasoning-type tags do not)."""
+    return item.passage, item.question, item.options, item.answer
+
+
+def unique_items(items: Sequence[LogicItem]) -> tuple[list[LogicItem], IdStats]:
+    """The items with each id used once, in file order. Upstream LogiQA 2.0 reuses ids for different items
+    (shared/data logiqa2/dev.jsonl: ids 10882 and 10973), and `logic_dev` rows are grouped by id."""
+    stats, seen, used, out = IdStats(), set(), set(), []
+    for item in items:
+        key = content_key(item)
+        if key in seen:
+            stats.dropped += 1
+            continue
+        seen.add(key)
+        new_id, copy = item.id, 1
+        while new_id in used:
+            copy += 1
+            new_id = f"{item.id}#{copy}"
+        if new_id != item.id:
+            stats.renamed += 1
+            item = replace(item, id=new_id)
+        used.add(new_id)
+        out.append(item)
+    return out, stats
 
 
 def _options(record: Record, key: str) -> tuple[str, ...]:

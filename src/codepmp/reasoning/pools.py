@@ -2,6 +2,7 @@
 
 Public API:
     generated_pool(tasks, backend, sampling, n) -> list[dict]     n sampled candidates per task, checked
+    labelled_pool(tasks, solutions, labels) -> list[dict]         rows for solutions already sampled and checked
     imported_pool(path, domain, tasks=None) -> list[dict]         candidates with labels from a JSONL file
 
 Row: problem_id, candidate (0-based within the problem), prompt, response (' ' + text), answer (the final
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from codepmp.reasoning.answers import DOMAINS, extract_answer
 from codepmp.reasoning.jsonl import Record, read_jsonl
-from codepmp.reasoning.sampled import sample_solutions
+from codepmp.reasoning.sampled import label_solutions, sample_solutions
 from codepmp.reasoning.tasks import Task, response
 from codepmp.synthesize.backend import Backend, Sampling
 
@@ -36,8 +37,16 @@ def _row(problem_id: str, k: int, prompt: str, text: str, gold: str | None, corr
 def generated_pool(tasks: Sequence[Task], backend: Backend, sampling: Sampling, n: int) -> list[dict]:
     """n candidates per task from the policy (see `sampled.sample_solutions`), each labelled by its checker."""
     solutions = sample_solutions(tasks, backend, sampling, n, desc="candidate pool")
-    return [_row(task.id, k, task.prompt, text, task.gold, task.check(text), task.domain, task.n_options)
-            for task, texts in zip(tasks, solutions) for k, text in enumerate(texts)]
+    return labelled_pool(tasks, solutions, label_solutions(tasks, solutions))
+
+
+def labelled_pool(tasks: Sequence[Task], solutions: Sequence[Sequence[str]],
+                  labels: Sequence[Sequence[bool]]) -> list[dict]:
+    """Pool rows of sampled solutions with their labels (`sampled.label_solutions`), so the same samples can
+    also make dev pairs without being checked twice."""
+    return [_row(task.id, k, task.prompt, text, task.gold, ok, task.domain, task.n_options)
+            for task, texts, marks in zip(tasks, solutions, labels, strict=True)
+            for k, (text, ok) in enumerate(zip(texts, marks, strict=True))]
 
 
 def _candidates(record: Record) -> list[tuple[str, bool]]:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from codepmp.errors import InputError
+
 
 @dataclass
 class Pair:
@@ -23,8 +25,6 @@ def read_text_rows(path: str | Path, columns: list[str], hint: str) -> list[dict
     `hint` says which stage writes the file."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from codepmp.errors import InputError
 
     path = Path(path)
     if not path.is_file():
@@ -52,20 +52,30 @@ class Encoded:
     """Index of the first response token; earlier tokens are prompt and get no LM loss."""
 
 
+class PromptTooLong(InputError):
+    """A prompt that leaves no room for one response token within `max_length`."""
+
+
 def encode(tokenizer, prompt: str, response: str, max_length: int) -> Encoded:
     """Tokenize prompt+response as one text (as inference does) and locate the response boundary by offsets.
 
-    Too long a text loses tokens from the start of the prompt, never the end of the response: the final
-    answer is what tells a correct solution from a corrupted one, and cutting it off would make the two
-    sides of a pair (or a problem's candidates) the same tokens. Leading special tokens (a BOS) are kept."""
+    Too long a text keeps its whole prompt and loses the end of its response (trailing special tokens such as
+    an EOS are kept): a candidate scored without its question would be judged on nothing it was asked. The
+    reward is read at the last token, so a cut response is judged on its first part only: a long MATH solution
+    loses its final answer, and two responses that differ only after the cut become the same tokens
+    (`screen_pairs` drops such pairs; raise `max_length` where answers are long). A prompt that leaves no room
+    for a response token raises PromptTooLong, naming its length: training skips and counts those pairs
+    (`screen_pairs`); a scorer cannot rank what it cannot see, so it reports the error."""
     enc = tokenizer(prompt + response, return_offsets_mapping=True)
     ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
-    if len(ids) > max_length:
-        special = next((i for i, (lo, hi) in enumerate(offsets) if hi > lo), 0) if max_length > 1 else 0
-        special = min(special, max_length - 1)
-        keep = max_length - special
-        ids, offsets = ids[:special] + ids[-keep:], offsets[:special] + offsets[-keep:]
     start = next((i for i, (lo, hi) in enumerate(offsets) if hi > lo and lo >= len(prompt)), len(ids))
+    if len(ids) > max_length:
+        tail = next((n for n, (lo, hi) in enumerate(reversed(offsets)) if hi > lo), 0)
+        keep = max_length - tail
+        if start >= keep:
+            raise PromptTooLong(f"a prompt of {start} tokens leaves no room for its response within max_length "
+                                f"{max_length} (prompt starts {prompt[:60]!r})")
+        ids = ids[:keep] + ids[len(ids) - tail:]
     return Encoded(ids, start)
 
 
@@ -74,19 +84,23 @@ def encode_pairs(tokenizer, pairs: list[Pair], max_length: int) -> list[tuple[En
             for p in pairs]
 
 
-SKIP_REASONS = ("empty_response", "identical_after_truncation")
+SKIP_REASONS = ("empty_response", "prompt_too_long", "identical_after_truncation")
 
 
 def screen_pairs(tokenizer, pairs: list[Pair], max_length: int) -> tuple[list[tuple[Encoded, Encoded]], dict]:
-    """The encoded pairs that can teach a preference, and the others counted by reason: a blank side, or two
-    sides that are the same tokens once cut to `max_length` (responses that differ only in a start that the
-    cut removed; the loss would compare a sequence with itself)."""
+    """The encoded pairs that can teach a preference, and the others counted by reason: a blank side, a prompt
+    that fills `max_length` by itself (see `encode`), or two sides that are the same tokens once cut to
+    `max_length` (responses that differ only after the cut; the loss would compare a sequence with itself)."""
     kept, skipped = [], dict.fromkeys(SKIP_REASONS, 0)
     for pair in pairs:
         if not pair.chosen.strip() or not pair.rejected.strip():
             skipped["empty_response"] += 1
             continue
-        chosen, rejected = encode_pairs(tokenizer, [pair], max_length)[0]
+        try:
+            chosen, rejected = encode_pairs(tokenizer, [pair], max_length)[0]
+        except PromptTooLong:
+            skipped["prompt_too_long"] += 1
+            continue
         if chosen.ids == rejected.ids:
             skipped["identical_after_truncation"] += 1
         else:
