@@ -1,5 +1,5 @@
 """Shared fixtures for tests/ and components/. Integration tests run against a private embedded stack
-on free ports, never the user's own stack:
+on free ports, never the user's own stack (tests/isolation.py enforces it for the whole session):
 
     .venv/bin/python -m pytest tests/integration -q
     .venv/bin/python -m pytest -m "not integration"     # skip them
@@ -12,6 +12,9 @@ from collections.abc import Iterator
 import pytest
 
 from codepmp.stack import MINIO, Stack, StackPorts, choose_s3_server, find_weed
+
+# Before anything else: keep every test and subprocess off the user's own stack (see tests/isolation.py).
+pytest_plugins = ("tests.isolation",)
 
 TEST_ACCESS_KEY = "cpmp-ak-7f3a9"
 TEST_SECRET_KEY = "codepmp-test-secret"

@@ -90,6 +90,7 @@ def _stage_cmd(name: str):
     def run(args) -> None:
         from codepmp import stages
 
+        load_config(args.profile, args.overrides)  # bad keys fail before any server is started or reached
         _ensure_services()
         kwargs = {k: v for k, v in vars(args).items() if k in STAGE_ARGS[name]}
         if name == "crawl":
