@@ -147,8 +147,8 @@ def download_version(registered_model: str, version: str, out_dir: str | Path) -
     return out_dir
 
 
-def gate_verdict(cfg: Any, model_dir: str | Path, data_dir: str | Path | None, differences: Mapping[str, float],
-                 seed: int = 0) -> GateVerdict:
+def gate_verdict(cfg: Any, model_dir: str | Path, data_dir: str | Path | None,
+                 differences: Mapping[str, float]) -> GateVerdict:
     """Both comparisons for the PMP model in `model_dir`: against its control from the evaluate stage's
     `differences`, and against the current holder of `cfg.promote.alias`, re-scored here on `data_dir`.
     `cfg` is the pipeline config (evaluate settings, gate metric, registered model and alias)."""
@@ -164,8 +164,8 @@ def gate_verdict(cfg: Any, model_dir: str | Path, data_dir: str | Path | None, d
 
     with tempfile.TemporaryDirectory(prefix="codepmp-champion-") as scratch:
         holder_dir = download_version(cfg.promote.registered_model, holder, Path(scratch) / f"version-{holder}")
-        evaluation = evaluate_models(cfg.evaluate, {"pmp": str(model_dir), "champion": str(holder_dir)},
-                                     data_dir, seed)
+        # The evaluate stage's own settings and seed: the champion is scored exactly as PMP and control were.
+        evaluation = evaluate_models(cfg.evaluate, {"pmp": str(model_dir), "champion": str(holder_dir)}, data_dir)
     return GateVerdict(metric, control, paired_comparison(evaluation["differences"], metric, "champion"), holder)
 
 

@@ -446,7 +446,7 @@ def register(cfg: PipelineConfig, run_name: str, model_dir: str, results_path: s
         raise InputError(f"{results_path} holds no metrics of a 'pmp' model (run the evaluate stage first)")
     if "differences" not in results:
         raise InputError(f"{results_path} holds no PMP - control differences (rerun the evaluate stage)")
-    verdict = gate_verdict(cfg, model_dir, data_dir, results["differences"], seed=cfg.reasoning.seed)
+    verdict = gate_verdict(cfg, model_dir, data_dir, results["differences"])
     lineage = {"codepmp.pipeline_run": run_name, "codepmp.pipeline_job": job_id or "none",
                "codepmp.base_model": cfg.base_model}
     stats_file = Path(data_dir) / "stats.json" if data_dir else None
