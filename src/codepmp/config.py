@@ -360,7 +360,8 @@ class PromoteConfig:
     registered_model: str = "codepmp-reward-model"
     """Name of the registered model in the MLflow registry."""
     alias: str = "champion"
-    """Alias moved to the new version when it beats the current holder on the gate metric."""
+    """Alias moved to a new version that beats both its control and the current holder (re-scored on the run's
+    dev data) on `evaluate.gate_metric` with paired intervals above 0; other versions get `challenger`."""
 
 
 @dataclass
