@@ -820,7 +820,7 @@ def test_gpu_cluster_spec_sends_gpu_stages_to_that_pool():
     assert not _fits_node(gpu_pod, {}, []), "GPU stages may land off the pool"
     assert spec.gpus >= 1 and spec.accelerator_type == "nvidia.com/gpu"
     # The memory-backed /dev/shm is charged to the pod's memory limit.
-    assert _bytes(spec.shm_size) < _bytes(spec.gpu_memory)
+    assert _bytes(spec.shm_size) < _bytes(spec.gpu_pod_resources()[1])
 
     readme = (MANIFESTS / "README.md").read_text()
     ((label, value),) = spec.gpu_node_selector.items()
