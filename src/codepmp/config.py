@@ -339,6 +339,9 @@ class EvaluateConfig:
     fewer times; the attention mask is pack_tokens x pack_tokens, so keep it to a few thousand."""
     bootstrap_resamples: int = 1000
     """Bootstrap resamples behind every 95 % confidence interval."""
+    seed: int = 0
+    """Seed of the best-of-N candidate draws (one generator per seed, N and problem, identical for every model),
+    the majority vote's tie breaks and every bootstrap. The paper uses 123 (`--set evaluate.seed=123`)."""
     gate_metric: str = "pairwise_accuracy"
     """Metric that decides promotion (higher is better): "pairwise_accuracy" over all dev pairs, or a domain's
     metric such as "gsm8k.pairwise_accuracy", "gsm8k.bon8_rm" or "logiqa2.option_accuracy". A candidate

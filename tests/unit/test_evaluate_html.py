@@ -8,7 +8,7 @@ import re
 import pytest
 
 from codepmp.evaluate.html import best_of_n_entry, build_results, metric_entry, render_report
-from codepmp.evaluate.metrics import best_of_n_curves
+from codepmp.evaluate.metrics import best_of_n_compare, best_of_n_curves
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EVIL = "<script>alert(1)</script>"
@@ -120,3 +120,49 @@ def test_malformed_results_fail_before_writing(tmp_path):
 def test_metric_entry_needs_the_same_items_for_every_model():
     with pytest.raises(ValueError, match="same items"):
         metric_entry({"pmp": [1.0, 0.0], "control": [1.0]})
+
+
+PLUMBING = "dev pairs/pools are corrupted copies of the reference solution: a plumbing check, not a reward-model metric"
+
+
+def test_plumbing_check_is_a_prominent_line_for_corrupted_data_only(tmp_path):
+    corrupted = full_results()
+    corrupted["meta"]["plumbing_check"] = PLUMBING
+    corrupted["domains"]["gsm8k"]["metrics"]["pairwise_accuracy"]["plumbing_check"] = True
+    corrupted["domains"]["gsm8k"]["best_of_n"]["plumbing_check"] = True
+    render_report(corrupted, tmp_path / "c.html")
+    page = (tmp_path / "c.html").read_text()
+    assert f'<p class="warn" id="plumbing-check">{PLUMBING}</p>' in page
+    assert page.index(PLUMBING) < page.index("PMP vs control")  # above every table
+    assert page.count("(plumbing check)") == 2 and f"<dd>{PLUMBING}" not in page  # not repeated in the header
+    render_report(full_results(), tmp_path / "s.html")
+    sampled = (tmp_path / "s.html").read_text()
+    assert "plumbing check" not in sampled and 'class="warn"' not in sampled
+
+
+def test_pooled_and_clustered_entries_and_the_paired_best_of_n_row(tmp_path):
+    values = {"pmp": [1.0, 1.0, 1.0, 0.0, 1.0, 0.0], "control": [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]}
+    strata = ["gsm8k", "logiqa2", "logiqa2", "logiqa2", "gsm8k", "gsm8k"]
+    clusters = ["g1", "i1", "i1", "i1", "g2", "g3"]
+    entry = metric_entry(values, n_resamples=100, clusters=clusters, strata=strata)
+    assert entry["items"] == 6 and entry["clusters"] == 4 and entry["strata"] == ["gsm8k", "logiqa2"]
+    assert entry["models"]["pmp"]["mean"] == pytest.approx((2 / 3 + 2 / 3) / 2)
+    assert entry["difference"]["mean"] == pytest.approx(entry["models"]["pmp"]["mean"]
+                                                        - entry["models"]["control"]["mean"])
+    rng = random.Random(3)
+    pool = [{"problem_id": f"q{p}", "answer": str(rng.randint(0, 2)), "correct": rng.random() < 0.4}
+            for p in range(8) for _ in range(4)]
+    compared = best_of_n_compare(pool, {"pmp": [float(r["correct"]) for r in pool],
+                                        "control": [rng.random() for _ in pool]}, trials=4, n_resamples=100)
+    bon = best_of_n_entry(compared["curves"], compared["difference"])
+    results = build_results({"all": {"metrics": {"pairwise_accuracy": entry}}, "gsm8k": {"best_of_n": bon}})
+    render_report(results, tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    assert "6 (4 clusters)" in page and "mean of 2 domains: gsm8k, logiqa2" in page
+    assert "pmp − control rm (paired)" in page
+    d = bon["difference"]
+    assert f"{d['mean'][-1]:+.3f} [{d['low'][-1]:+.3f}, {d['high'][-1]:+.3f}]" in page
+    broken = json.loads(json.dumps(results))
+    broken["domains"]["gsm8k"]["best_of_n"]["difference"]["low"].pop()
+    with pytest.raises(ValueError, match="difference"):
+        render_report(broken, tmp_path / "x.html")

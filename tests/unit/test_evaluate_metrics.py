@@ -1,4 +1,5 @@
-"""Evaluation metrics: best-of-N by hand on made-up pools, bootstrap intervals, option accuracy with ties."""
+"""Evaluation metrics: best-of-N by hand on made-up pools, cluster and stratified bootstrap intervals, paired
+best-of-N differences on identical draws, a majority vote that reads no scores, option accuracy with ties."""
 
 import random
 
@@ -6,13 +7,17 @@ import pytest
 
 from codepmp.evaluate.metrics import (
     best_of_n,
+    best_of_n_compare,
     best_of_n_curves,
+    best_of_n_draws,
     bootstrap_ci,
+    cluster_layout,
     option_accuracy,
     option_correct,
     paired_difference_ci,
     pairwise_correct,
     powers_of_two,
+    stratified_mean,
 )
 
 
@@ -29,11 +34,11 @@ def merge(*parts: tuple[list[dict], list[float]]) -> tuple[list[dict], list[floa
 # N = 3 draws every candidate, so each strategy's pick is fixed and can be worked out by hand:
 #   p1: rm takes 0.9 (correct); "7" has two votes and wins the vote (wrong); 1 of 3 correct.
 #   p2: rm takes 0.8 (wrong); "4" wins the vote (correct); 2 of 3 correct.
-#   p3: three answers with one vote each; the highest score (0.6, answer "2") decides: wrong. rm: 0.6, wrong.
+#   p3: "2" has two votes (wrong); rm takes 0.6 (wrong); 1 of 3 correct.
 HAND_POOL = merge(
     rows("p1", [("5", True, 0.9), ("7", False, 0.2), ("7", False, 0.1)]),
     rows("p2", [("3", False, 0.8), ("4", True, 0.5), ("4", True, 0.4)]),
-    rows("p3", [("1", False, 0.3), ("2", False, 0.6), ("9", True, 0.2)]),
+    rows("p3", [("2", False, 0.3), ("2", False, 0.6), ("9", True, 0.2)]),
 )
 HAND_EXPECTED = {"rm": 1 / 3, "majority": 1 / 3, "random": (1 / 3 + 2 / 3 + 1 / 3) / 3, "oracle": 1.0}
 
@@ -65,18 +70,41 @@ def test_n_of_one_makes_every_strategy_the_same_pick():
     assert point["rm"]["mean"] == point["random"]["mean"] == point["majority"]["mean"] == point["oracle"]["mean"]
 
 
-def test_majority_ties_go_to_the_answer_with_the_highest_single_score():
-    # "6" and "8" have two votes each; the top score (0.9) belongs to "6" although "8" has the larger sum (1.2).
-    pool, scores = rows("p", [("6", True, 0.9), ("6", True, 0.0), ("8", False, 0.6), ("8", False, 0.6)])
-    assert best_of_n_curves(pool, scores, [4], trials=1)["strategies"]["majority"]["mean"] == [1.0]
+def test_majority_ties_are_a_seeded_draw_that_reads_no_score():
+    # "6" (right) and "8" (wrong) have two votes each: a fair seeded draw decides, whatever the scores say.
+    pool, _ = rows("p", [("6", True, 0.0), ("6", True, 0.0), ("8", False, 0.0), ("8", False, 0.0)])
+    runs = [best_of_n_curves(pool, [random.Random(k).random() for _ in pool], [4], trials=400, seed=5)
+            for k in range(4)]
+    majority = {r["strategies"]["majority"]["mean"][0] for r in runs}
+    assert len(majority) == 1 and 0.4 < majority.pop() < 0.6  # the same for every score vector, about half
+    assert best_of_n_curves(pool, [0.0] * 4, [4], trials=400, seed=6)["strategies"]["majority"] \
+        != runs[0]["strategies"]["majority"]  # another seed, other tie breaks
+    assert runs[0] == best_of_n_curves(pool, [random.Random(0).random() for _ in pool], [4], trials=400, seed=5)
+
+
+def test_majority_is_the_same_whichever_models_are_compared():
+    pool = random_pool(problems=10, size=8, seed=3)
+    rng = random.Random(1)
+    scores = {name: [rng.gauss(0, 1) for _ in pool] for name in ("a", "b", "c")}
+    ab = best_of_n_compare(pool, {"a": scores["a"], "b": scores["b"]}, trials=6, seed=2, n_resamples=50)
+    ca = best_of_n_compare(pool, {"c": scores["c"], "a": scores["a"]}, trials=6, seed=2, n_resamples=50)
+    alone = best_of_n_curves(pool, scores["b"], trials=6, seed=2, n_resamples=50)
+    for strategy in ("majority", "random", "oracle"):
+        curve = alone["strategies"][strategy]
+        assert ab["curves"]["a"]["strategies"][strategy] == ab["curves"]["b"]["strategies"][strategy] == curve
+        assert ca["curves"]["c"]["strategies"][strategy] == curve
+    assert ab["curves"]["a"]["strategies"]["rm"] == ca["curves"]["a"]["strategies"]["rm"]  # identical draws
 
 
 def test_candidates_without_an_answer_abstain_from_the_vote():
     pool, scores = rows("p", [(None, False, 0.5), (None, False, 0.4), (None, False, 0.3), ("7", True, 0.1)])
     result = best_of_n_curves(pool, scores, [4], trials=1)["strategies"]
     assert result["majority"]["mean"] == [1.0] and result["rm"]["mean"] == [0.0]
+    # No answer at all: a seeded random candidate (here right or wrong with even odds), not the rm pick.
     silent, silent_scores = rows("q", [(None, True, 0.5), (None, False, 0.9)])
-    assert best_of_n_curves(silent, silent_scores, [2], trials=1)["strategies"]["majority"]["mean"] == [0.0]
+    picks = best_of_n_curves(silent, silent_scores, [2], trials=400, seed=1)["strategies"]
+    assert picks["rm"]["mean"] == [0.0] and 0.4 < picks["majority"]["mean"][0] < 0.6
+    assert picks == best_of_n_curves(silent, [0.0, 0.0], [2], trials=400, seed=1)["strategies"] | {"rm": picks["rm"]}
 
 
 def test_an_oracle_reward_model_matches_the_oracle_and_beats_random():
@@ -173,3 +201,77 @@ def test_pairwise_correct_per_item():
     assert pairwise_correct([1.0, 2.0, 0.5], [0.0, 2.0, 1.0]) == [1.0, 0.0, 0.0]
     with pytest.raises(ValueError):
         pairwise_correct([1.0], [])
+
+
+def test_cluster_bootstrap_is_the_row_bootstrap_for_singletons_and_wider_for_correlated_clusters():
+    rng = random.Random(3)
+    values = [float(rng.random() < 0.6) for _ in range(60)]
+    row = bootstrap_ci(values, 500, seed=4)
+    assert bootstrap_ci(values, 500, seed=4, clusters=[f"c{i}" for i in range(60)]) == row
+    # Every value three times, the copies one cluster: 180 rows but only 60 independent items.
+    tripled = [v for v in values for _ in range(3)]
+    clusters = [i // 3 for i in range(180)]
+    as_rows = bootstrap_ci(tripled, 500, seed=4)
+    as_clusters = bootstrap_ci(tripled, 500, seed=4, clusters=clusters)
+    assert as_rows[0] == pytest.approx(as_clusters[0]) == pytest.approx(row[0])
+    assert as_clusters[2] - as_clusters[1] > 1.4 * (as_rows[2] - as_rows[1])  # about sqrt(3) wider
+    assert as_clusters[1:] == pytest.approx(row[1:], abs=0.03)  # what 60 independent items give
+    # A paired difference resamples the same clusters for both: a model against itself is exactly 0.
+    assert paired_difference_ci(tripled, tripled, clusters=clusters) == (0.0, 0.0, 0.0)
+
+
+def test_stratified_pooled_metric_is_the_mean_of_the_domain_metrics():
+    rng = random.Random(5)
+    sizes = {"gsm8k": 10, "math": 6, "logiqa2": 60}  # the logic domain has most rows but weighs a third
+    values, strata, clusters = [], [], []
+    for domain, size in sizes.items():
+        rate = {"gsm8k": 0.9, "math": 0.5, "logiqa2": 0.2}[domain]
+        for i in range(size):
+            values.append(float(rng.random() < rate))
+            strata.append(domain)
+            clusters.append(f"{domain}-{i // 3}")
+    per_domain = [sum(v for v, s in zip(values, strata) if s == d) / n for d, n in sizes.items()]
+    mean, low, high = bootstrap_ci(values, 400, seed=1, clusters=clusters, strata=strata)
+    assert mean == pytest.approx(sum(per_domain) / 3) == pytest.approx(stratified_mean(values, strata))
+    assert mean != pytest.approx(sum(values) / len(values))
+    assert low <= mean <= high
+    _, groups = cluster_layout(len(values), clusters, strata)
+    assert [len(g) for g in groups] == [4, 2, 20]  # clusters per domain, each resampled within its domain
+    other = [1.0 - v for v in values]
+    diff = paired_difference_ci(values, other, 400, seed=1, clusters=clusters, strata=strata)
+    assert diff[0] == pytest.approx(mean - stratified_mean(other, strata)) and diff[1] <= diff[0] <= diff[2]
+
+
+def test_paired_best_of_n_difference_on_identical_draws():
+    pool = random_pool(problems=12, size=8, seed=6)
+    rng = random.Random(7)
+    good = [(1.0 if r["correct"] else 0.0) + rng.random() for r in pool]
+    noise = [rng.random() for _ in pool]
+    same = best_of_n_compare(pool, {"pmp": good, "control": list(good)}, [1, 2, 4, 8], trials=5, seed=3,
+                             n_resamples=200)
+    assert same["difference"]["a"] == "pmp" and same["difference"]["b"] == "control"
+    for key in ("mean", "low", "high"):
+        assert same["difference"][key] == [0.0] * 4  # a model against itself: exactly 0, zero width
+    versus = best_of_n_compare(pool, {"pmp": good, "control": noise}, [1, 2, 4, 8], trials=5, seed=3,
+                               n_resamples=200)
+    d = versus["difference"]
+    assert d["mean"][0] == pytest.approx(0.0)  # N=1: one candidate, no choice
+    for i, n in enumerate(versus["n"]):
+        pmp, control = (versus["curves"][m]["strategies"]["rm"]["mean"][i] for m in ("pmp", "control"))
+        assert d["mean"][i] == pytest.approx(pmp - control) and d["low"][i] <= d["mean"][i] <= d["high"][i]
+    assert d["low"][-1] > 0  # perfect scores beat noise at N=8
+    assert "difference" not in best_of_n_compare(pool, {"pmp": good}, [2], trials=2)
+
+
+def test_draws_depend_on_seed_n_and_problem_only():
+    assert (best_of_n_draws(8, 4, 5, 0, "q1") == best_of_n_draws(8, 4, 5, 0, "q1")).all()
+    assert not (best_of_n_draws(8, 4, 5, 123, "q1") == best_of_n_draws(8, 4, 5, 0, "q1")).all()
+    assert not (best_of_n_draws(8, 4, 5, 0, "q2") == best_of_n_draws(8, 4, 5, 0, "q1")).all()
+    draws = best_of_n_draws(8, 4, 5, 0, "q1")
+    assert draws.shape == (5, 4) and all(len(set(row)) == 4 for row in draws.tolist())
+    pool = random_pool(problems=8, size=8, seed=2)
+    scores = [random.Random(i).random() for i in range(len(pool))]
+    first, paper = (best_of_n_curves(pool, scores, trials=4, seed=s, n_resamples=50) for s in (0, 123))
+    assert first.keys() == paper.keys() and first["n"] == paper["n"]
+    assert first["strategies"]["rm"]["mean"] != paper["strategies"]["rm"]["mean"]
+    assert first["strategies"]["oracle"]["mean"][-1] == paper["strategies"]["oracle"]["mean"][-1]  # N = pool

@@ -4,20 +4,26 @@ figures embedded as base64 PNG, so the page can be mailed, attached to an MLflow
 The `results` dict (plain JSON; every section but "domains" is optional, and a domain may lack any part):
 
     {
-      "meta": {"title": str, <label>: str | number, ...},          # shown as a header; "title" names the page
+      "meta": {"title": str, <label>: str | number, ...,          # shown as a header; "title" names the page
+               "plumbing_check"?: str},                           # present when the data is a plumbing check:
+                                                                  # shown as a warning line above everything
       "domains": {
-        <domain, e.g. "gsm8k" or "logic">: {
+        <domain, e.g. "gsm8k", "logiqa2" or "all">: {
           "metrics": {                                            # one table row per metric
             <metric, e.g. "pairwise_accuracy" or "option_accuracy">: {
-              "items": int, "level": 0.95,
+              "items": int, "clusters"?: int, "level": 0.95,
+              "strata"?: [domain, ...],                           # "all": the mean over these, each weighing 1/k
+              "plumbing_check"?: true,                            # values on corrupted data (see meta)
               "models": {<model, e.g. "pmp">: {"mean": f, "low": f, "high": f}, <"control">: {...}},
               "difference": {"a": "pmp", "b": "control", "mean": f, "low": f, "high": f},  # paired bootstrap
             },
           },
           "best_of_n": {
-            "n": [1, 2, 4, ...], "problems": int, "trials": int, "level": 0.95,
+            "n": [1, 2, 4, ...], "problems": int, "trials": int, "level": 0.95, "plumbing_check"?: true,
             "curves": {<label, e.g. "pmp-rm", "control-rm", "majority", "random", "oracle">:
                        {"mean": [f per n], "low": [...], "high": [...]}},  # low/high present -> a CI band
+            "difference"?: {"a": "pmp", "b": "control", "mean": [f per n], "low": [...], "high": [...]},
+                                                                  # rm strategy, paired over problems
           },
         },
       },
@@ -27,7 +33,7 @@ The `results` dict (plain JSON; every section but "domains" is optional, and a d
     }
 
 `metric_entry`, `best_of_n_entry` and `build_results` make these parts from per-item values and from
-`codepmp.evaluate.metrics.best_of_n_curves` output. Figures are drawn on matplotlib's Agg canvas directly
+`codepmp.evaluate.metrics.best_of_n_compare` output. Figures are drawn on matplotlib's Agg canvas directly
 (no pyplot), so rendering needs no display and leaves the process's matplotlib backend alone.
 """
 
@@ -38,10 +44,10 @@ import html
 import io
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Hashable, Sequence
 
 from codepmp.atomic import atomic_path
-from codepmp.evaluate.metrics import bootstrap_ci, paired_difference_ci
+from codepmp.evaluate.metrics import bootstrap_ci, cluster_layout, paired_difference_ci
 
 BASELINES = ("majority", "random", "oracle")
 COLORS = {"majority": "#2ca02c", "random": "#7f7f7f", "oracle": "#000000"}
@@ -57,33 +63,46 @@ th:first-child,td:first-child{text-align:left}th{background:#f4f4f4}
 td.sig{font-weight:600}
 dl.meta{display:grid;grid-template-columns:max-content auto;gap:.1em 1em}dl.meta dt{color:#666}dl.meta dd{margin:0}
 img{max-width:100%;height:auto}p.note{color:#666;font-size:.9em}
+p.warn{background:#fff3cd;border:1px solid #d4a400;padding:.5em .8em;font-weight:600}
+span.tag{color:#9a6700;font-size:.85em;font-weight:600}
 """
+PLUMBING_TAG = " (plumbing check)"
 
 
-def metric_entry(per_item: dict[str, list[float]], n_resamples: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> dict:
-    """A metric's table entry from per-item values (1/0 correctness) per model: each model's mean with its
-    bootstrap interval, and, for two or more models, the paired difference first minus second."""
+def metric_entry(per_item: dict[str, list[float]], n_resamples: int = 1000, seed: int = 0, level: float = 0.95,
+                 clusters: Sequence[Hashable] | None = None, strata: Sequence[Hashable] | None = None) -> dict:
+    """A metric's table entry from per-item values (1/0 correctness) per model: each model's estimate with its
+    cluster-bootstrap interval and, for two or more models, the paired difference first minus second.
+
+    `clusters` labels the items that belong together (a math problem's pairs, a logic item's pairs) and are
+    resampled together; `strata` the domains of a pooled metric, whose estimate is then the mean over domains of
+    each domain's mean (`codepmp.evaluate.metrics.bootstrap_ci`)."""
     if not per_item:
         raise ValueError("a metric entry needs at least one model's per-item values")
     sizes = {len(v) for v in per_item.values()}
     if len(sizes) != 1:
         raise ValueError(f"every model must be scored on the same items; item counts: {sorted(sizes)}")
-    entry: dict[str, Any] = {"items": sizes.pop(), "level": level, "models": {}}
+    items = sizes.pop()
+    row_cluster, groups = cluster_layout(items, clusters, strata)
+    entry: dict[str, Any] = {"items": items, "clusters": int(row_cluster.max()) + 1 if items else 0,
+                             "level": level, "models": {}}
+    if strata is not None:
+        entry["strata"] = list(dict.fromkeys(strata))
     for name, values in per_item.items():
-        mean, low, high = bootstrap_ci(values, n_resamples, seed, level)
+        mean, low, high = bootstrap_ci(values, n_resamples, seed, level, clusters, strata)
         entry["models"][name] = {"mean": mean, "low": low, "high": high}
     if len(per_item) >= 2:
         (a, a_values), (b, b_values) = list(per_item.items())[:2]
-        mean, low, high = paired_difference_ci(a_values, b_values, n_resamples, seed, level)
+        mean, low, high = paired_difference_ci(a_values, b_values, n_resamples, seed, level, clusters, strata)
         entry["difference"] = {"a": a, "b": b, "mean": mean, "low": low, "high": high}
     return entry
 
 
-def best_of_n_entry(curves_by_model: dict[str, dict]) -> dict:
-    """A domain's best-of-N part from `best_of_n_curves` output per model: an "<model>-rm" curve with its band
-    per model, and the majority, random and oracle curves of the first model. Random and oracle ignore the
-    scores; majority uses them only to break vote ties, so one model's baselines stand for all."""
+def best_of_n_entry(curves_by_model: dict[str, dict], difference: dict | None = None) -> dict:
+    """A domain's best-of-N part from `best_of_n_curves` output per model (or `best_of_n_compare(...)["curves"]`):
+    an "<model>-rm" curve with its band per model, and the majority, random and oracle curves, which read no
+    score and so are the same for every model (taken from the first). `difference` is `best_of_n_compare`'s
+    paired rm difference, shown as a table row."""
     if not curves_by_model:
         raise ValueError("best-of-N needs at least one model's curves")
     first = next(iter(curves_by_model.values()))
@@ -93,8 +112,11 @@ def best_of_n_entry(curves_by_model: dict[str, dict]) -> dict:
     curves = {f"{name}-rm": dict(result["strategies"]["rm"]) for name, result in curves_by_model.items()}
     for baseline in BASELINES:
         curves[baseline] = {"mean": list(first["strategies"][baseline]["mean"])}
-    return {"n": list(first["n"]), "problems": first["problems"], "trials": first["trials"],
-            "level": first.get("level", 0.95), "curves": curves}
+    entry = {"n": list(first["n"]), "problems": first["problems"], "trials": first["trials"],
+             "level": first.get("level", 0.95), "curves": curves}
+    if difference:
+        entry["difference"] = {k: (list(v) if isinstance(v, list) else v) for k, v in difference.items()}
+    return entry
 
 
 def build_results(domains: dict[str, dict], sample_efficiency: list[dict] | None = None,
@@ -144,6 +166,11 @@ def check_results(results: dict) -> None:
                 lengths = {len(curve.get(k, bon["n"])) for k in ("mean", "low", "high")}
                 _require("mean" in curve and lengths == {len(bon["n"])}, f"{at}['curves'][{label!r}]",
                          "mean (and low/high, if given) must have one value per N")
+            if "difference" in bon:
+                diff = bon["difference"]
+                _require(isinstance(diff, dict) and all(len(diff.get(k) or []) == len(bon["n"])
+                                                        for k in ("mean", "low", "high")),
+                         f"{at}['difference']", "needs mean, low and high with one value per N")
     for number, row in enumerate(results.get("sample_efficiency") or []):
         _require(isinstance(row, dict) and "pairs" in row, f"['sample_efficiency'][{number}]", "needs 'pairs'")
     for label, points in (results.get("loss_curves") or {}).items():
@@ -174,6 +201,15 @@ def _excludes_zero(entry: dict) -> bool:
     return entry["low"] > 0 or entry["high"] < 0
 
 
+def _items(entry: dict) -> str:
+    items, clusters = entry.get("items", "—"), entry.get("clusters")
+    return f"{items} ({clusters} clusters)" if clusters and clusters != items else f"{items}"
+
+
+def _tag(part: dict) -> str:
+    return f'<span class="tag">{_esc(PLUMBING_TAG)}</span>' if part.get("plumbing_check") else ""
+
+
 def _metric_table(metrics: dict[str, dict]) -> str:
     """Rows of metrics, one column per model and one for the paired difference."""
     first = next(iter(metrics.values()))
@@ -187,16 +223,37 @@ def _metric_table(metrics: dict[str, dict]) -> str:
         cells = "".join(f"<td>{_esc(_interval(entry['models'].get(m)))}</td>" for m in models)
         difference = entry.get("difference")
         mark = ' class="sig"' if difference and _excludes_zero(difference) else ""
-        rows.append(f"<tr><td>{_esc(metric.replace('_', ' '))}</td><td>{_esc(entry.get('items', '—'))}</td>"
+        name = metric.replace("_", " ")
+        strata = [str(stratum) for stratum in entry.get("strata") or []]
+        if len(strata) > 1:
+            name += f" (mean of {len(strata)} domains: {', '.join(strata)})"
+        elif strata:
+            name += f" ({strata[0]} only)"
+        rows.append(f"<tr><td>{_esc(name)}{_tag(entry)}</td><td>{_esc(_items(entry))}</td>"
                     f"{cells}<td{mark}>{_esc(_interval(difference, signed=True))}</td></tr>")
     return "<table>" + "".join(rows) + "</table>"
 
 
 def _bon_table(bon: dict) -> str:
+    """Strategies by N (reward models with their interval), and the paired rm difference where there is one."""
     head = "".join(f"<th>N={_esc(n)}</th>" for n in bon["n"])
     rows = [f"<tr><th>strategy</th>{head}</tr>"]
     for label, curve in bon["curves"].items():
-        rows.append(f"<tr><td>{_esc(label)}</td>" + "".join(f"<td>{_num(v)}</td>" for v in curve["mean"]) + "</tr>")
+        if "low" in curve and "high" in curve:
+            cells = [_interval({"mean": m, "low": lo, "high": hi})
+                     for m, lo, hi in zip(curve["mean"], curve["low"], curve["high"])]
+        else:
+            cells = [_num(v) for v in curve["mean"]]
+        rows.append(f"<tr><td>{_esc(label)}</td>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
+    diff = bon.get("difference")
+    if diff:
+        cells = []
+        for point in zip(diff["mean"], diff["low"], diff["high"]):
+            entry = dict(zip(("mean", "low", "high"), point))
+            mark = ' class="sig"' if _excludes_zero(entry) else ""
+            cells.append(f"<td{mark}>{_esc(_interval(entry, signed=True))}</td>")
+        rows.append(f"<tr><td>{_esc(diff.get('a', 'a'))} − {_esc(diff.get('b', 'b'))} rm (paired)</td>"
+                    + "".join(cells) + "</tr>")
     return "<table>" + "".join(rows) + "</table>"
 
 
@@ -326,7 +383,7 @@ def _img(png: bytes, alt: str) -> str:
 
 
 def _meta_block(meta: dict) -> str:
-    items = [(k, v) for k, v in meta.items() if k != "title"]
+    items = [(k, v) for k, v in meta.items() if k not in ("title", "plumbing_check")]
     if not items:
         return ""
     return '<dl class="meta">' + "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in items) + "</dl>"
@@ -340,7 +397,10 @@ def render_report(results: dict, out_html: str | Path, figures_dir: str | Path |
     domains = results.get("domains") or {}
     title = meta.get("title", "codepmp evaluation: PMP vs control")
     figures: dict[str, bytes] = {}
-    body = [f"<h1>{_esc(title)}</h1>", _meta_block(meta)]
+    body = [f"<h1>{_esc(title)}</h1>"]
+    if meta.get("plumbing_check"):
+        body.append(f'<p class="warn" id="plumbing-check">{_esc(meta["plumbing_check"])}</p>')
+    body.append(_meta_block(meta))
 
     body.append("<h2>PMP vs control</h2>")
     if not domains:
@@ -351,8 +411,11 @@ def render_report(results: dict, out_html: str | Path, figures_dir: str | Path |
             body.append(_metric_table(part["metrics"]))
         else:
             body.append('<p class="note">No pairwise or option metrics for this domain.</p>')
-    body.append('<p class="note">Intervals are percentile bootstraps over items; the difference resamples the same '
-                'items for both models (paired). Bold: the interval excludes 0.</p>')
+    body.append('<p class="note">Intervals are percentile cluster bootstraps: each resample draws whole clusters '
+                '(a math problem, a logic item: the pairs sharing a prompt) rather than rows; the difference '
+                'resamples the same clusters for both models (paired). A pooled metric ("all") is the mean over '
+                'its domains, each weighing the same, with clusters resampled within each domain (stratified). '
+                'Bold: the interval excludes 0.</p>')
 
     bon_figure = _bon_figure(domains)
     if bon_figure is not None:
@@ -361,10 +424,12 @@ def render_report(results: dict, out_html: str | Path, figures_dir: str | Path |
         for domain, part in domains.items():
             bon = part.get("best_of_n")
             if bon and bon.get("n"):
-                body += [f"<h3>{_esc(domain)}</h3>",
+                body += [f"<h3>{_esc(domain)}{_tag(bon)}</h3>",
                          f'<p class="note">{_esc(bon.get("problems", "?"))} problems, {_esc(bon.get("trials", "?"))} '
-                         f'draws per problem and N; bands: {round(100 * bon.get("level", 0.95))}% bootstrap over '
-                         'problems.</p>', _bon_table(bon)]
+                         f'seeded draws per problem and N, the same draws for every model; intervals and bands: '
+                         f'{round(100 * bon.get("level", 0.95))}% bootstrap over problems, paired for the '
+                         'difference. Majority vote breaks ties by a seeded draw and reads no reward model.</p>',
+                         _bon_table(bon)]
 
     sample = results.get("sample_efficiency")
     if sample:

@@ -1,13 +1,15 @@
 """Evaluate reward models side by side (PMP vs control) on the reasoning data stage's tables.
 
 Every text is scored once per model (dev pairs, best-of-N candidates, logic options) and the scores are reused:
-pairwise accuracy per domain and over all dev pairs, best-of-N curves for every N from the same candidate
-scores, option accuracy for logic. Each metric has a bootstrap 95 % interval, and the PMP-minus-control
-difference a paired one. `evaluate_models` returns the report's results dict and flat metrics per model.
+pairwise accuracy per domain and pooled over domains, best-of-N curves for every N from the same candidate
+scores, option accuracy for logic. Each metric has a cluster-bootstrap 95 % interval (a cluster: a math problem
+or a logic item), and the PMP-minus-control difference a paired one. `evaluate_models` returns the report's
+results dict and flat metrics per model.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -18,14 +20,17 @@ import torch
 
 from codepmp.config import EvaluateConfig
 from codepmp.evaluate.html import best_of_n_entry, metric_entry
-from codepmp.evaluate.metrics import best_of_n_curves, option_correct, pairwise_correct
+from codepmp.evaluate.metrics import best_of_n_compare, option_correct, pairwise_correct
 from codepmp.models import load_reward_model
 from codepmp.progress import progress
-from codepmp.reasoning.build import read_table
+from codepmp.reasoning.build import MATH_DOMAINS, read_table
 from codepmp.train.data import encode, pad_right
 
 ALL = "all"
-"""The pseudo-domain of every dev pair together: what the promotion gate reads by default."""
+"""The pseudo-domain of every dev pair together: what the promotion gate reads by default. Its metric is the
+mean over domains of each domain's metric (each domain weighs 1/#domains, however many pairs it has)."""
+PLUMBING_CHECK = "{what} are corrupted copies of the reference solution: a plumbing check, not a reward-model metric"
+"""The warning put in results["meta"]["plumbing_check"] when dev pairs or pools come from the `corrupted` mode."""
 
 
 class Scorer:
@@ -176,17 +181,36 @@ def dev_pairwise_correct(cfg: EvaluateConfig, model_dir: str, dev: list[dict]) -
     return pairwise_correct(scores[:len(dev)], scores[len(dev):])
 
 
+def dev_clusters(dev: list[dict]) -> list[str]:
+    """The cluster of each dev pair row, the unit a bootstrap resamples: its `cluster` or `problem_id` column where
+    the table has one, else its prompt (rows with the same prompt are the same math problem or logic item)."""
+    return [next((str(row[k]) for k in ("cluster", "problem_id") if row.get(k) is not None), row["prompt"])
+            for row in dev]
+
+
+def data_sources(data_dir: str | Path) -> dict[str, str]:
+    """How the reasoning data stage made the dev pairs and pools: stats.json's "sources" (absent: "corrupted",
+    the only mode that data written before the key existed can have come from)."""
+    path = Path(data_dir) / "stats.json"
+    stats = json.loads(path.read_text()) if path.is_file() else {}
+    sources = stats.get("sources") if isinstance(stats.get("sources"), dict) else {}
+    return {table: str(sources.get(table) or "corrupted") for table in ("dev_pairs", "pool")}
+
+
+def plumbing_check(dev_pairs: bool, pools: bool) -> str:
+    """The report's warning line when the dev pairs and/or the pools that were evaluated are corrupted copies of
+    the reference solution, else ""."""
+    corrupted = [name for name, flag in (("dev pairs", dev_pairs), ("pools", pools)) if flag]
+    return PLUMBING_CHECK.format(what="/".join(corrupted)) if corrupted else ""
+
+
 def _model_scores(scorer: Scorer, dev: list[dict], pool: list[dict], logic: list[dict]) -> dict:
-    """Per-item values of one model: dev-pair correctness by domain, candidate scores, logic correctness."""
+    """Per-item values of one model: dev-pair correctness (aligned with `dev`), candidate scores (aligned with
+    `pool`), and per logic domain the correctness of each item (in order of first appearance)."""
     texts = ([(r["prompt"], r["chosen"]) for r in dev] + [(r["prompt"], r["rejected"]) for r in dev]
              + [(r["prompt"], r["response"]) for r in pool] + [(r["prompt"], r["response"]) for r in logic])
     scores = scorer(texts, desc=f"score {scorer.name} ({len(texts)} texts)")
     n, m = len(dev), len(pool)
-    correct = pairwise_correct(scores[:n], scores[n:2 * n])
-    pairwise = defaultdict(list)
-    for row, value in zip(dev, correct):
-        pairwise[row["domain"]].append(value)
-        pairwise[ALL].append(value)
     options: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     gold: dict[str, dict[str, int]] = defaultdict(dict)
     for row, value in zip(logic, scores[2 * n + m:]):
@@ -195,13 +219,36 @@ def _model_scores(scorer: Scorer, dev: list[dict], pool: list[dict], logic: list
     option_values = {domain: option_correct([[v for _, v in sorted(opts)] for opts in items.values()],
                                             [gold[domain][item] for item in items])
                      for domain, items in options.items()}
-    return {"pairwise": dict(pairwise), "pool": scores[2 * n:2 * n + m], "options": option_values}
+    return {"pairwise": pairwise_correct(scores[:n], scores[n:2 * n]), "pool": scores[2 * n:2 * n + m],
+            "options": option_values}
 
 
-def evaluate_models(cfg: EvaluateConfig, models: dict[str, str], data_dir: str | Path, seed: int = 0) -> dict:
-    """Score every model on the data folder; returns {"domains": report parts, "metrics": {model: {flat}},
-    "differences": {flat, first model minus second}, "scoring": {texts, seconds, texts_per_s}}."""
+def evaluate_models(cfg: EvaluateConfig, models: dict[str, str], data_dir: str | Path, seed: int | None = None) -> dict:
+    """Score every model on the data folder; `seed` (default `cfg.seed`) seeds the best-of-N draws, the majority
+    vote's tie breaks and every bootstrap.
+
+    Returns {"domains": report parts, "metrics": {model: {flat}}, "differences": {flat, first model minus second},
+    "meta": {report header entries, "plumbing_check" among them when it applies}, "sources": data_sources(...),
+    "scoring": {texts, seconds, texts_per_s}}. Flat keys (those of the registry gate; `_ci_low`/`_ci_high` are
+    the 95 % interval's ends):
+
+    - `pairwise_accuracy` (+ `_ci_low`, `_ci_high`): over all dev pairs, the mean over domains of each domain's
+      pairwise accuracy (every domain weighs 1/#domains), with a bootstrap that resamples clusters within each
+      domain (stratified); before this it was the fraction over all pairs pooled, which the logic domains'
+      three pairs per item dominated.
+    - `<domain>.pairwise_accuracy`, `<domain>.option_accuracy` (+ intervals): the fraction of a domain's pairs /
+      logic items ranked right, with a cluster bootstrap (a cluster: the pairs sharing a prompt; a logic item).
+    - `<domain>.bon<N>_<strategy>` (+ intervals): best-of-N accuracy over problems (rm, majority, random,
+      oracle), bootstrap over problems; majority, random and oracle read no scores and are the same per model.
+    - In "differences", the same keys hold first model minus second with a paired bootstrap (the same clusters
+      resampled for both), and `<domain>.bon<N>_rm` the rm strategy's difference on identical draws.
+    """
+    seed = cfg.seed if seed is None else seed
     dev, pool, logic = (read_table(data_dir, name) for name in ("dev", "pool", "logic"))
+    sources = data_sources(data_dir)
+    # Only math dev pairs and pools can be corrupted copies; logic pairs are the dataset's own options.
+    dev_plumbing = sources["dev_pairs"] == "corrupted" and any(r["domain"] in MATH_DOMAINS for r in dev)
+    pool_plumbing = sources["pool"] == "corrupted" and bool(pool)
     start, per_model = time.perf_counter(), {}
     for name, model_dir in models.items():
         per_model[name] = _model_scores(Scorer.for_config(cfg, model_dir), dev, pool, logic)
@@ -211,27 +258,50 @@ def evaluate_models(cfg: EvaluateConfig, models: dict[str, str], data_dir: str |
     flat: dict[str, dict[str, float]] = {name: {} for name in models}
     differences: dict[str, float] = {}
 
-    def add(domain: str, metric: str, per_item: dict[str, list[float]]) -> None:
-        entry = metric_entry(per_item, cfg.bootstrap_resamples, seed)
+    def record(target: dict[str, float], key: str, stats: dict) -> None:
+        target.update({key: stats["mean"], f"{key}_ci_low": stats["low"], f"{key}_ci_high": stats["high"]})
+
+    def add(domain: str, metric: str, per_item: dict[str, list[float]], plumbing: bool = False, **labels) -> None:
+        entry = metric_entry(per_item, cfg.bootstrap_resamples, seed, **labels)
+        if plumbing:
+            entry["plumbing_check"] = True
         domains.setdefault(domain, {}).setdefault("metrics", {})[metric] = entry
         key = metric if domain == ALL else f"{domain}.{metric}"
-        for name, stats in [*entry["models"].items(), ("diff", entry.get("difference"))]:
-            if stats:
-                (differences if name == "diff" else flat[name]).update(
-                    {key: stats["mean"], f"{key}_ci_low": stats["low"], f"{key}_ci_high": stats["high"]})
+        for name, stats in entry["models"].items():
+            record(flat[name], key, stats)
+        if "difference" in entry:
+            record(differences, key, entry["difference"])
 
-    for domain in per_model[next(iter(models))]["pairwise"]:
-        add(domain, "pairwise_accuracy", {name: s["pairwise"][domain] for name, s in per_model.items()})
+    clusters, strata = dev_clusters(dev), [row["domain"] for row in dev]
+    dev_domains = list(dict.fromkeys(strata))
+    add(ALL, "pairwise_accuracy", {name: s["pairwise"] for name, s in per_model.items()}, dev_plumbing,
+        clusters=clusters, strata=strata)
+    for domain in dev_domains:
+        rows = [i for i, d in enumerate(strata) if d == domain]
+        add(domain, "pairwise_accuracy", {name: [s["pairwise"][i] for i in rows] for name, s in per_model.items()},
+            dev_plumbing and domain in MATH_DOMAINS, clusters=[clusters[i] for i in rows])
     for domain in per_model[next(iter(models))]["options"]:
         add(domain, "option_accuracy", {name: s["options"][domain] for name, s in per_model.items()})
     for domain in sorted({row["domain"] for row in pool}):
         rows = [i for i, row in enumerate(pool) if row["domain"] == domain]
-        curves = {name: best_of_n_curves([pool[i] for i in rows], [s["pool"][i] for i in rows], cfg.best_of_n,
-                                         cfg.bon_trials, seed, cfg.bootstrap_resamples)
-                  for name, s in per_model.items()}
-        domains.setdefault(domain, {})["best_of_n"] = best_of_n_entry(curves)
-        for name, result in curves.items():
+        compared = best_of_n_compare([pool[i] for i in rows], {name: [s["pool"][i] for i in rows]
+                                                               for name, s in per_model.items()},
+                                     cfg.best_of_n, cfg.bon_trials, seed, cfg.bootstrap_resamples)
+        part = best_of_n_entry(compared["curves"], compared.get("difference"))
+        if pool_plumbing:
+            part["plumbing_check"] = True
+        domains.setdefault(domain, {})["best_of_n"] = part
+        for name, result in compared["curves"].items():
             for strategy, curve in result["strategies"].items():
-                flat[name].update({f"{domain}.bon{n}_{strategy}": value for n, value in zip(result["n"], curve["mean"])})
-    return {"domains": domains, "metrics": flat, "differences": differences,
+                for i, n in enumerate(result["n"]):
+                    record(flat[name], f"{domain}.bon{n}_{strategy}", {k: curve[k][i] for k in ("mean", "low", "high")})
+        if "difference" in compared:
+            diff = compared["difference"]
+            for i, n in enumerate(compared["n"]):
+                record(differences, f"{domain}.bon{n}_rm", {k: diff[k][i] for k in ("mean", "low", "high")})
+    meta: dict = {"evaluation seed": seed}
+    warning = plumbing_check(dev_plumbing, pool_plumbing)
+    if warning:
+        meta["plumbing_check"] = warning
+    return {"domains": domains, "metrics": flat, "differences": differences, "meta": meta, "sources": sources,
             "scoring": {"texts": texts, "seconds": round(seconds, 2), "texts_per_s": round(texts / seconds, 2)}}
