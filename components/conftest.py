@@ -30,7 +30,7 @@ def tiny_overrides(tiny_lm) -> dict:
                        "max_pairs": 4, "description_tokens": 8, "code_tokens": 8},
         "pretrain": {"max_length": 256},  # the tiny tokenizer spends a token per character or two
         "finetune": {"max_length": 192},  # GSM8K questions alone run past 64 tokens
-        "evaluate": {"max_length": 64},
+        "evaluate": {"max_length": 384},  # scoring keeps whole prompts (the longest tiny-tokenized one: 242)
         "promote": {"registered_model": "codepmp-component-tests"},
     }
 
