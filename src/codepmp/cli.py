@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from codepmp.config import load_config, parse_set
-from codepmp.errors import CodepmpError
+from codepmp.errors import CodepmpError, InputError
 
 CLIENT_VARS = ("CODEPMP_S3_ENDPOINT", "MLFLOW_TRACKING_URI")
 
@@ -99,11 +99,6 @@ def _stage_cmd(name: str):
             kwargs = {"location": args.out_dir, "out_dir": args.out_dir}
         elif name == "synthesize":
             kwargs = {**kwargs, "location": str(Path(args.out_dir) / "cache")}
-        elif name == "evaluate":
-            kwargs = {"models": {"pmp": args.pmp, "control": args.control}, "data_dir": args.data,
-                      "report_path": str(Path(args.out) / "report.html"),
-                      "results_path": str(Path(args.out) / "results.json")}
-            Path(args.out).mkdir(parents=True, exist_ok=True)
         getattr(stages, name)(args.profile, args.overrides, args.run_name or f"cli-{name}", **kwargs)
 
     return run
@@ -116,8 +111,31 @@ STAGE_ARGS = {
     "reasoning_data": ["out_dir"],
     "pretrain": ["base_dir", "pairs_dir", "out_dir"],
     "finetune": ["init_dir", "data_dir", "out_dir", "variant"],
-    "evaluate": ["pmp", "control", "data", "out"],
 }
+
+
+def cmd_evaluate(args) -> None:
+    """Score one or two reward models (folders, s3:// folders or registry models:/ URIs) on a run's reasoning
+    tables (--data) or on a team's own labelled pool and/or pair files; nothing is registered."""
+    import tempfile
+
+    from codepmp import stages
+    from codepmp.reasoning.external import external_tables
+    from codepmp.registry import fetch_reward_model
+
+    load_config(args.profile, args.overrides)  # bad keys fail before any server is started or reached
+    if args.data and (args.pool or args.pairs):
+        raise InputError("give either --data (a reasoning data folder) or --pool/--pairs files, not both")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _ensure_services()
+    with tempfile.TemporaryDirectory(prefix="codepmp-evaluate-") as work:
+        data_dir = args.data or str(external_tables(Path(work) / "data", args.pool, args.pool_domain, args.pairs))
+        models = {name: fetch_reward_model(spec, Path(work) / name)
+                  for name, spec in (("pmp", args.pmp), ("control", args.control)) if spec}
+        stages.evaluate(args.profile, args.overrides, args.run_name or "cli-evaluate", models=models,
+                        data_dir=data_dir, report_path=str(out / "report.html"),
+                        results_path=str(out / "results.json"))
 
 
 def cmd_compile(args) -> None:
@@ -183,6 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
                            **({"choices": ["pmp", "control"]} if option == "variant" else {}))
         if name == "crawl":
             p.add_argument("--rank", type=int, default=0, help="this worker's rank, 0 <= rank < crawl.world_size")
+    p = add("evaluate", cmd_evaluate, "score reward models on reasoning data or on your own labelled pool/pair "
+            "files (formats: codepmp/reasoning/external.py); registers nothing")
+    p.add_argument("--pmp", required=True, metavar="MODEL",
+                   help="reward model: a folder, an s3:// folder, or models:/<name>/<version> | models:/<name>@<alias>")
+    p.add_argument("--control", default="", metavar="MODEL", help="a second reward model, compared paired with --pmp")
+    p.add_argument("--data", default="", help="a reasoning data folder (the reasoning-data stage's output)")
+    p.add_argument("--pool", default="", metavar="FILE", help="labelled best-of-N candidates (JSON lines)")
+    p.add_argument("--pool-domain", default="gsm8k", choices=["gsm8k", "math"],
+                   help="answer checker that reads the pool's final answers for majority voting")
+    p.add_argument("--pairs", default="", metavar="FILE", help="preference pairs (JSON lines) for pairwise accuracy")
+    p.add_argument("--out", required=True, help="folder for report.html and results.json")
     p = add("compile", cmd_compile, "compile the pipeline to KFP YAML", config=False)
     p.add_argument("--out", default="build/codepmp.yaml")
     p.add_argument("--cluster-spec", default=None, help="YAML of pipelines.cluster.ClusterSpec fields")

@@ -147,6 +147,25 @@ def download_version(registered_model: str, version: str, out_dir: str | Path) -
     return out_dir
 
 
+MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_-]+))$")
+
+
+def fetch_reward_model(spec: str, out_dir: str | Path) -> str:
+    """A local folder for a reward model named by a folder, an `s3://` folder, or a registry URI
+    (`models:/<name>/<version>`, `models:/<name>@<alias>`), downloaded into `out_dir` when it is remote."""
+    if not spec.startswith("models:/"):
+        from codepmp.models import resolve
+
+        return resolve(spec)
+    match = MODEL_URI.match(spec)
+    if not match:
+        raise InputError(f"model '{spec}' is not a registry URI like models:/<name>/<version> or models:/<name>@<alias>")
+    version = match["version"] or champion_version(match["name"], match["alias"])
+    if version is None:
+        raise InputError(f"model '{spec}': no version of '{match['name']}' holds the alias '{match['alias']}'")
+    return str(download_version(match["name"], version, out_dir))
+
+
 def gate_verdict(cfg: Any, model_dir: str | Path, data_dir: str | Path | None,
                  differences: Mapping[str, float]) -> GateVerdict:
     """Both comparisons for the PMP model in `model_dir`: against its control from the evaluate stage's

@@ -76,6 +76,9 @@ def summary_text(experiment: str, run_name: str, root: str | Path, total_s: floa
             diff = evaluation.get(f"diff.{k}")
             lines.append(f"{k:<28}{cell('pmp', k):>22}{cell('control', k):>22}"
                          + (f"{diff:>+16.3f}" if diff is not None else f"{'':>16}"))
+    plumbing = next((r["tags"].get("codepmp.plumbing_check") for r in rows if r["stage"] == "evaluate"), None)
+    if plumbing:
+        lines.append(f"NOTE: {plumbing}")
     sweep = next((r["metrics"] for r in rows if r["stage"] == "sample_efficiency"), {})
     sizes = sorted(int(k.removeprefix("pmp.n")) for k in sweep if k.startswith("pmp.n") and "_ci_" not in k)
     if sizes:
@@ -88,6 +91,8 @@ def summary_text(experiment: str, run_name: str, root: str | Path, total_s: floa
         moved = "MOVED to it" if reg["metrics"].get("promoted") else "kept by the previous version"
         lines += ["", f"registered model {name} version {int(reg['metrics'].get('version', -1))}; "
                       f"champion alias {moved}"]
+        if reg["tags"].get("codepmp.gate_summary"):
+            lines.append(f"gate: {reg['tags']['codepmp.gate_summary']}")
     lines += [f"MLflow UI: {redact_uri(os.environ.get('MLFLOW_TRACKING_URI', '?'))}", f"artifacts: {root}"]
     return "\n".join(lines)
 

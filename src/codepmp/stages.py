@@ -425,7 +425,9 @@ def evaluate(cfg: PipelineConfig, run_name: str, models: dict[str, str], data_di
                 "scoring": scoring}, results_path)
     flat = {f"{name}.{key}": value for name, metrics in evaluation["metrics"].items() for key, value in metrics.items()}
     flat.update({f"diff.{key}": value for key, value in evaluation["differences"].items()})
-    return {**flat, "scoring_s": scoring["seconds"], "scored_texts_per_s": scoring["texts_per_s"]}
+    plumbing = evaluation["meta"].get("plumbing_check") or ""  # the run summary prints it beside the metrics
+    return {**flat, "scoring_s": scoring["seconds"], "scored_texts_per_s": scoring["texts_per_s"],
+            **({"plumbing_check": plumbing} if plumbing else {})}
 
 
 @stage("register")

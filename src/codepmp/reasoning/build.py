@@ -258,7 +258,7 @@ def build_reasoning_data(cfg: ReasoningConfig, out_dir: str | Path,
         tables["train"] += [{**dataclasses.asdict(p), "domain": "extra"} for p in extra]
     if not tables["train"]:
         raise InputError(f"the reasoning domains {cfg.domains} gave no finetuning pairs")
-    return _write(tables, Path(out_dir), stats)
+    return write_tables(tables, Path(out_dir), stats)
 
 
 def _dev_pair_seed(cfg: ReasoningConfig, seed: int) -> int:
@@ -308,7 +308,8 @@ SCHEMAS = {"train": PAIR_SCHEMA, "dev": PAIR_SCHEMA,
                                ("response", pa.string()), ("gold", pa.int64()), ("domain", pa.string())])}
 
 
-def _write(tables: dict[str, list[dict]], out: Path, stats: dict) -> dict:
+def write_tables(tables: dict[str, list[dict]], out: Path, stats: dict) -> dict:
+    """Every table (keys of FILES) and stats.json, each written atomically; returns the numeric stats."""
     out.mkdir(parents=True, exist_ok=True)
     stats["sha256"] = {}
     for name, rows in tables.items():
