@@ -1,5 +1,5 @@
 """The codepmp pipeline DAG: crawl -> synthesize (both fanned out over shards) -> pretrain -> finetune (PMP and
-control; and the sample-efficiency sweep, fanned out over subset sizes) -> evaluate -> register.
+control; and the sample-efficiency sweep, fanned out over subset sizes and seeds) -> evaluate -> register.
 
     python -m pipelines.compile --out build/codepmp.yaml     # or `make compile`
 
@@ -15,7 +15,7 @@ from components.base_model.component import base_model
 from components.crawl.component import crawl, crawl_ranks
 from components.crawl_merge.component import crawl_merge
 from components.evaluate.component import evaluate
-from components.finetune.component import finetune, sweep_sizes
+from components.finetune.component import finetune, sweep_points
 from components.images import GPU_IMAGE
 from components.pretrain.component import pretrain
 from components.pretrain_trainjob.component import pretrain_trainjob
@@ -28,7 +28,7 @@ from pipelines.cluster import ClusterSpec, apply, check_task_names
 
 CACHING = {
     # Pure functions of the profile and their inputs: a cached result is the result.
-    "crawl_ranks": True, "synthesize_shards": True, "sweep_sizes": True, "base_model": True,
+    "crawl_ranks": True, "synthesize_shards": True, "sweep_points": True, "base_model": True,
     "reasoning_data": True,
     # Side effects outside KFP's cache: work resumed from object-store markers and checkpoints (crawl,
     # synthesis, training), MLflow runs, metrics and reports, and model registration.
@@ -78,12 +78,13 @@ def build(cluster: "ClusterSpec | None" = None):
                                          data=data)
         tasks["finetune-control"] = finetune(**training, variant="control",
                                              init_model=tasks["base_model"].outputs["model"], data=data)
-        tasks["sweep_sizes"] = sweep_sizes(profile=profile, overrides=overrides)
-        with dsl.ParallelFor(tasks["sweep_sizes"].output, parallelism=sweep_parallelism) as size:
-            tasks["sweep-pmp"] = finetune(**training, variant="pmp", subset=size, data=data,
+        tasks["sweep_points"] = sweep_points(profile=profile, overrides=overrides)
+        # One iteration per (size, seed): PMP and control of a point share its seed, hence its subset.
+        with dsl.ParallelFor(tasks["sweep_points"].output, parallelism=sweep_parallelism) as point:
+            tasks["sweep-pmp"] = finetune(**training, variant="pmp", subset=point.size, seed=point.seed, data=data,
                                           init_model=tasks["pretrain"].outputs["model"])
-            tasks["sweep-control"] = finetune(**training, variant="control", subset=size, data=data,
-                                              init_model=tasks["base_model"].outputs["model"])
+            tasks["sweep-control"] = finetune(**training, variant="control", subset=point.size, seed=point.seed,
+                                              data=data, init_model=tasks["base_model"].outputs["model"])
         tasks["sample_efficiency"] = sample_efficiency(
             **common, pmp_results=dsl.Collected(tasks["sweep-pmp"].outputs["result"]),
             control_results=dsl.Collected(tasks["sweep-control"].outputs["result"]))

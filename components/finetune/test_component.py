@@ -3,7 +3,7 @@ import pytest
 from kfp import dsl
 
 from codepmp.models import load_reward_model
-from components.finetune.component import finetune
+from components.finetune.component import finetune, sweep_points
 
 
 @pytest.mark.integration
@@ -27,7 +27,7 @@ def test_kfp_local(local_chain):
     load_reward_model(str(local_chain["finetune"] / "model"))
     for task, variant in (("sweep_pmp", "pmp"), ("sweep_control", "control")):
         result = json.loads((local_chain[task] / "result").read_text())
-        assert (result["variant"], result["subset"]) == (variant, 2)
+        assert (result["variant"], result["subset"], result["seed"]) == (variant, 2, 0)
         load_reward_model(str(local_chain[task] / "model"))
 
 
@@ -61,3 +61,33 @@ def test_sweep_subsets_are_nested_and_bounded():
     assert nested_subset(pairs, 3, seed=1) != small  # the seed picks the subset
     with pytest.raises(ConfigError, match="sweep size 11 must be between 1 and the 10 training pairs"):
         nested_subset(pairs, 11, seed=0)
+
+
+def test_sweep_points_cross_sizes_with_seeds():
+    assert sweep_points.python_func(profile="tiny", overrides={}) == [{"size": 2, "seed": 0}]
+    points = sweep_points.python_func(profile="tiny", overrides={"sweep": {"sizes": [2, 4], "seeds": [123, 124]}})
+    assert points == [{"size": 2, "seed": 123}, {"size": 2, "seed": 124}, {"size": 4, "seed": 123},
+                      {"size": 4, "seed": 124}]
+    assert len(sweep_points.python_func(profile="paper", overrides={})) == 5 * 3
+
+
+@pytest.mark.integration
+def test_python_func_seed_initialises_the_score_head(stack_env, tiny_overrides, tiny_lm, reasoning_dir, tmp_path):
+    import json
+
+    heads, written = {}, {}
+    # Seeds 0 and 4 draw the same 2 of the tiny profile's 4 train pairs: only the training's own randomness differs.
+    for name, seed in (("a", 0), ("b", 0), ("c", 4)):
+        out, result = tmp_path / f"rm-{name}", tmp_path / f"result-{name}.json"
+        finetune.python_func(profile="tiny", overrides=tiny_overrides, run_name="ft-seeds", job_id="job-1",
+                             variant="pmp", init_model=dsl.Model(uri=tiny_lm), data=dsl.Dataset(uri=reasoning_dir),
+                             model=dsl.Model(uri=str(out)), result=dsl.Artifact(uri=str(result)), subset=2, seed=seed)
+        written[name] = json.loads(result.read_text())
+        heads[name] = load_reward_model(str(out))[0].score.weight.detach().clone()
+    assert [written[n]["seed"] for n in "abc"] == [0, 0, 4]
+    assert heads["a"].equal(heads["b"])  # a rerun of one seed trains the same model
+    assert not heads["a"].equal(heads["c"])  # the seed, not only the data, sets the score head
+    runs = mlflow.search_runs(experiment_names=[tiny_overrides["experiment"]], output_format="list",
+                              filter_string="tags.`codepmp.run` = 'ft-seeds'")
+    assert sorted(r.data.tags["codepmp.seed"] for r in runs) == ["0", "0", "4"]
+

@@ -355,7 +355,20 @@ class SweepConfig:
     and once from the base model, as parallel pipeline tasks; [] runs no sweep. Subsets are nested (each
     smaller one is the start of the larger ones), so the curves differ only in how much data they saw."""
     seed: int = 0
-    """Seed of the shuffle that the nested subsets are cut from."""
+    """Seed of the shuffle that the nested subsets are cut from (a task of seed s shuffles with this + s)."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Finetuning seeds: every size finetunes PMP and control once per seed, each (size, seed) its own pair of
+    parallel tasks. A seed replaces `finetune.seed` for its tasks (score-head init, batch order) and draws its own
+    nested subsets, the same for PMP and control, so the report's spread over seeds covers both the training's
+    randomness and which pairs were drawn. [0] is one run per size; the paper profile runs 3 (its seed is 123)."""
+
+    def __post_init__(self) -> None:
+        for key, values in (("sizes", self.sizes), ("seeds", self.seeds)):
+            repeated = sorted({v for v in values if values.count(v) > 1})
+            if repeated:  # two tasks of one (size, seed) would share checkpoints and results
+                raise ConfigError(f"config key 'sweep.{key}' repeats {repeated}: list each value once")
+        if not self.seeds or any(s < 0 for s in self.seeds):
+            raise ConfigError(f"config key 'sweep.seeds' needs at least one seed, each >= 0, got {self.seeds!r}")
 
 
 @dataclass
@@ -427,7 +440,7 @@ def _paper() -> dict[str, Any]:
                       "policy_model": "Qwen/Qwen2-1.5B-Instruct", "max_new_tokens": 1024},
         "evaluate": {"best_of_n": [1, 2, 4, 8, 16, 32, 64, 128, 256], "max_length": 1024, "batch_size": 16,
                      "pack_tokens": 2048},
-        "sweep": {"sizes": [250, 500, 1000, 2000, 4000]},
+        "sweep": {"sizes": [250, 500, 1000, 2000, 4000], "seeds": [123, 124, 125]},
     }
 
 

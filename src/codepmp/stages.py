@@ -286,26 +286,29 @@ def pretrain_trainjob(cfg: PipelineConfig, run_name: str, base_dir: str, pairs_d
 
 @stage("finetune")
 def finetune(cfg: PipelineConfig, run_name: str, init_dir: str, data_dir: str, out_dir: str,
-             variant: str, job_id: str = "", subset: int = 0, result_path: str = "") -> dict:
+             variant: str, job_id: str = "", subset: int = 0, result_path: str = "", seed: int = -1) -> dict:
     """Finetune `init_dir` on the reasoning train pairs, or with `subset` > 0 on that many of them (a point of
     the sample-efficiency sweep); `result_path` gets what it trained on and, for a sweep task, its per-pair
-    dev results as JSON."""
+    dev results as JSON. `seed` >= 0 replaces `finetune.seed` (score-head init, batch order) and, for a subset,
+    picks which pairs (shuffle seed `sweep.seed` + seed); -1 keeps `finetune.seed`."""
     import mlflow
 
     from codepmp.reasoning.build import read_pairs, read_table
     from codepmp.train.launch import Checkpoints, launch
 
-    mlflow.set_tags({"codepmp.variant": variant, "codepmp.subset": str(subset)})
-    _log_training_configs(cfg.finetune, init_dir)
+    train_cfg = cfg.finetune if seed < 0 else dataclasses.replace(cfg.finetune, seed=int(seed))
+    mlflow.set_tags({"codepmp.variant": variant, "codepmp.subset": str(subset), "codepmp.seed": str(train_cfg.seed)})
+    _log_training_configs(train_cfg, init_dir)
     pairs = read_pairs(data_dir, "train")
     if subset:
-        pairs = nested_subset(pairs, subset, cfg.sweep.seed)
-    name = f"finetune-{variant}" + (f"-n{subset}" if subset else "")
-    result = launch(cfg.finetune, init_dir, pairs, out_dir, Checkpoints(run_name, job_id, name), log=_mlflow_log)
+        pairs = nested_subset(pairs, subset, cfg.sweep.seed + train_cfg.seed)
+    # Tasks that differ only in their seed must not resume each other's checkpoints.
+    name = f"finetune-{variant}" + (f"-n{subset}" if subset else "") + (f"-seed{seed}" if seed >= 0 else "")
+    result = launch(train_cfg, init_dir, pairs, out_dir, Checkpoints(run_name, job_id, name), log=_mlflow_log)
     if result_path:
         from codepmp.atomic import write_json
 
-        written = {"variant": variant, "subset": subset, "train_pairs": len(pairs)}
+        written = {"variant": variant, "subset": subset, "seed": train_cfg.seed, "train_pairs": len(pairs)}
         # Only a sweep task scores its model here; the evaluate stage scores the full finetunes, with everything else.
         if subset:
             from codepmp.evaluate.run import dev_pairwise_correct
@@ -335,61 +338,30 @@ def nested_subset(pairs: list, size: int, seed: int) -> list:
 @stage("sample_efficiency")
 def sample_efficiency(cfg: PipelineConfig, run_name: str, result_paths: list[str], report_path: str,
                       table_path: str = "") -> dict:
-    """Dev pairwise accuracy against finetuning pairs, PMP vs control, from the sweep tasks' results."""
+    """Dev pairwise accuracy against finetuning pairs, PMP vs control, over the sweep's seeds, from the sweep
+    tasks' results (`codepmp.evaluate.sweep`)."""
     import json
 
     import mlflow
 
-    from codepmp.errors import InputError
+    from codepmp.evaluate.sweep import seed_metrics, sweep_markdown, sweep_table
 
-    from codepmp.evaluate.metrics import bootstrap_ci, paired_difference_ci
-
-    results = [json.loads(Path(p).read_text()) for p in result_paths]
-    table: dict[int, dict[str, list[float]]] = {}
-    for r in results:
-        table.setdefault(int(r["subset"]), {})[r["variant"]] = [float(v) for v in r["dev_correct"]]
-    incomplete = sorted(n for n, row in table.items() if set(row) != {"pmp", "control"})
-    if incomplete:
-        raise InputError(f"the sweep needs a pmp and a control result per size; incomplete sizes: {incomplete}")
-    resamples, seed = cfg.evaluate.bootstrap_resamples, cfg.sweep.seed
-    rows = []
-    for n in sorted(table):
-        row: dict = {"pairs": n}
-        for variant in ("pmp", "control"):
-            row[variant] = dict(zip(("mean", "low", "high"), bootstrap_ci(table[n][variant], resamples, seed)))
-        row["difference"] = {"a": "pmp", "b": "control", **dict(zip(("mean", "low", "high"), paired_difference_ci(
-            table[n]["pmp"], table[n]["control"], resamples, seed)))}
-        rows.append(row)
+    results = [(p, json.loads(Path(p).read_text())) for p in result_paths]
+    rows = sweep_table(results, cfg.evaluate.bootstrap_resamples, cfg.sweep.seed)
     if table_path:
         from codepmp.atomic import write_json
 
         write_json(rows, table_path)
-    if not rows:
-        Path(report_path).write_text("# Sample efficiency\n\nNo sweep sizes were configured (`sweep.sizes`).\n")
-        return {"sizes": 0}
-    dev_pairs = results[0]["dev_pairs"]
-
-    def cell(entry: dict, sign: str = "") -> str:
-        return f"{entry['mean']:{sign}.4f} [{entry['low']:{sign}.3f}, {entry['high']:{sign}.3f}]"
-
-    lines = ["# Sample efficiency: PMP vs control\n",
-             f"Dev pairwise accuracy ({dev_pairs} pairs) after finetuning on nested subsets of the train pairs, "
-             "with bootstrap 95 % intervals (paired for the difference).\n",
-             "| finetuning pairs | pmp | control | pmp - control |", "|---:|---:|---:|---:|"]
-    metrics = {}
-    for row in rows:
-        n = row["pairs"]
-        lines.append(f"| {n} | {cell(row['pmp'])} | {cell(row['control'])} | {cell(row['difference'], '+')} |")
-        for key, entry in (("pmp", row["pmp"]), ("control", row["control"]), ("diff", row["difference"])):
-            metrics.update({f"{key}.n{n}": entry["mean"], f"{key}.n{n}_ci_low": entry["low"],
-                            f"{key}.n{n}_ci_high": entry["high"]})
-    report = "\n".join(lines) + "\n"
+    report = sweep_markdown(rows, results[0][1]["dev_pairs"] if results else 0)
     Path(report_path).write_text(report)
+    if not rows:
+        return {"sizes": 0}
     mlflow.log_text(report, "sample_efficiency.md")
     for row in rows:
         mlflow.log_metrics({"pmp_pairwise_accuracy": row["pmp"]["mean"],
                             "control_pairwise_accuracy": row["control"]["mean"]}, step=row["pairs"])
-    return {"sizes": len(rows), **metrics}
+    return {"sizes": len(rows), "seeds": max(len(row["pmp"]["over_seeds"]["seeds"]) for row in rows),
+            **seed_metrics(rows)}
 
 
 @stage("evaluate")

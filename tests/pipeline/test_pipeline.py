@@ -17,7 +17,7 @@ from codepmp.report import stage_runs, summary_text
 from pipelines.run import compile_pipeline
 
 STAGES = ["crawl-ranks", "for-loop-1", "crawl-merge", "synthesize-shards", "for-loop-2", "synthesize-merge", "base-model",
-          "reasoning-data", "pretrain", "finetune", "finetune-2", "sweep-sizes", "for-loop-3", "sample-efficiency",
+          "reasoning-data", "pretrain", "finetune", "finetune-2", "sweep-points", "for-loop-3", "sample-efficiency",
           "evaluate", "register"]
 
 
@@ -90,9 +90,14 @@ def test_compiled_yaml_holds_every_stage_and_cluster_settings(tmp_path):
     assert "h100" in synth_k8s and "/dev/shm" in synth_k8s
     sweep = spec["components"]["comp-for-loop-3"]["dag"]["tasks"]
     assert sorted(t["taskInfo"]["name"] for t in sweep.values()) == ["sweep-control", "sweep-pmp"]
-    assert tasks["for-loop-3"]["parameterIterator"]["items"] == {"inputParameter": "pipelinechannel--sweep-sizes-Output"}
+    assert tasks["for-loop-3"]["parameterIterator"]["items"] == {"inputParameter": "pipelinechannel--sweep-points-Output"}
     for task in sweep.values():
         assert "h100" in json.dumps(k8s[task["componentRef"]["name"].replace("comp-", "exec-")])
+        # One iteration per (size, seed) item of sweep-points: PMP and control take both from the same item.
+        for parameter, key in (("subset", "size"), ("seed", "seed")):
+            assert task["inputs"]["parameters"][parameter] == {
+                "componentInputParameter": "pipelinechannel--sweep-points-Output-loop-item",
+                "parameterExpressionSelector": f'parseJson(string_value)["{key}"]'}
 
 
 @pytest.mark.integration

@@ -49,3 +49,21 @@ def test_parse_set():
         "pretrain": {"lr": 1e-5}, "base_model": "foo/bar", "evaluate": {"best_of_n": [1, 2]}}
     with pytest.raises(ConfigError):
         parse_set(["novalue"])
+
+
+def test_sweep_seeds_default_to_one_and_the_paper_runs_three():
+    assert load_config("local").sweep.seeds == [0] and load_config("tiny").sweep.seeds == [0]
+    assert load_config("paper").sweep.seeds == [123, 124, 125]
+    assert load_config("local", {"sweep": {"seeds": [1.0, 2]}}).sweep.seeds == [1, 2]  # KFP's JSON floats
+
+
+@pytest.mark.parametrize("sweep, needle", [
+    ({"seeds": []}, r"'sweep.seeds' needs at least one seed, each >= 0, got \[\]"),
+    ({"seeds": [3, -1]}, r"'sweep.seeds' needs at least one seed, each >= 0, got \[3, -1\]"),
+    ({"seeds": [7, 7, 8]}, r"'sweep.seeds' repeats \[7\]"),
+    ({"sizes": [8, 24, 8]}, r"'sweep.sizes' repeats \[8\]"),
+    ({"seeds": ["a"]}, r"'sweep.seeds' expects int"),
+])
+def test_bad_sweep_seeds_name_the_key(sweep, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_config("local", {"sweep": sweep})
