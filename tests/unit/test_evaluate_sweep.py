@@ -95,3 +95,40 @@ def test_bad_results_are_clear_errors(results, message):
 def test_no_results_is_an_empty_table():
     assert sweep_table([], n_resamples=10, seed=0) == []
     assert "No sweep sizes" in sweep_markdown([], 0)
+
+
+def _report(tmp_path, rows) -> str:
+    from codepmp.evaluate.html import build_results, metric_entry, render_report
+
+    results = build_results({"gsm8k": {"metrics": {"pairwise_accuracy": metric_entry(
+        {"pmp": [1.0, 0.0, 1.0], "control": [0.0, 0.0, 1.0]}, n_resamples=20)}}}, sample_efficiency=rows)
+    render_report(results, tmp_path / "report.html", None)
+    page = (tmp_path / "report.html").read_text()
+    return page[page.index(">Sample efficiency</h2>"):]
+
+
+def test_html_report_shows_the_spread_over_seeds_beside_the_intervals(tmp_path):
+    rows = sweep_table([result("pmp", 8, 1, 12), result("control", 8, 1, 11), result("pmp", 8, 2, 16),
+                        result("control", 8, 2, 11)], n_resamples=200, seed=0)
+    section = _report(tmp_path, rows)
+    assert section.count("over 2 seeds: mean [min, max]</th>") == 3  # pmp, control, pmp − control
+    assert "<td>0.700 [0.600, 0.800] sd 0.141</td>" in section
+    assert "<td>+0.150 [+0.050, +0.250] sd 0.141</td>" in section
+    pmp = rows[0]["pmp"]
+    assert f"<td>{pmp['mean']:.3f} [{pmp['low']:.3f}, {pmp['high']:.3f}]</td>" in section  # the bootstrap stays
+    assert "means over 2 finetuning seeds" in section
+
+
+def test_html_report_with_one_seed_says_so_and_adds_no_spread_columns(tmp_path):
+    section = _report(tmp_path, sweep_table([result("pmp", 8, 0, 12), result("control", 8, 0, 11)], 200, 0))
+    assert "over 1 seeds" not in section and "mean [min, max]" not in section
+    assert "one finetuning seed per size" in section
+
+
+def test_html_report_refuses_a_spread_without_its_range(tmp_path):
+    from codepmp.evaluate.html import check_results
+
+    rows = sweep_table([result("pmp", 8, 0, 12), result("control", 8, 0, 11)], 200, 0)
+    del rows[0]["pmp"]["over_seeds"]["min"]
+    with pytest.raises(ValueError, match=r"\['sample_efficiency'\]\[0\]\['pmp'\]\['over_seeds'\]: needs seeds"):
+        check_results({"domains": {}, "sample_efficiency": rows})

@@ -27,8 +27,9 @@ The `results` dict (plain JSON; every section but "domains" is optional, and a d
           },
         },
       },
-      "sample_efficiency": [{"pairs": int, <model>: accuracy or {"mean", "low", "high"}, ...,
-                             "difference"?: {"a", "b", "mean", "low", "high"}}, ...],
+      "sample_efficiency": [{"pairs": int, <model>: accuracy or {"mean", "low", "high", "over_seeds"?}, ...,
+                             "difference"?: {"a", "b", "mean", "low", "high", "over_seeds"?}}, ...],
+                             # over_seeds: {"seeds", "values", "mean", "min", "max", "std"?} (evaluate/sweep.py)
       "loss_curves": {<run label>: [[step, loss], ...]},
     }
 
@@ -173,6 +174,11 @@ def check_results(results: dict) -> None:
                          f"{at}['difference']", "needs mean, low and high with one value per N")
     for number, row in enumerate(results.get("sample_efficiency") or []):
         _require(isinstance(row, dict) and "pairs" in row, f"['sample_efficiency'][{number}]", "needs 'pairs'")
+        for key, entry in row.items():
+            if isinstance(entry, dict) and "over_seeds" in entry:
+                spread, needed = entry["over_seeds"], ("seeds", "values", "mean", "min", "max")
+                _require(isinstance(spread, dict) and all(k in spread for k in needed),
+                         f"['sample_efficiency'][{number}][{key!r}]['over_seeds']", f"needs {', '.join(needed)}")
     for label, points in (results.get("loss_curves") or {}).items():
         _require(all(len(p) == 2 for p in points), f"['loss_curves'][{label!r}]", "needs [step, loss] points")
 
@@ -344,18 +350,44 @@ def _sample_efficiency_figure(rows: list[dict]):
         if points and all(isinstance(v, dict) and "low" in v for _, v in points):
             ax.fill_between([p for p, _ in points], [v["low"] for _, v in points], [v["high"] for _, v in points],
                             color=color, alpha=0.15, linewidth=0)
+        # Each seed's own accuracy as a small dot, so a mean carried by one lucky seed is visible.
+        spreads = [(p, v["over_seeds"]["values"]) for p, v in points if isinstance(v, dict) and "over_seeds" in v]
+        per_seed = [(p, value) for p, values in spreads if len(values) >= 2 for value in values]
+        if per_seed:
+            ax.scatter([p for p, _ in per_seed], [v for _, v in per_seed], s=9, color=color, alpha=0.5, linewidths=0)
     _log2_axis(ax, [r["pairs"] for r in rows])
     _label(ax, "finetuning pairs", "dev pairwise accuracy", "sample efficiency")
     return fig
+
+
+def _seed_count(rows: list[dict]) -> int:
+    """The most finetuning seeds behind any sweep entry; 0 for rows that record no seeds."""
+    return max((len(entry["over_seeds"]["seeds"]) for row in rows for entry in row.values()
+                if isinstance(entry, dict) and "over_seeds" in entry), default=0)
+
+
+def _spread(entry: Any, signed: bool = False) -> str:
+    """Spread over seeds: "mean [min, max]", with the sample sd when there are two or more seeds."""
+    spread = entry.get("over_seeds") if isinstance(entry, dict) else None
+    if not spread:
+        return "—"
+    sign = "+" if signed else ""
+    text = f"{spread['mean']:{sign}.3f} [{spread['min']:{sign}.3f}, {spread['max']:{sign}.3f}]"
+    return text + (f" sd {spread['std']:.3f}" if "std" in spread else "")
 
 
 def _sample_efficiency_table(rows: list[dict]) -> str:
     rows = sorted(rows, key=lambda r: r["pairs"])
     models = _se_models(rows)
     diff = len(models) >= 2
+    # With one seed the spread is that seed's value again: the columns appear only when there is a spread to show.
+    seeds = _seed_count(rows)
+    spread_models = models[:2] if seeds >= 2 else []
     head = "".join(f"<th>{_esc(m)}</th>" for m in models)
     diff_head = f"<th>{_esc(models[0])} − {_esc(models[1])}</th>" if diff else ""
-    out = [f"<tr><th>finetuning pairs</th>{head}{diff_head}</tr>"]
+    spread_labels = [*spread_models, *([f"{models[0]} − {models[1]}"] if spread_models and diff else [])]
+    spread_head = "".join(f"<th>{_esc(label)}<br>over {seeds} seeds: mean [min, max]</th>" for label in spread_labels)
+    out = [f"<tr><th>finetuning pairs</th>{head}{diff_head}{spread_head}</tr>"]
     for row in rows:
         cells = "".join(f"<td>{_interval(v) if isinstance(v := row.get(m), dict) else _num(v)}</td>" for m in models)
         if diff and isinstance(row.get("difference"), dict):
@@ -364,8 +396,17 @@ def _sample_efficiency_table(rows: list[dict]) -> str:
         elif diff:
             a, b = _mean(row.get(models[0])), _mean(row.get(models[1]))
             cells += f"<td>{'—' if a is None or b is None else f'{a - b:+.3f}'}</td>"
+        cells += "".join(f"<td>{_spread(row.get(m))}</td>" for m in spread_models)
+        if spread_models and diff:
+            cells += f"<td>{_spread(row.get('difference'), signed=True)}</td>"
         out.append(f"<tr><td>{_esc(row['pairs'])}</td>{cells}</tr>")
-    return "<table>" + "".join(out) + "</table>"
+    if not seeds:
+        return "<table>" + "".join(out) + "</table>"
+    seeds_note = (f"Accuracies are means over {seeds} finetuning seeds; intervals: 95% bootstrap over dev pairs "
+                  "(paired for the difference); the spread over seeds shows how much a result moves with the seed "
+                  "alone." if seeds >= 2 else "Intervals: 95% bootstrap over dev pairs (paired for the difference), "
+                  "from one finetuning seed per size: they do not cover the training's randomness (`sweep.seeds`).")
+    return f'<p class="note">{_esc(seeds_note)}</p><table>' + "".join(out) + "</table>"
 
 
 def _loss_figure(curves: dict[str, list]):
