@@ -60,8 +60,8 @@ class ClusterSpec:
     synthesize_parallelism: int = 0
     """Synthesis shard pods running at once (each takes `gpus` GPUs); 0 runs all `synthesize.world_size` at once."""
     sweep_parallelism: int = 0
-    """Sample-efficiency sweep sizes finetuning at once (each size runs a PMP and a control task, each taking
-    `gpus` GPUs); 0 runs every size of `sweep.sizes` at once."""
+    """Sample-efficiency sweep points, (size, seed), finetuning at once (each runs a PMP and a control task, each
+    taking `gpus` GPUs); 0 runs every point of `sweep.sizes` x `sweep.seeds` at once."""
     pretrain_nodes: int = 1
     """Nodes for pretraining. Above 1 the pretrain task (then a small CPU pod) creates a Kubeflow Trainer
     TrainJob of this many nodes x `gpus` GPUs, waits for it and outputs its model (needs Kubeflow Trainer v2

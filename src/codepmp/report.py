@@ -34,10 +34,11 @@ def stage_runs(experiment: str, run_name: str) -> list[dict]:
     runs = mlflow.search_runs(experiment_names=[experiment], output_format="list",
                               filter_string=f"tags.`codepmp.run` = '{run_name}'")
     rows = [{"stage": r.data.tags.get("codepmp.stage", "?"), "variant": r.data.tags.get("codepmp.variant", ""),
-             "subset": int(r.data.tags.get("codepmp.subset", "0")), "metrics": r.data.metrics, "tags": r.data.tags,
+             "subset": int(r.data.tags.get("codepmp.subset", "0")), "seed": r.data.tags.get("codepmp.seed", ""),
+             "metrics": r.data.metrics, "tags": r.data.tags,
              "run_id": r.info.run_id} for r in runs]
     return sorted(rows, key=lambda r: (STAGE_ORDER.index(r["stage"]) if r["stage"] in STAGE_ORDER else 99,
-                                       r["subset"], r["variant"]))
+                                       r["subset"], r["seed"], r["variant"]))
 
 
 def loss_curves(experiment: str, run_name: str) -> dict[str, list[tuple[int, float]]]:
@@ -57,8 +58,10 @@ def loss_curves(experiment: str, run_name: str) -> dict[str, list[tuple[int, flo
 def summary_text(experiment: str, run_name: str, root: str | Path, total_s: float | None = None) -> str:
     rows = stage_runs(experiment, run_name)
     lines = [f"\n== codepmp run {run_name} ==", f"{'stage':<24}{'wall (s)':>10}"]
+    seeds = {r["seed"] for r in rows if r["subset"]}
     for r in rows:
-        label = r["stage"] + (f" ({r['variant']}" + (f", n={r['subset']})" if r["subset"] else ")")
+        seed = f", seed {r['seed']}" if r["subset"] and len(seeds) > 1 else ""
+        label = r["stage"] + (f" ({r['variant']}" + (f", n={r['subset']}{seed})" if r["subset"] else ")")
                               if r["variant"] else "")
         lines.append(f"{label:<24}{r['metrics'].get('wall_s', float('nan')):>10.1f}")
     if total_s is not None:

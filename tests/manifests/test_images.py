@@ -503,9 +503,13 @@ def test_verify_env_flags_drift_strays_and_missing_packages():
 
 def test_verify_env_passes_on_an_environment_that_matches_and_fails_otherwise(tmp_path):
     lock = tmp_path / "env.lock"
-    lock.write_text("".join(f"{name}=={version}\n" for name, version in
-                            load_verify_env().installed_distributions().items()))
     script = str(IMAGES / "verify_env.py")
+    # Listed by a fresh interpreter, as the script sees them: this process's path may hold more (setuptools,
+    # once imported by an earlier test, puts its vendored distributions on sys.path).
+    listing = subprocess.run([sys.executable, "-c", "import runpy; d = runpy.run_path(" + repr(script) + ")"
+                              "['installed_distributions'](); print(''.join(f'{k}=={v}\\n' for k, v in d.items()))"],
+                             capture_output=True, text=True, check=True).stdout
+    lock.write_text(listing.strip() + "\n")
     assert subprocess.run([sys.executable, script, str(lock)], capture_output=True).returncode == 0
     lock.write_text(lock.read_text().splitlines()[0] + "\n")  # pins one distribution only
     proc = subprocess.run([sys.executable, script, str(lock)], capture_output=True, text=True)
