@@ -120,7 +120,10 @@ def test_manual_promote_cli_on_the_registered_model(tiny_pipeline_run):
                                f"promote.registered_model={name}", *args], capture_output=True, text=True, timeout=120)
 
     same = promote("--version", "1")
-    assert same.returncode == 0 and json.loads(same.stdout)["promoted"] is False  # already the champion
+    if "champion" in mlflow.MlflowClient().get_model_version(name, "1").aliases:
+        assert same.returncode == 0 and json.loads(same.stdout)["promoted"] is False  # already the champion
+    else:  # the gate made it challenger: unforced, it still has no lead over its control to show
+        assert same.returncode == 2 and "cannot take 'champion' unforced" in same.stderr
     missing = promote("--version", "99")
     assert missing.returncode == 2 and "99" in missing.stderr.strip().splitlines()[-1]
     unexplained = promote("--version", "1", "--force")
