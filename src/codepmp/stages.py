@@ -311,13 +311,14 @@ def finetune(cfg: PipelineConfig, run_name: str, init_dir: str, data_dir: str, o
         written = {"variant": variant, "subset": subset, "seed": train_cfg.seed, "train_pairs": len(pairs)}
         # Only a sweep task scores its model here; the evaluate stage scores the full finetunes, with everything else.
         if subset:
-            from codepmp.evaluate.run import dev_pairwise_correct
+            from codepmp.evaluate.run import dev_clusters, dev_pairwise_correct
 
             dev = read_table(data_dir, "dev")
             correct = dev_pairwise_correct(cfg.evaluate, out_dir, dev)
             result["dev_pairwise_accuracy"] = sum(correct) / len(correct)
+            # The sweep's intervals resample problems within domains, as the evaluate stage's do.
             written.update(dev_pairs=len(dev), dev_pairwise_accuracy=result["dev_pairwise_accuracy"],
-                           dev_correct=correct)
+                           dev_correct=correct, dev_clusters=dev_clusters(dev), dev_domains=[r["domain"] for r in dev])
         write_json(written, result_path)
     return result
 

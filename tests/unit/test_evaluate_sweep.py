@@ -132,3 +132,20 @@ def test_html_report_refuses_a_spread_without_its_range(tmp_path):
     del rows[0]["pmp"]["over_seeds"]["min"]
     with pytest.raises(ValueError, match=r"\['sample_efficiency'\]\[0\]\['pmp'\]\['over_seeds'\]: needs seeds"):
         check_results({"domains": {}, "sample_efficiency": rows})
+
+
+def test_clustered_results_resample_problems_not_pairs():
+    """Ten problems of three pairs each, all three right or all wrong: a row bootstrap sees 30 independent pairs
+    and gives a narrower interval than the cluster bootstrap over the 10 problems."""
+    outcomes = [float(problem % 2) for problem in range(10) for _ in range(3)]
+    design = {"dev_clusters": [f"p{problem}" for problem in range(10) for _ in range(3)],
+              "dev_domains": ["gsm8k"] * 30}
+
+    def results(clustered: bool) -> list[tuple[str, dict]]:
+        return [(f"{variant}.json", {"variant": variant, "subset": 4, "seed": 0, "dev_correct": outcomes,
+                                     **(design if clustered else {})}) for variant in ("pmp", "control")]
+
+    (rows,) = sweep_table(results(False), n_resamples=2000, seed=0)
+    (clustered,) = sweep_table(results(True), n_resamples=2000, seed=0)
+    assert clustered["pmp"]["mean"] == rows["pmp"]["mean"] == 0.5
+    assert clustered["pmp"]["high"] - clustered["pmp"]["low"] > rows["pmp"]["high"] - rows["pmp"]["low"]

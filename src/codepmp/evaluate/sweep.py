@@ -3,9 +3,12 @@
 Each sweep task (one size, one seed, one variant) writes a result JSON with its per-dev-pair 1/0 outcomes
 (`dev_correct`). For every size, `sweep_table` gives each variant and the PMP - control difference:
 
-- "mean", "low", "high": the accuracy averaged over seeds and its bootstrap 95 % interval over dev pairs (each
-  pair's outcome averaged over the seeds first; paired for the difference). With one seed this is that seed's
-  accuracy and interval. The interval covers the dev set's sampling, not the training's randomness;
+- "mean", "low", "high": the accuracy averaged over seeds and its bootstrap 95 % interval (each pair's outcome
+  averaged over the seeds first; paired for the difference). When the results carry `dev_clusters` and
+  `dev_domains` (sweep tasks write them), the bootstrap resamples problems within domains and the mean is the
+  mean over domains, as the evaluate stage's pooled metric; otherwise every pair is its own cluster. With one
+  seed this is that seed's accuracy and interval. The interval covers the dev set's sampling, not the
+  training's randomness;
 - "over_seeds": one value per seed ("seeds", "values", in seed order) and their "mean", "min", "max" and, with two
   or more seeds, the sample standard deviation "std": how much the result moves when only the seed changes.
   For the difference the values are the per-seed paired differences (PMP and control of a seed share its subset).
@@ -72,15 +75,19 @@ def _seed_mean(per_seed: list[list[float]]) -> list[float]:
 def sweep_table(results: list[tuple[str, dict]], n_resamples: int, seed: int) -> list[dict]:
     """Rows by size (module docstring): {"pairs": n, "pmp": entry, "control": entry, "difference": entry}."""
     rows = []
+    # Results written before the cluster columns existed get a row bootstrap (every pair its own cluster).
+    design = next(({"clusters": r["dev_clusters"], "strata": r.get("dev_domains")} for _, r in results
+                   if r.get("dev_clusters")), {})
     for size, by_seed in sorted(group_results(results).items()):
         seeds = sorted(by_seed)
         row: dict[str, Any] = {"pairs": size}
         for variant in VARIANTS:
-            estimate = bootstrap_ci(_seed_mean([by_seed[s][variant] for s in seeds]), n_resamples, seed)
+            estimate = bootstrap_ci(_seed_mean([by_seed[s][variant] for s in seeds]), n_resamples, seed, **design)
             row[variant] = {**dict(zip(("mean", "low", "high"), estimate)), "over_seeds": spread_over_seeds(
                 {s: statistics.fmean(by_seed[s][variant]) for s in seeds})}
         difference = paired_difference_ci(_seed_mean([by_seed[s]["pmp"] for s in seeds]),
-                                          _seed_mean([by_seed[s]["control"] for s in seeds]), n_resamples, seed)
+                                          _seed_mean([by_seed[s]["control"] for s in seeds]), n_resamples, seed,
+                                          **design)
         per_seed = {s: statistics.fmean(by_seed[s]["pmp"]) - statistics.fmean(by_seed[s]["control"]) for s in seeds}
         row["difference"] = {"a": "pmp", "b": "control", **dict(zip(("mean", "low", "high"), difference)),
                              "over_seeds": spread_over_seeds(per_seed)}
