@@ -91,7 +91,8 @@ def summary_text(experiment: str, run_name: str, root: str | Path, total_s: floa
     reg = next((r for r in rows if r["stage"] == "register"), None)
     if reg:
         name = reg["tags"].get("codepmp.registered_model", "?")
-        moved = "MOVED to it" if reg["metrics"].get("promoted") else "kept by the previous version"
+        moved = ("MOVED to it" if reg["metrics"].get("promoted") else
+                 f"not given to it (alias {reg['tags'].get('codepmp.alias') or 'none'})")
         lines += ["", f"registered model {name} version {int(reg['metrics'].get('version', -1))}; "
                       f"champion alias {moved}"]
         if reg["tags"].get("codepmp.gate_summary"):

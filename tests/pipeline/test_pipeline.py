@@ -58,7 +58,7 @@ def test_tiny_pipeline_end_to_end(tiny_pipeline_run):
     assert "Best-of-N" in report and "Sample efficiency" in report and "data:image/png;base64," in report
     summary = summary_text(experiment, run_name, tiny_pipeline_run["root"])
     assert "finetune (control)" in summary and "finetune (pmp, n=2)" in summary
-    assert ("champion alias MOVED" if control_beaten else "champion alias kept") in summary
+    assert ("champion alias MOVED" if control_beaten else "champion alias not given to it (alias challenger)") in summary
     assert "sample efficiency (dev pairwise accuracy by finetuning pairs)" in summary
     assert f"registered model {tiny_pipeline_run['registered_model']} version {version}" in summary
     assert f"gate: {register['tags']['codepmp.gate_summary']}" in summary
