@@ -22,7 +22,7 @@ import time
 
 import pytest
 import test_kill_resume
-from test_kill_resume import EXPERIMENT, _cli, files, run_to_end
+from test_kill_resume import EXPERIMENT, TINY_PAIR_TOKENS, _cli, files, run_to_end
 
 # The kill tests' fixtures, taken over by name: this module gets a stack and inputs of its own (module scope).
 kill_stack = test_kill_resume.kill_stack
@@ -34,7 +34,8 @@ SOLO = {"together-a": "solo-a", "together-b": "solo-b"}
 
 def _command(inputs, run_name: str, seed: int, out) -> list[str]:
     return _cli("pretrain", "--base", str(inputs["base"]), "--pairs", str(inputs["pairs"]), "--out", str(out),
-                "--run-name", run_name, "--set", "pretrain.checkpoint_every=1", "--set", f"pretrain.seed={seed}")
+                "--run-name", run_name, "--set", "pretrain.checkpoint_every=1", "--set", f"pretrain.seed={seed}",
+                "--set", f"pretrain.max_length={TINY_PAIR_TOKENS}")
 
 
 def _objects(store, prefix: str) -> dict[str, bytes]:

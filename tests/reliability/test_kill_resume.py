@@ -34,6 +34,10 @@ from pathlib import Path
 
 import pytest
 
+TINY_PAIR_TOKENS = 256
+"""Pretraining max_length for the tiny tokenizer (a token per character or two): the whole pair prompt is kept,
+and at 128 no code pair fits."""
+
 KILLS = int(os.environ.get("CODEPMP_KILLS", "10"))
 EXPERIMENT = "codepmp-kill-resume"
 CORPUS_FILES = 12
@@ -98,7 +102,8 @@ def synthesize_command(inputs: dict[str, Path], crawl_dir: Path, out: Path, run_
 
 def pretrain_command(inputs: dict[str, Path], out: Path, run_name: str) -> list[str]:
     return _cli("pretrain", "--base", str(inputs["base"]), "--pairs", str(inputs["pairs"]), "--out", str(out),
-                "--run-name", run_name, "--set", "pretrain.checkpoint_every=1", "--set", "pretrain.seed=3")
+                "--run-name", run_name, "--set", "pretrain.checkpoint_every=1", "--set", "pretrain.seed=3",
+                "--set", f"pretrain.max_length={TINY_PAIR_TOKENS}")
 
 
 def _cli(stage: str, *args: str) -> list[str]:

@@ -24,6 +24,10 @@ from codepmp import retry, storage, tracking
 from codepmp.errors import ConfigError, InputError, ServiceError
 from codepmp.storage import ObjectStore
 
+TINY_PAIR_TOKENS = 256
+"""Pretraining max_length for the tiny tokenizer (a token per character or two): the whole pair prompt is kept,
+and at 128 no code pair fits."""
+
 OUTAGE_S = 20.0
 FAST_FAIL_S = 10.0
 """How soon a stage started with MLflow down must have failed (the health probe times out after 3 s)."""
@@ -253,7 +257,8 @@ def stage_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {"base_dir": str(base), "pairs_dir": str(root / "pairs")}
 
 
-OVERRIDES = {"experiment": "codepmp-faults", "pretrain": {"checkpoint_every": 1, "seed": 3}}
+OVERRIDES = {"experiment": "codepmp-faults",
+             "pretrain": {"checkpoint_every": 1, "seed": 3, "max_length": TINY_PAIR_TOKENS}}
 
 
 def _pretrain(run_name: str, inputs: dict[str, str], out_dir: Path) -> dict:
