@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import pytest
 
+from codepmp.testing import TINY_PAIR_MAX_LENGTH
+
 
 @pytest.fixture(scope="session")
 def tiny_lm(tmp_path_factory) -> str:
@@ -28,7 +30,7 @@ def tiny_overrides(tiny_lm) -> dict:
         "crawl": {"max_files": 6},
         "synthesize": {"summarizer_model": tiny_lm, "strong_model": tiny_lm, "weak_model": tiny_lm,
                        "max_pairs": 4, "description_tokens": 8, "code_tokens": 8},
-        "pretrain": {"max_length": 256},  # the tiny tokenizer spends a token per character or two
+        "pretrain": {"max_length": TINY_PAIR_MAX_LENGTH},
         "finetune": {"max_length": 192},  # GSM8K questions alone run past 64 tokens
         "evaluate": {"max_length": 384},  # scoring keeps whole prompts (the longest tiny-tokenized one: 242)
         "promote": {"registered_model": "codepmp-component-tests"},

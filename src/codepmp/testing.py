@@ -14,6 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 
 EOS_TOKEN = "</s>"
+TINY_PAIR_MAX_LENGTH = 256
+"""A training max_length that fits a code pair's whole prompt in the tiny tokenizer, which spends a token per
+character or two (truncation keeps the prompt, and at 128 no code pair fits)."""
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}</s>\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"

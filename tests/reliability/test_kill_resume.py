@@ -34,9 +34,7 @@ from pathlib import Path
 
 import pytest
 
-TINY_PAIR_TOKENS = 256
-"""Pretraining max_length for the tiny tokenizer (a token per character or two): the whole pair prompt is kept,
-and at 128 no code pair fits."""
+from codepmp.testing import TINY_PAIR_MAX_LENGTH as TINY_PAIR_TOKENS
 
 KILLS = int(os.environ.get("CODEPMP_KILLS", "10"))
 EXPERIMENT = "codepmp-kill-resume"

@@ -24,9 +24,7 @@ from codepmp import retry, storage, tracking
 from codepmp.errors import ConfigError, InputError, ServiceError
 from codepmp.storage import ObjectStore
 
-TINY_PAIR_TOKENS = 256
-"""Pretraining max_length for the tiny tokenizer (a token per character or two): the whole pair prompt is kept,
-and at 128 no code pair fits."""
+from codepmp.testing import TINY_PAIR_MAX_LENGTH as TINY_PAIR_TOKENS
 
 OUTAGE_S = 20.0
 FAST_FAIL_S = 10.0
