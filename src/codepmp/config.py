@@ -4,8 +4,9 @@
     cfg = load_config("tiny", {"pretrain": {"lr": 1e-5}})
 
 Unknown keys fail fast (`ConfigError` names the key), so a typo never silently falls back to a default.
-Profiles: `tiny` (tests, a couple of minutes), `local` (`make run` on 2 CPU cores), `paper` (cluster,
-the paper's models and hyperparameters).
+Profiles: `tiny` (tests, a couple of minutes), `local` (`make run` on 2 CPU cores), `qwen` (the paper's model
+family at CPU scale: Qwen2.5-Coder 0.5B/1.5B from packaged weights), `paper` (cluster, the paper's models and
+hyperparameters).
 """
 
 from __future__ import annotations
@@ -289,8 +290,10 @@ class ReasoningConfig:
     """Held-out problems per domain for pairwise accuracy, best-of-N and option accuracy."""
     pairs: str = "corrupted"
     """How math finetuning pairs are made: "corrupted" (the reference solution against copies with a wrong
-    final answer) or "sampled" (solutions sampled from `policy_model`, labelled by their final answer, correct
-    paired with incorrect: Math-Shepherd style). Logic pairs are always the right option against each wrong one."""
+    final answer), "sampled" (solutions sampled from `policy_model`, labelled by their final answer, correct
+    paired with incorrect: Math-Shepherd style) or "shipped" (the same, from the policy samples shipped in the
+    package: no sampling at run time; needs `pool` "shipped"). Logic pairs are always the right option against
+    each wrong one."""
     rejected_per_problem: int = 1
     """Corrupted pairs per problem ("corrupted"), or at most this many pairs per problem ("sampled")."""
     samples_per_problem: int = 4
@@ -304,12 +307,16 @@ class ReasoningConfig:
     pool: str = "corrupted"
     """Best-of-N candidates for gsm8k/math dev problems: "corrupted" (the reference plus corruptions),
     "sampled" (from `policy_model`, each labelled by the answer checker; with `pairs` "sampled" the dev pairs
-    are then correct against incorrect candidates of the same problem) or "import" (`pool_files`)."""
+    are then correct against incorrect candidates of the same problem), "import" (`pool_files`) or "shipped"
+    (policy samples shipped in the package, with `pairs` "shipped" too; see `samples_dir`)."""
     pool_files: dict[str, str] = field(default_factory=dict)
     """Pool "import": per math domain, a JSONL of {problem_id, prompt, gold, candidates: [{text, is_correct}]}
     (e.g. {"gsm8k": "gsm8k_pool.jsonl", "math": "math_pool.jsonl"}); every configured math domain needs one."""
     pool_file: str = ""
     """Pool "import" with a single math domain: its pool file (the same as `pool_files` {domain: pool_file})."""
+    samples_dir: str = ""
+    """Pairs and pool "shipped": the folder of policy samples to read (`python -m codepmp.reasoning.policy_samples
+    --out DIR` writes one); empty: the samples shipped in the package (reasoning/data/policy/)."""
     candidates_per_problem: int = 8
     """Best-of-N pool size per dev problem (the paper samples up to 256 on a cluster)."""
     policy_model: str = "smollm2-135m-instruct"
@@ -444,7 +451,40 @@ def _paper() -> dict[str, Any]:
     }
 
 
-PROFILES = {"tiny": _tiny, "local": dict, "paper": _paper}
+QWEN_SMALL, QWEN_LARGE = "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"
+
+
+def _qwen() -> dict[str, Any]:
+    """The paper's design within one model family, small enough for one machine: a Qwen2 reward model
+    (Qwen2.5-Coder-0.5B, `Qwen2ForSequenceClassification`), the strong writer 1.5B against the weak 0.5B, and
+    the 1.5B as policy. Reasoning data are the shipped samples of that policy (`reasoning.pairs`/`pool`
+    "shipped"); `--set reasoning.pool=sampled` samples afresh. Provision the models first:
+    `python -m codepmp.models qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5b-instruct`."""
+    train = {"max_length": 512, "batch_size": 2, "grad_accum": 2, "lr": 1e-5, "log_every": 1}
+    return {
+        "base_model": QWEN_SMALL,
+        "crawl": {"max_files": 16},
+        "synthesize": {"summarizer_model": QWEN_SMALL, "strong_model": QWEN_LARGE, "weak_model": QWEN_SMALL,
+                       "max_pairs": 16, "description_tokens": 96, "code_tokens": 192, "batch_size": 8,
+                       "stop": ["<|im_end|>"]},
+        "pretrain": train,
+        "finetune": {**train, "lm_coef": 0.0},
+        "reasoning": {"pairs": "shipped", "pool": "shipped", "train_problems": 32, "dev_problems": 20,
+                      "policy_model": QWEN_LARGE, "max_new_tokens": 320},
+        "evaluate": {"max_length": 768},
+        "sweep": {"sizes": [16]},
+    }
+
+
+def _local() -> dict[str, Any]:
+    """`make run`: the dataclass defaults, with the GSM8K pairs and best-of-N pool taken from the policy samples
+    shipped in the package (real Qwen2.5-Coder solutions, labelled by the answer checker; see
+    reasoning/data/policy/provenance.json). Their solutions run to ~320 tokens, hence the longer sequences."""
+    return {"finetune": {"max_length": 512}, "evaluate": {"max_length": 512},
+            "reasoning": {"pairs": "shipped", "pool": "shipped"}}
+
+
+PROFILES = {"tiny": _tiny, "local": dict, "qwen": _qwen, "paper": _paper}
 
 
 def _merge(obj: Any, overrides: dict[str, Any], where: str) -> Any:

@@ -79,6 +79,9 @@ def summary_text(experiment: str, run_name: str, root: str | Path, total_s: floa
             diff = evaluation.get(f"diff.{k}")
             lines.append(f"{k:<28}{cell('pmp', k):>22}{cell('control', k):>22}"
                          + (f"{diff:>+16.3f}" if diff is not None else f"{'':>16}"))
+    data = next((r["tags"].get("codepmp.data") for r in rows if r["stage"] == "reasoning_data"), None)
+    if data:
+        lines.append(f"reasoning data: {data}")
     plumbing = next((r["tags"].get("codepmp.plumbing_check") for r in rows if r["stage"] == "evaluate"), None)
     if plumbing:
         lines.append(f"NOTE: {plumbing}")

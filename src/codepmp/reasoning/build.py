@@ -16,7 +16,9 @@ Sources. Train pairs of gsm8k/math are "corrupted" (the reference against copies
 sampled dev pairs. The best-of-N pool is `reasoning.pool`: "corrupted" (the reference plus corruptions: only
 the reference is right, a plumbing check rather than a measurement), "sampled" or "import". With both sampled,
 the dev pairs are made from the pool's own candidates (correct against incorrect of the same problem).
-Logic domains always use the real options, whatever the sources say.
+Logic domains always use the real options, whatever the sources say. "shipped" (pairs and pool together, gsm8k and
+math only) reads the policy samples shipped in the package (`policy_samples`): train pairs from its train samples,
+the pool from its dev samples, dev pairs correct against incorrect candidates of the pool; no data_dir needed.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from codepmp.errors import ConfigError, InputError
 from codepmp.reasoning import gsm8k, logic
 from codepmp.reasoning import math as math_source
 from codepmp.reasoning.leakage import HeldOut, drop_held_out
+from codepmp.reasoning.policy_samples import SHIPPED_DIR, shipped_domain, shipped_file
 from codepmp.reasoning.tasks import Task, gsm8k_tasks
 from codepmp.synthesize.backend import Backend, Sampling
 from codepmp.train.data import Pair, read_text_rows
@@ -82,6 +85,9 @@ def evaluation_files(cfg: ReasoningConfig) -> list[str]:
     _check_domains(cfg)
     files = []
     for name in cfg.domains:
+        if _shipped(cfg, name):
+            files.append(str(shipped_file(name, "dev", Path(cfg.samples_dir) if cfg.samples_dir else SHIPPED_DIR)))
+            continue
         if name == "gsm8k" and not cfg.data_dir:
             files.append(str(gsm8k.packaged_path("dev")))
             continue
@@ -95,11 +101,15 @@ def evaluation_files(cfg: ReasoningConfig) -> list[str]:
     return files
 
 
+def _shipped(cfg: ReasoningConfig, name: str) -> bool:
+    return name in MATH_DOMAINS and cfg.pool == "shipped"
+
+
 def _check_domains(cfg: ReasoningConfig) -> None:
     for name in cfg.domains:
         if name not in MATH_DOMAINS + LOGIC_DOMAINS:
             raise ConfigError(f"unknown reasoning domain '{name}' (known: {', '.join(MATH_DOMAINS + LOGIC_DOMAINS)})")
-        if name != "gsm8k" and not cfg.data_dir:
+        if name != "gsm8k" and not cfg.data_dir and not _shipped(cfg, name):
             raise ConfigError(f"reasoning domain '{name}' needs reasoning.data_dir (only a GSM8K sample is packaged)")
 
 
@@ -178,9 +188,13 @@ def _extra_pairs(paths: Sequence[str], seed: int, held_out: HeldOut) -> tuple[li
 
 
 def _check(cfg: ReasoningConfig) -> None:
-    if cfg.pairs not in ("corrupted", "sampled") or cfg.pool not in ("corrupted", "sampled", "import"):
-        raise ConfigError(f"reasoning.pairs must be corrupted|sampled and reasoning.pool corrupted|sampled|import "
-                          f"(got {cfg.pairs!r}, {cfg.pool!r})")
+    if cfg.pairs not in ("corrupted", "sampled", "shipped") \
+            or cfg.pool not in ("corrupted", "sampled", "import", "shipped"):
+        raise ConfigError(f"reasoning.pairs must be corrupted|sampled|shipped and reasoning.pool "
+                          f"corrupted|sampled|import|shipped (got {cfg.pairs!r}, {cfg.pool!r})")
+    if (cfg.pairs == "shipped") != (cfg.pool == "shipped"):
+        raise ConfigError(f"reasoning.pairs and reasoning.pool are 'shipped' together or not at all (got "
+                          f"{cfg.pairs!r}, {cfg.pool!r}): shipped dev pairs are made from the shipped pool")
     if cfg.pool == "import" and not cfg.pool_file and not cfg.pool_files:
         raise ConfigError("reasoning.pool is 'import' but reasoning.pool_file is empty (and so is pool_files)")
     if cfg.pairs == "sampled" and cfg.samples_per_problem < 2:
@@ -214,10 +228,20 @@ def build_reasoning_data(cfg: ReasoningConfig, out_dir: str | Path,
                    "seeds": {}, "domains": {}}
     held_out = []
     for offset, name in enumerate(cfg.domains):
-        domain = _load(cfg, name)
-        held_out += domain.held_out_texts()
         # One seed per domain; each use is offset from it so that no two draws share a random stream.
         seed = cfg.seed + 1000 * offset
+        if _shipped(cfg, name):
+            shipped = shipped_domain(name, cfg.train_problems, cfg.dev_problems, cfg.candidates_per_problem,
+                                     cfg.rejected_per_problem, cfg.dev_pairs_per_problem, seed,
+                                     Path(cfg.samples_dir) if cfg.samples_dir else SHIPPED_DIR)
+            for table in ("train", "dev", "pool"):
+                tables[table] += shipped[table]
+            held_out += shipped["held_out"]
+            stats["seeds"][name] = {"train_pairs": seed, "dev_pairs": seed + 1}
+            stats["domains"][name] = shipped["stats"]
+            continue
+        domain = _load(cfg, name)
+        held_out += domain.held_out_texts()
         seeds = {"problems": seed}
         train = _sample(domain.train, cfg.train_problems, seed, f"{name} train")
         dev = _sample(domain.dev, cfg.dev_problems, seed, f"{name} dev")
@@ -258,7 +282,24 @@ def build_reasoning_data(cfg: ReasoningConfig, out_dir: str | Path,
         tables["train"] += [{**dataclasses.asdict(p), "domain": "extra"} for p in extra]
     if not tables["train"]:
         raise InputError(f"the reasoning domains {cfg.domains} gave no finetuning pairs")
-    return write_tables(tables, Path(out_dir), stats)
+    return {**write_tables(tables, Path(out_dir), stats), "data": describe(stats, tables)}
+
+
+def describe(stats: dict, tables: dict[str, list[dict]]) -> str:
+    """One line per domain saying where its pairs and pool came from, for the run summary."""
+    parts = []
+    for name, domain in stats["domains"].items():
+        sources = domain.get("sources", {})
+        count = lambda table: sum(r["domain"] == name for r in tables[table])  # noqa: E731
+        text = (f"{name}: {count('train')} train pairs {sources.get('train_pairs', '?')}, "
+                f"{count('dev')} dev pairs {sources.get('dev_pairs', '?')}")
+        if name in MATH_DOMAINS:
+            problems = len({r["problem_id"] for r in tables["pool"] if r["domain"] == name})
+            text += f", pool {sources.get('pool', '?')} ({problems} problems)"
+        if "shipped" in domain:
+            text += f" [{domain['shipped']['model']} samples]"
+        parts.append(text)
+    return "; ".join(parts)
 
 
 def _dev_pair_seed(cfg: ReasoningConfig, seed: int) -> int:
