@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from codepmp.config import load_config
+from codepmp.testing import TINY_PAIR_MAX_LENGTH
 from codepmp.train.data import Pair
 from codepmp.train.loop import train
 
@@ -95,8 +96,8 @@ def main() -> None:
 
     cfg = load_config("qwen")
     gpu = {"bf16": not args.debug, "compile": not args.debug, "log_every": 1}
-    pretrain_cfg = dataclasses.replace(cfg.pretrain, **gpu, **({"max_length": 128} if args.debug else {}))
-    finetune_cfg = dataclasses.replace(cfg.finetune, **gpu, **({"max_length": 128} if args.debug else {}))
+    pretrain_cfg = dataclasses.replace(cfg.pretrain, **gpu, **({"max_length": TINY_PAIR_MAX_LENGTH} if args.debug else {}))
+    finetune_cfg = dataclasses.replace(cfg.finetune, **gpu, **({"max_length": TINY_PAIR_MAX_LENGTH} if args.debug else {}))
     finetune_pairs, texts = reasoning_data(args.pairs, args.problems)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -2,6 +2,7 @@
 the "shipped" reasoning source makes of them, and the samples shipped in the package checked against their
 provenance and the answer checkers."""
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -151,5 +152,13 @@ def test_the_reasoning_stage_builds_its_tables_from_shipped_samples(planted, tmp
     assert stats["data"] == ("gsm8k: 1 train pairs shipped, 1 dev pairs shipped, pool shipped (4 problems) "
                              "[tiny samples]")
     assert evaluation_files(cfg) == [str(planted / "gsm8k_dev.jsonl")]
-    with pytest.raises(ConfigError, match="'shipped' together"):
+    with pytest.raises(ConfigError, match="pairs 'shipped' needs reasoning.pool 'shipped'"):
         build_reasoning_data(ReasoningConfig(pairs="shipped", pool="sampled"), tmp_path)
+    # Corrupted train pairs (the packaged GSM8K sample) beside the shipped pool and its dev pairs.
+    mixed = dataclasses.replace(cfg, pairs="corrupted", train_problems=3)
+    stats = build_reasoning_data(mixed, tmp_path / "mixed")
+    assert len(read_table(tmp_path / "mixed", "train")) == 3 and len(read_table(tmp_path / "mixed", "dev")) == 1
+    assert stats["data"].startswith("gsm8k: 3 train pairs corrupted, 1 dev pairs shipped, pool shipped")
+    from codepmp.evaluate.run import data_sources
+    assert data_sources(tmp_path / "mixed") == {"dev_pairs": "shipped", "pool": "shipped"}  # no plumbing-check label
+    assert evaluation_files(mixed) == [str(planted / "gsm8k_dev.jsonl"), str(packaged_path("dev"))]

@@ -16,9 +16,10 @@ Sources. Train pairs of gsm8k/math are "corrupted" (the reference against copies
 sampled dev pairs. The best-of-N pool is `reasoning.pool`: "corrupted" (the reference plus corruptions: only
 the reference is right, a plumbing check rather than a measurement), "sampled" or "import". With both sampled,
 the dev pairs are made from the pool's own candidates (correct against incorrect of the same problem).
-Logic domains always use the real options, whatever the sources say. "shipped" (pairs and pool together, gsm8k and
-math only) reads the policy samples shipped in the package (`policy_samples`): train pairs from its train samples,
-the pool from its dev samples, dev pairs correct against incorrect candidates of the pool; no data_dir needed.
+Logic domains always use the real options, whatever the sources say. Pool "shipped" (gsm8k and math) reads the
+policy samples shipped in the package (`policy_samples`): the pool from its dev samples, and dev pairs correct
+against incorrect candidates of that pool, whatever `pairs` is; pairs "shipped" (only with that pool) take the
+train pairs from its train samples, and then no data_dir is needed.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ def evaluation_files(cfg: ReasoningConfig) -> list[str]:
     for name in cfg.domains:
         if _shipped(cfg, name):
             files.append(str(shipped_file(name, "dev", Path(cfg.samples_dir) if cfg.samples_dir else SHIPPED_DIR)))
+        if not _needs_data(cfg, name):
             continue
         if name == "gsm8k" and not cfg.data_dir:
             files.append(str(gsm8k.packaged_path("dev")))
@@ -105,11 +107,16 @@ def _shipped(cfg: ReasoningConfig, name: str) -> bool:
     return name in MATH_DOMAINS and cfg.pool == "shipped"
 
 
+def _needs_data(cfg: ReasoningConfig, name: str) -> bool:
+    """Whether a domain reads its problems from data files (everything but shipped pairs with a shipped pool)."""
+    return not (_shipped(cfg, name) and cfg.pairs == "shipped")
+
+
 def _check_domains(cfg: ReasoningConfig) -> None:
     for name in cfg.domains:
         if name not in MATH_DOMAINS + LOGIC_DOMAINS:
             raise ConfigError(f"unknown reasoning domain '{name}' (known: {', '.join(MATH_DOMAINS + LOGIC_DOMAINS)})")
-        if name != "gsm8k" and not cfg.data_dir and not _shipped(cfg, name):
+        if name != "gsm8k" and not cfg.data_dir and _needs_data(cfg, name):
             raise ConfigError(f"reasoning domain '{name}' needs reasoning.data_dir (only a GSM8K sample is packaged)")
 
 
@@ -192,9 +199,9 @@ def _check(cfg: ReasoningConfig) -> None:
             or cfg.pool not in ("corrupted", "sampled", "import", "shipped"):
         raise ConfigError(f"reasoning.pairs must be corrupted|sampled|shipped and reasoning.pool "
                           f"corrupted|sampled|import|shipped (got {cfg.pairs!r}, {cfg.pool!r})")
-    if (cfg.pairs == "shipped") != (cfg.pool == "shipped"):
-        raise ConfigError(f"reasoning.pairs and reasoning.pool are 'shipped' together or not at all (got "
-                          f"{cfg.pairs!r}, {cfg.pool!r}): shipped dev pairs are made from the shipped pool")
+    if cfg.pairs == "shipped" and cfg.pool != "shipped":
+        raise ConfigError(f"reasoning.pairs 'shipped' needs reasoning.pool 'shipped' (got {cfg.pool!r}): shipped "
+                          "dev pairs are made from the shipped pool")
     if cfg.pool == "import" and not cfg.pool_file and not cfg.pool_files:
         raise ConfigError("reasoning.pool is 'import' but reasoning.pool_file is empty (and so is pool_files)")
     if cfg.pairs == "sampled" and cfg.samples_per_problem < 2:
@@ -224,21 +231,31 @@ def build_reasoning_data(cfg: ReasoningConfig, out_dir: str | Path,
 
     sampling = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed)
     tables: dict[str, list[dict]] = {name: [] for name in FILES}
-    stats: dict = {"sources": {"train_pairs": cfg.pairs, "dev_pairs": cfg.pairs, "pool": cfg.pool},
+    # A shipped pool makes the math dev pairs, whatever makes the train pairs.
+    dev_source = "shipped" if cfg.pool == "shipped" else cfg.pairs
+    stats: dict = {"sources": {"train_pairs": cfg.pairs, "dev_pairs": dev_source, "pool": cfg.pool},
                    "seeds": {}, "domains": {}}
     held_out = []
     for offset, name in enumerate(cfg.domains):
         # One seed per domain; each use is offset from it so that no two draws share a random stream.
         seed = cfg.seed + 1000 * offset
         if _shipped(cfg, name):
-            shipped = shipped_domain(name, cfg.train_problems, cfg.dev_problems, cfg.candidates_per_problem,
-                                     cfg.rejected_per_problem, cfg.dev_pairs_per_problem, seed,
-                                     Path(cfg.samples_dir) if cfg.samples_dir else SHIPPED_DIR)
+            shipped = shipped_domain(name, cfg.train_problems if cfg.pairs == "shipped" else 0, cfg.dev_problems,
+                                     cfg.candidates_per_problem, cfg.rejected_per_problem, cfg.dev_pairs_per_problem,
+                                     seed, Path(cfg.samples_dir) if cfg.samples_dir else SHIPPED_DIR)
             for table in ("train", "dev", "pool"):
                 tables[table] += shipped[table]
             held_out += shipped["held_out"]
             stats["seeds"][name] = {"train_pairs": seed, "dev_pairs": seed + 1}
             stats["domains"][name] = shipped["stats"]
+            if cfg.pairs != "shipped":  # train pairs from the data, as without a shipped pool
+                domain = _load(cfg, name)
+                held_out += domain.held_out_texts()
+                train = _sample(domain.train, cfg.train_problems, seed, f"{name} train")
+                train_pairs = _train_pairs(cfg, domain, train, sampler, sampling, seed, shipped["stats"])
+                tables["train"] += [{**dataclasses.asdict(p), "domain": name} for p in train_pairs]
+                stats["seeds"][name]["problems"] = seed
+                shipped["stats"]["sources"]["train_pairs"] = cfg.pairs
             continue
         domain = _load(cfg, name)
         held_out += domain.held_out_texts()
@@ -246,16 +263,7 @@ def build_reasoning_data(cfg: ReasoningConfig, out_dir: str | Path,
         train = _sample(domain.train, cfg.train_problems, seed, f"{name} train")
         dev = _sample(domain.dev, cfg.dev_problems, seed, f"{name} dev")
         domain_stats: dict = {}
-        if name in MATH_DOMAINS and cfg.pairs == "sampled":
-            from codepmp.reasoning.sampled import sampled_pairs
-
-            train_pairs, sample_stats = sampled_pairs(domain.tasks(train), sampler(),
-                                                      dataclasses.replace(sampling, seed=seed),
-                                                      k=cfg.samples_per_problem,
-                                                      max_pairs_per_problem=cfg.rejected_per_problem, seed=seed)
-            domain_stats["sampling"] = sample_stats.as_dict()
-        else:
-            train_pairs = domain.corrupted_pairs(train, cfg.rejected_per_problem, seed)
+        train_pairs = _train_pairs(cfg, domain, train, sampler, sampling, seed, domain_stats)
         tables["train"] += [{**dataclasses.asdict(p), "domain": name} for p in train_pairs]
         if name in MATH_DOMAINS:
             seeds.update(train_pairs=seed, dev_pairs=_dev_pair_seed(cfg, seed), pool=seed + 2)
@@ -300,6 +308,21 @@ def describe(stats: dict, tables: dict[str, list[dict]]) -> str:
             text += f" [{domain['shipped']['model']} samples]"
         parts.append(text)
     return "; ".join(parts)
+
+
+def _train_pairs(cfg: ReasoningConfig, domain: Domain, train: list, sampler: Callable[[], Backend],
+                 sampling: Sampling, seed: int, domain_stats: dict) -> list[Pair]:
+    """A domain's finetuning pairs from its train problems: sampled from the policy (math domains with `pairs`
+    "sampled", counts put in `domain_stats`) or corrupted references / logic options."""
+    if domain.name in MATH_DOMAINS and cfg.pairs == "sampled":
+        from codepmp.reasoning.sampled import sampled_pairs
+
+        pairs, sample_stats = sampled_pairs(domain.tasks(train), sampler(), dataclasses.replace(sampling, seed=seed),
+                                            k=cfg.samples_per_problem, max_pairs_per_problem=cfg.rejected_per_problem,
+                                            seed=seed)
+        domain_stats["sampling"] = sample_stats.as_dict()
+        return pairs
+    return domain.corrupted_pairs(train, cfg.rejected_per_problem, seed)
 
 
 def _dev_pair_seed(cfg: ReasoningConfig, seed: int) -> int:
