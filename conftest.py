@@ -24,6 +24,8 @@ TEST_BUCKET = "codepmp-test"
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "integration: needs real S3 + MLflow servers (a private stack on free ports)")
+    config.addinivalue_line(
+        "markers", "slow: minutes to an hour on 2 cores; left out of make test (run with -m slow)")
 
 
 def s3_server_available() -> bool:
