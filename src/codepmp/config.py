@@ -457,8 +457,8 @@ QWEN_SMALL, QWEN_LARGE = "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-inst
 def _qwen() -> dict[str, Any]:
     """The paper's design within one model family, small enough for one machine: a Qwen2 reward model
     (Qwen2.5-Coder-0.5B, `Qwen2ForSequenceClassification`), the strong writer 1.5B against the weak 0.5B, and
-    the 1.5B as policy. Reasoning data are the shipped samples of that policy (`reasoning.pairs`/`pool`
-    "shipped"); `--set reasoning.pool=sampled` samples afresh. Provision the models first:
+    the 1.5B as policy (`--set reasoning.pairs=sampled` samples train pairs from it). The best-of-N pool and dev
+    pairs are the shipped Qwen2.5-Coder samples (`reasoning.pool` "shipped"). Provision the models first:
     `python -m codepmp.models qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5b-instruct`."""
     train = {"max_length": 512, "batch_size": 2, "grad_accum": 2, "lr": 1e-5, "log_every": 1}
     return {
@@ -469,7 +469,7 @@ def _qwen() -> dict[str, Any]:
                        "stop": ["<|im_end|>"]},
         "pretrain": train,
         "finetune": {**train, "lm_coef": 0.0},
-        "reasoning": {"pairs": "shipped", "pool": "shipped", "train_problems": 32, "dev_problems": 20,
+        "reasoning": {"pool": "shipped", "dev_pairs_per_problem": 4, "train_problems": 32, "dev_problems": 20,
                       "policy_model": QWEN_LARGE, "max_new_tokens": 320},
         "evaluate": {"max_length": 768},
         "sweep": {"sizes": [16]},
@@ -477,11 +477,12 @@ def _qwen() -> dict[str, Any]:
 
 
 def _local() -> dict[str, Any]:
-    """`make run`: the dataclass defaults, with the GSM8K pairs and best-of-N pool taken from the policy samples
-    shipped in the package (real Qwen2.5-Coder solutions, labelled by the answer checker; see
-    reasoning/data/policy/provenance.json). Their solutions run to ~320 tokens, hence the longer sequences."""
-    return {"finetune": {"max_length": 512}, "evaluate": {"max_length": 512},
-            "reasoning": {"pairs": "shipped", "pool": "shipped"}}
+    """`make run`: the dataclass defaults, but GSM8K's best-of-N pool and dev pairs are the policy samples shipped
+    in the package (real Qwen2.5-Coder solutions labelled by the answer checker; reasoning/data/policy/
+    provenance.json), up to 4 pairs per problem as few problems have both right and wrong samples; their solutions
+    run to ~320 tokens, hence the longer scored sequences. `--set reasoning.pairs=shipped` also finetunes on the
+    shipped train samples."""
+    return {"evaluate": {"max_length": 512}, "reasoning": {"pool": "shipped", "dev_pairs_per_problem": 4}}
 
 
 PROFILES = {"tiny": _tiny, "local": dict, "qwen": _qwen, "paper": _paper}

@@ -14,10 +14,10 @@ from codepmp.report import stage_runs, summary_text
 
 # A few pairs: enough for every stage to train and score something.
 FEW = {"crawl": {"max_files": 4}, "synthesize": {"max_pairs": 4, "description_tokens": 48, "code_tokens": 96},
-       "pretrain": {"max_length": 384}, "finetune": {"max_length": 384},
-       "reasoning": {"train_problems": 8, "dev_problems": 4, "candidates_per_problem": 4, "pairs": "corrupted"},
+       "pretrain": {"max_length": 320}, "finetune": {"max_length": 320},
+       "reasoning": {"train_problems": 4, "dev_problems": 4, "candidates_per_problem": 4, "pairs": "corrupted"},
        "evaluate": {"best_of_n": [1, 2, 4], "bon_trials": 4, "max_length": 512},
-       "sweep": {"sizes": [4]}, "experiment": "codepmp-qwen-test", "promote": {"registered_model": "codepmp-qwen-test"}}
+       "sweep": {"sizes": [2]}, "experiment": "codepmp-qwen-test", "promote": {"registered_model": "codepmp-qwen-test"}}
 
 
 @pytest.mark.slow

@@ -259,8 +259,8 @@ def _load_provenance(folder: Path, model: dict, chunk_problems: int) -> dict:
             raise InputError(f"{path}: chunks so far hold {provenance['chunk_problems']} problems, not "
                              f"{chunk_problems}: chunk seeds would no longer match a run in one go")
         return provenance
-    return {"model": model, "prompt": {"template": gsm8k.PROMPT, "chat": "one user turn through the GGUF's own chat "
-                                       "template (Qwen2.5's adds its default system turn)"},
+    return {"model": model, "prompt": {"template": gsm8k.PROMPT, "chat": "one user turn through the model's chat "
+                                       "template, read from its GGUF (Qwen2.5's adds its default system turn)"},
             "sampling": {"temperature": 0.7, "top_p": 1.0, "top_k": "off", "min_p": "off", "repeat_penalty": 1.0},
             "seed": SEED, "chunk_problems": chunk_problems, "labels": "codepmp.reasoning.answers.is_correct "
             "(gsm8k: final number; math: math-verify against the boxed gold)",
