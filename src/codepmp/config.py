@@ -485,7 +485,7 @@ def _local() -> dict[str, Any]:
     return {"evaluate": {"max_length": 512}, "reasoning": {"pool": "shipped", "dev_pairs_per_problem": 4}}
 
 
-PROFILES = {"tiny": _tiny, "local": dict, "qwen": _qwen, "paper": _paper}
+PROFILES = {"tiny": _tiny, "local": _local, "qwen": _qwen, "paper": _paper}
 
 
 def _merge(obj: Any, overrides: dict[str, Any], where: str) -> Any:

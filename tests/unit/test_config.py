@@ -67,3 +67,19 @@ def test_sweep_seeds_default_to_one_and_the_paper_runs_three():
 def test_bad_sweep_seeds_name_the_key(sweep, needle):
     with pytest.raises(ConfigError, match=needle):
         load_config("local", {"sweep": sweep})
+
+
+def test_local_and_qwen_profiles_evaluate_on_the_shipped_policy_samples():
+    import json
+
+    from codepmp.reasoning.policy_samples import PROVENANCE, SHIPPED_DIR
+
+    shipped = json.loads((SHIPPED_DIR / PROVENANCE).read_text())["files"]["gsm8k_dev"]["problems"]
+    for name in ("local", "qwen"):
+        cfg = load_config(name)
+        assert cfg.reasoning.pool == "shipped" and cfg.reasoning.domains == ["gsm8k"]
+        assert cfg.reasoning.dev_problems <= shipped  # the profile runs on what the package ships
+    qwen = load_config("qwen")
+    assert qwen.base_model == "qwen2.5-coder-0.5b-instruct" and qwen.reasoning.policy_model.endswith("1.5b-instruct")
+    assert (qwen.synthesize.strong_model, qwen.synthesize.weak_model) == ("qwen2.5-coder-1.5b-instruct",
+                                                                         "qwen2.5-coder-0.5b-instruct")
