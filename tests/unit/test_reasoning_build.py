@@ -298,7 +298,7 @@ def test_paper_profile_samples_enough_and_pools_reach_the_largest_n():
     assert max(paper.evaluate.best_of_n) == paper.reasoning.candidates_per_problem
     assert (paper.reasoning.pairs, paper.reasoning.pool) == ("sampled", "sampled")
     local = load_config("local", {"reasoning": {"pool_files": {"gsm8k": "a.jsonl"}}})
-    assert (local.reasoning.pairs, local.reasoning.pool) == ("corrupted", "corrupted")
+    assert (local.reasoning.pairs, local.reasoning.pool) == ("corrupted", "shipped")  # shipped policy pool
     assert local.reasoning.pool_files == {"gsm8k": "a.jsonl"}
     with pytest.raises(ConfigError, match="reasoning.pool_files' expects dict"):
         load_config("local", {"reasoning": {"pool_files": ["a.jsonl"]}})
