@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import json
 import math
-import random
 import tempfile
 import time
 from pathlib import Path
@@ -29,14 +28,7 @@ from codepmp.config import load_config
 from codepmp.testing import TINY_PAIR_MAX_LENGTH
 from codepmp.train.data import Pair
 from codepmp.train.loop import train
-
-
-def code_pairs(n: int, seed: int = 0) -> list[Pair]:
-    rng = random.Random(seed)
-    words = ["def", "return", "self", "value", "items", "for", "in", "range", "if", "else", "print", "x", "y", "+"]
-    text = lambda k: " ".join(rng.choice(words) for _ in range(k))  # noqa: E731
-    return [Pair(f"### Instruction: {text(rng.randint(20, 60))}\n### Response:\n", text(rng.randint(100, 300)),
-                 text(rng.randint(100, 300))) for _ in range(n)]
+from gpu_train_check import make_pairs  # the sibling benchmark's code-like pairs
 
 
 def reasoning_data(n_pairs: int, n_problems: int) -> tuple[list[Pair], list[tuple[str, str]]]:
@@ -110,7 +102,7 @@ def main() -> None:
             return {"steps": summary["steps"], "first_loss": losses[name][0], "last_loss": losses[name][-1],
                     "tokens_per_s": summary.get("tokens_per_s")}
 
-        stage("pretrain", lambda: run("pretrain", pretrain_cfg, base, code_pairs(args.pairs)))
+        stage("pretrain", lambda: run("pretrain", pretrain_cfg, base, make_pairs(args.pairs, seed=0)))
         result = stage("finetune", lambda: run("finetune", finetune_cfg, str(root / "pretrain"), finetune_pairs))
         from codepmp.evaluate.run import Scorer
 

@@ -25,7 +25,7 @@ import random
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -92,12 +92,17 @@ def read_records(path: Path) -> list[dict]:
     return [record.row for record in read_jsonl(path, "policy samples")]
 
 
-def read_shipped(domain: str, split: str, problems: int, folder: Path = SHIPPED_DIR) -> list[dict]:
+def _provenance(folder: Path) -> dict:
+    path = folder / PROVENANCE
+    return json.loads(path.read_text()) if path.exists() else {"files": {}}
+
+
+def read_shipped(domain: str, split: str, problems: int, folder: Path = SHIPPED_DIR,
+                 provenance: dict | None = None) -> list[dict]:
     """The first `problems` problems of a shipped file (a seeded random sample, as the file is in seeded order),
-    after checking the file against the sha256 its provenance records."""
+    after checking the file against the sha256 its provenance (read from `folder` unless given) records."""
     path = shipped_file(domain, split, folder)
-    entry = json.loads((folder / PROVENANCE).read_text())["files"].get(f"{domain}_{split}") \
-        if (folder / PROVENANCE).exists() else None
+    entry = (provenance or _provenance(folder))["files"].get(f"{domain}_{split}")
     if not path.exists() or entry is None:
         raise InputError(f"no shipped {domain} {split} samples ({path}); generate them with "
                          "`python -m codepmp.reasoning.policy_samples` or use reasoning.pairs/pool 'sampled'")
@@ -136,26 +141,26 @@ def shipped_domain(domain: str, train_problems: int, dev_problems: int, candidat
     from codepmp.reasoning.pools import labelled_pool
     from codepmp.reasoning.sampled import pair_solutions
 
-    train = read_shipped(domain, "train", train_problems, folder) if train_problems else []
-    dev = read_shipped(domain, "dev", dev_problems, folder)
-    train_tasks, train_texts, train_labels = _tasks_and_samples(domain, train, 2, f"{domain}_train")
-    train_pairs, train_stats = pair_solutions(train_tasks, train_texts, train_labels, max_pairs_per_problem, seed)
+    provenance = _provenance(folder)
+    dev = read_shipped(domain, "dev", dev_problems, folder, provenance)
     tasks, texts, labels = _tasks_and_samples(domain, dev, candidates, f"{domain}_dev")
     pool = labelled_pool(tasks, texts, labels)
     dev_pairs, dev_stats = pair_solutions(tasks, texts, labels, dev_pairs_per_problem, seed + 1)
-    provenance = json.loads((folder / PROVENANCE).read_text())
-    pair_rows = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "domain": domain}
-                 for p in train_pairs]
-    return {"train": pair_rows,
-            "dev": [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "domain": domain}
-                    for p in dev_pairs],
-            "pool": pool, "held_out": [question_of(t.prompt) for t in tasks],
-            "stats": {"sources": {"train_pairs": "shipped", "dev_pairs": "shipped", "pool": "shipped"},
-                      "shipped": {"model": provenance["model"]["name"], "model_sha256": provenance["model"]["sha256"],
-                                  "train_sha256": provenance["files"].get(f"{domain}_train", {}).get("sha256"),
-                                  "dev_sha256": provenance["files"][f"{domain}_dev"]["sha256"]},
-                      "sampling": train_stats.as_dict(), "dev_sampling": dev_stats.as_dict(),
-                      "pool_correct_fraction": sum(r["correct"] for r in pool) / max(len(pool), 1)}}
+    stats = {"sources": {"train_pairs": "shipped", "dev_pairs": "shipped", "pool": "shipped"},
+             "shipped": {"model": provenance["model"]["name"], "model_sha256": provenance["model"]["sha256"],
+                         "dev_sha256": provenance["files"][f"{domain}_dev"]["sha256"]},
+             "dev_sampling": dev_stats.as_dict(),
+             "pool_correct_fraction": sum(r["correct"] for r in pool) / max(len(pool), 1)}
+    train_pairs = []
+    if train_problems:
+        train = read_shipped(domain, "train", train_problems, folder, provenance)
+        train_pairs, train_stats = pair_solutions(*_tasks_and_samples(domain, train, 2, f"{domain}_train"),
+                                                  max_pairs_per_problem, seed)
+        stats["shipped"]["train_sha256"] = provenance["files"][f"{domain}_train"]["sha256"]
+        stats["sampling"] = train_stats.as_dict()
+    rows = lambda pairs: [{**asdict(p), "domain": domain} for p in pairs]  # noqa: E731
+    return {"train": rows(train_pairs), "dev": rows(dev_pairs), "pool": pool,
+            "held_out": [question_of(t.prompt) for t in tasks], "stats": stats}
 
 
 def _record(task: Task, chunk: int, completions, labels: list[bool]) -> dict:
