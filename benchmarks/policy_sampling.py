@@ -8,8 +8,8 @@ backend (fp32, the dequantized model), on the GSM8K prompts that `codepmp.reason
 Each round gives both engines the same `--problems` x `--samples` prompts at temperature 0.7 (what the shipped
 samples use) and counts generated tokens per second of wall time; the two alternate, so load from elsewhere on a
 noisy machine falls on both alike. Prints each side's tok/s, the ratio llama.cpp / transformers (median, min, max
-over rounds), each side's pass@1 on those problems, and peak resident memory after each side's rounds
-(psutil, the process as a whole, so the second figure includes the first model).
+over rounds), each side's pass@1 on those problems, and the process's resident memory after each side's last
+round (psutil; not a peak, and both models stay loaded, so the figures overlap).
 """
 
 from __future__ import annotations

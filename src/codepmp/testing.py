@@ -83,9 +83,10 @@ def tiny_llama_config(vocab_size: int, eos_token_id: int, reward: bool):
 
 
 def tiny_qwen2_config(vocab_size: int, eos_token_id: int, reward: bool):
-    """A 2-layer, 32-wide `Qwen2Config` shaped like Qwen2.5's small models: tied embeddings, q/k/v biases, no BOS
-    token (Qwen tokenizers add none), and eos as the end-of-turn token (the model's pad id, as the packaged
-    Qwen2.5 configs have no pad id and `load_tokenizer` pads with eos)."""
+    """A 2-layer, 32-wide `Qwen2Config` shaped like Qwen2.5's small models: tied embeddings (as Qwen2.5-0.5B has
+    upstream; the GGUF conversion saves an untied head, which the Llama tiny model covers), q/k/v biases, no BOS
+    token (Qwen tokenizers add none), and eos, the end-of-turn token, as pad id, because `load_tokenizer` pads
+    with eos (the packaged Qwen configs name `<|endoftext|>` as pad)."""
     from transformers import Qwen2Config
 
     extra = {"num_labels": 1, "problem_type": "regression"} if reward else {}

@@ -114,3 +114,20 @@ def test_a_checked_gguf_is_kept_so_a_killed_conversion_restarts_without_download
     for wheel in wheels.iterdir():
         wheel.unlink()
     assert split(tmp_path / "work") == kept
+
+
+@pytest.mark.parametrize("alias", ["qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"])
+def test_the_real_kept_ggufs_pass_the_header_check(alias):
+    from codepmp.models import cache_dir, check_gguf_header
+
+    kept = cache_dir() / ".gguf" / f"{alias}.gguf"
+    if not kept.exists():
+        pytest.skip(f"{alias} not provisioned here (make models-qwen)")
+    split = PACKAGED[alias]
+    check_gguf_header(kept, alias, split.model)
+    # Its sha256 was checked before it was kept; hashing 1.6 GB again would cost a minute per test run.
+    assert kept.stat().st_size == split.gguf_bytes
+    # And the other model's name is refused by the same header.
+    other = next(s.model for a, s in PACKAGED.items() if isinstance(s, SplitGGUF) and a != alias)
+    with pytest.raises(InputError, match="GGUF header names"):
+        check_gguf_header(kept, alias, other)

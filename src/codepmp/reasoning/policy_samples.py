@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="folder in the layout of shared/data (gsm8k/, math/)")
     parser.add_argument("--model", default="qwen2.5-coder-0.5b-instruct",
-                        help="the 1.5B writes better solutions, about 3x slower (see provenance.json)")
+                        help="qwen2.5-coder-1.5b-instruct is the qwen profile's policy; slower on CPU (README, Data)")
     parser.add_argument("--backend", choices=["transformers", "llamacpp"], default="transformers",
                         help="llamacpp is 2.15x faster on 2 cores but its samples were far less often right "
                              "(benchmarks/README.md, 'Policy sampling')")
