@@ -116,6 +116,7 @@ def test_a_checked_gguf_is_kept_so_a_killed_conversion_restarts_without_download
     assert split(tmp_path / "work") == kept
 
 
+@pytest.mark.slow  # gguf's reader parses the whole header, the 151k-token vocabulary included: ~30 s a file
 @pytest.mark.parametrize("alias", ["qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"])
 def test_the_real_kept_ggufs_pass_the_header_check(alias):
     from codepmp.models import cache_dir, check_gguf_header
