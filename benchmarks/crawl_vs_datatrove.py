@@ -1,7 +1,8 @@
 """Crawl throughput and dedup quality: codepmp's crawl vs. datatrove's MinHash pipeline, same corpus, same rules.
 
-    .venv/bin/python benchmarks/crawl_vs_datatrove.py                 # stdlib + the venv's site-packages
+    .venv/bin/python benchmarks/crawl_vs_datatrove.py                 # stdlib + the venv's site-packages, 3 repeats
     .venv/bin/python benchmarks/crawl_vs_datatrove.py --limit-mb 50   # a quicker look
+    .venv/bin/python benchmarks/crawl_vs_datatrove.py --smoke         # 1 MB of the stdlib, once: the script only
 
 Both tools see the same files: the Python files of this interpreter's standard library and of the venv's
 site-packages, plus planted near-duplicates (an identifier renamed everywhere, or the file reformatted) of
@@ -11,9 +12,13 @@ its word tokenizer), 5-word shingles and 16 bands x 8 rows of 64-bit MinHash. De
 has no equivalent step configured here). datatrove runs its documented four stages (signatures, buckets,
 clusters, filter) with one worker, the filtered documents cached as JSONL between the first and last stage;
 codepmp runs one rank. Each tool runs in its own child process; peak RSS comes from that child's rusage.
+The comparison runs `--repeats` times, the tools taking turns at going first.
 
-Prints files/s and MB/s of input, peak memory, the ratio codepmp/datatrove, how far the kept sets agree,
-and the recall of each on the planted near-duplicates (a pair counts as caught when not both files are kept).
+Prints files/s and MB/s of input (at the median wall time), peak memory, the throughput and peak-memory ratios
+codepmp/datatrove as median, min and max over the repeats, how far the kept sets agree, and the recall of each
+on the planted near-duplicates (a pair counts as caught when not both files are kept). `--smoke` crawls the
+first 1 MB of the standard library with 4 planted pairs, once, and runs the decontaminating side too (against
+the packaged reasoning data, plus `--eval-data` if given).
 """
 
 from __future__ import annotations
@@ -24,13 +29,15 @@ import os
 import random
 import re
 import shutil
-import subprocess
+import statistics
 import sys
 import sysconfig
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+
+from repeat import add_flags, run_child, settle_repeats, spread
 
 IDENTIFIER = re.compile(r"\b[a-z_][a-z0-9_]{3,}\b")
 KEYWORDS = {"self", "return", "import", "from", "class", "def", "None", "True", "False", "with", "while", "lambda",
@@ -194,15 +201,19 @@ def child(tool: str, sources: list[str], work: Path, result: Path) -> None:
 
 
 def measure(tool: str, sources: list[str], work: Path) -> dict:
-    result = work / f"{tool}.json"
-    env = {**os.environ, "LOGURU_LEVEL": "WARNING"}
-    proc = subprocess.Popen([sys.executable, __file__, "--child", tool, "--work", str(work), "--sources",
-                             json.dumps(sources)], env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise SystemExit(f"{tool} run failed with status {status}")
-    out = json.loads(result.read_text())
-    out["peak_rss_mb"] = usage.ru_maxrss / 1024
+    """One run of `tool` in a child process with a fresh working folder, removed after (datatrove's caches
+    hold a copy of the corpus)."""
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        env = {**os.environ, "LOGURU_LEVEL": "WARNING"}
+        proc = run_child([sys.executable, __file__, "--child", tool, "--work", str(work), "--sources",
+                          json.dumps(sources)], env=env, capture=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"{tool} run failed with exit code {proc.returncode}")
+        out = json.loads((work / f"{tool}.json").read_text())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    out["peak_rss_mb"] = proc.peak_rss_mb
     return out
 
 
@@ -213,12 +224,16 @@ def main() -> None:
     parser.add_argument("--eval-data", default="",
                         help="also run codepmp with decontamination against these evaluation files/folders")
     parser.add_argument("--work", default="", help="working folder (default: a temp folder, removed after)")
+    add_flags(parser, "1 MB of the standard library, 4 planted pairs, 1 repeat, decontamination side included")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--sources", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child, json.loads(args.sources), Path(args.work), Path(args.work) / f"{args.child}.json")
         return
+    settle_repeats(args, args.smoke)
+    if args.smoke:
+        args.limit_mb, args.planted = args.limit_mb or 1, min(args.planted, 4)
 
     from codepmp.config import CrawlConfig
 
@@ -232,21 +247,40 @@ def main() -> None:
         n_files = len(files) + len(pairs)
         n_bytes = sum(p.stat().st_size for s in sources for p in Path(s).rglob("*.py"))
         print(f"corpus: {n_files} .py files, {n_bytes / 1e6:.1f} MB ({len(pairs)} planted near-duplicates)")
-        results = {tool: measure(tool, sources, work) for tool in ("datatrove", "codepmp")}
-        report(results, pairs, n_files, n_bytes, sources)
+        tools = ["datatrove", "codepmp"]
+        if args.eval_data or args.smoke:
+            tools.append("codepmp+decontam")
         if args.eval_data:
             os.environ["CODEPMP_EVAL_DATA"] = args.eval_data
-            extra = measure("codepmp+decontam", sources, work)
-            print(f"\ncodepmp with decontamination ({args.eval_data}): {extra['wall_s']:.1f} s, "
-                  f"{n_bytes / 1e6 / extra['wall_s']:.2f} MB/s, peak {extra['peak_rss_mb']:.0f} MB; "
-                  f"drops per reason: {json.dumps(extra['dropped'])}")
+        runs: dict[str, list[dict]] = {tool: [] for tool in tools}
+        for repeat in range(args.repeats):
+            for tool in (tools if repeat % 2 == 0 else tools[::-1]):
+                runs[tool].append(measure(tool, sources, work / f"{tool}-{repeat}"))
+        report(runs, pairs, n_files, n_bytes, sources)
+        if "codepmp+decontam" in runs:
+            extra, plain = runs["codepmp+decontam"], runs["codepmp"]
+            against = args.eval_data or "the packaged reasoning data only"
+            print(f"\ncodepmp with decontamination ({against}): median {median(extra, 'wall_s'):.1f} s, "
+                  f"{n_bytes / 1e6 / median(extra, 'wall_s'):.2f} MB/s, peak RSS "
+                  f"{spread([r['peak_rss_mb'] for r in extra], ' MB', 0)}; drops per reason: "
+                  f"{json.dumps(extra[-1]['dropped'])}")
+            ratios = [e["wall_s"] / p["wall_s"] for e, p in zip(extra, plain)]
+            print(f"wall time with decontamination / without: {spread(ratios)}")
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def report(results: dict, pairs: list[tuple[str, str]], n_files: int, n_bytes: int, sources: list[str]) -> None:
+def median(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def report(runs: dict[str, list[dict]], pairs: list[tuple[str, str]], n_files: int, n_bytes: int,
+           sources: list[str]) -> None:
     corpus, planted = Path(sources[0]), Path(sources[1])
+    # Both crawls are deterministic, so the kept sets of the last repeat stand for all of them.
+    results = {tool: {**r[-1], "wall_s": median(r, "wall_s"), "peak_rss_mb": max(x["peak_rss_mb"] for x in r)}
+               for tool, r in runs.items() if tool in ("datatrove", "codepmp")}
 
     def key(path: str) -> str:
         p = Path(path)
@@ -263,7 +297,8 @@ def report(results: dict, pairs: list[tuple[str, str]], n_files: int, n_bytes: i
         x, y = (set(ngram_hashes(word_ids(words(Path(p).read_text(encoding="utf-8"))), 5).tolist()) for p in (a, b))
         return len(x & y) / len(x | y)
 
-    print(f"\n{'tool':10} {'wall s':>8} {'files/s':>9} {'MB/s':>7} {'peak MB':>8} {'kept':>7} {'recall':>7}")
+    print(f"\nmedian over {len(runs['codepmp'])} repeats; peak MB: the largest of the child process's peak RSS")
+    print(f"{'tool':10} {'wall s':>8} {'files/s':>9} {'MB/s':>7} {'peak MB':>8} {'kept':>7} {'recall':>7}")
     for tool, r in results.items():
         kept = set(r["kept"])
         caught = sum(not (key(a) in kept and key(b) in kept) for a, b in pairs)
@@ -276,8 +311,9 @@ def report(results: dict, pairs: list[tuple[str, str]], n_files: int, n_bytes: i
         print(f"{tool} missed {len(missed)} planted pairs; their 5-gram Jaccard: {missed}")
     ours, theirs = results["codepmp"], results["datatrove"]
     a, b = set(ours["kept"]), set(theirs["kept"])
-    print(f"\nthroughput ratio codepmp/datatrove: {theirs['wall_s'] / ours['wall_s']:.2f}x; "
-          f"peak memory ratio: {ours['peak_rss_mb'] / theirs['peak_rss_mb']:.2f}")
+    paired = list(zip(runs["codepmp"], runs["datatrove"]))
+    print(f"\nthroughput ratio codepmp/datatrove: {spread([t['wall_s'] / o['wall_s'] for o, t in paired])}")
+    print(f"peak memory ratio codepmp/datatrove: {spread([o['peak_rss_mb'] / t['peak_rss_mb'] for o, t in paired])}")
     print(f"kept-set agreement: Jaccard {len(a & b) / len(a | b):.4f}; only codepmp {len(a - b)}, "
           f"only datatrove {len(b - a)}")
     print(f"codepmp drops per reason: {json.dumps(ours['dropped'])}")

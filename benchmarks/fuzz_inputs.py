@@ -1,6 +1,7 @@
 """Fuzz the reasoning data loaders and the answer checkers for a fixed time, asserting only documented behaviour.
 
     .venv/bin/python benchmarks/fuzz_inputs.py --minutes 3 --out build/fuzz
+    .venv/bin/python benchmarks/fuzz_inputs.py --minutes 0.05 --out /tmp/fuzz --derandomize   # make test's smoke run
 
 What counts as a failure:
   * a loader (generic pairs, GSM8K, MATH, LogiQA2.0, ReClor, Math-Shepherd, an imported candidate pool) that
@@ -141,14 +142,14 @@ TARGETS: dict[str, tuple[st.SearchStrategy, Callable]] = {
 }
 
 
-def fuzz(name: str, seconds: float, out: Path) -> tuple[int, list[dict]]:
+def fuzz(name: str, seconds: float, out: Path, derandomize: bool = False) -> tuple[int, list[dict]]:
     """Run one target in rounds until `seconds` pass; return (cases tried, failures with their inputs)."""
     strategy, check = TARGETS[name]
     tried = 0
     failures: list[dict] = []
     last_failing: list = []
 
-    @settings(max_examples=200, deadline=None, database=None, derandomize=False,
+    @settings(max_examples=200, deadline=None, database=None, derandomize=derandomize,
               suppress_health_check=list(HealthCheck))
     @given(strategy)
     def run(args):
@@ -188,13 +189,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=3.0, help="total fuzzing time, split across targets")
     parser.add_argument("--out", type=Path, default=Path("build/fuzz"), help="folder for failing inputs")
     parser.add_argument("--only", nargs="*", default=None, help="target names to run (default: all)")
+    parser.add_argument("--derandomize", action="store_true",
+                        help="the same examples on every run: the smoke run in make test must not fail on a "
+                             "new input found by chance (fuzzing proper leaves this off)")
     args = parser.parse_args(argv)
     names = args.only or list(TARGETS)
     share = args.minutes * 60 / len(names)
     total_tried = total_failed = 0
     for name in names:
         start = time.monotonic()
-        tried, failures = fuzz(name, share, args.out)
+        tried, failures = fuzz(name, share, args.out, args.derandomize)
         total_tried += tried
         total_failed += len(failures)
         print(f"{name:<16} {tried:>8} cases  {len(failures):>3} failures  {time.monotonic() - start:6.1f} s",

@@ -1,14 +1,18 @@
 """bf16 correctness and speed of codepmp's real training loop on one GPU: the same pairs trained in fp32, in
 bf16 autocast, bf16 with compiled decoder layers, bf16 packed, and bf16 under DeepSpeed ZeRO-2.
 
-    .venv/bin/python benchmarks/gpu_train_check.py                 # one GPU; about 3 minutes on an H100
+    .venv/bin/python benchmarks/gpu_train_check.py                 # one GPU; about 3 minutes a repeat on an H100
     .venv/bin/python benchmarks/gpu_train_check.py --debug         # tiny model on the CPU: checks the script only
+    .venv/bin/python benchmarks/gpu_train_check.py --debug --variants fp32 bf16 bf16+packing   # seconds
 
 The model has Qwen2-0.5B's decoder shape with random weights and the small offline test tokenizer (so the
 vocabulary, and the LM head, are tiny). Every variant calls `codepmp.train.loop.train` on the same pairs with
 the same seed; the script prints each one's largest per-step loss difference from fp32 (the reference), its
-tokens/s over the second half of its steps (after compilation and warm-up), and the ratio of that to the
-bf16 eager run in the same process.
+tokens/s over the second half of its steps (after compilation and warm-up), its peak GPU memory, and the ratio
+of its tokens/s to the bf16 eager run's. All variants run `--repeats` times in turn, in one process (peak
+memory is reset before each run, so each peak is its own); tokens/s and the ratio are given as median, min
+and max over the repeats. `--debug` uses a 2-layer model and 8 short pairs and runs once; on the CPU its
+`bf16+compile` (inductor) and `bf16+zero2` (DeepSpeed) runs take minutes, so `--variants` picks a few.
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ from codepmp.config import TrainConfig
 from codepmp.testing import build_tiny_tokenizer
 from codepmp.train.data import Pair
 from codepmp.train.loop import train
+from repeat import add_flags, settle_repeats, spread
+
+VARIANTS = {"fp32": {}, "bf16": {"bf16": True}, "bf16+compile": {"bf16": True, "compile": True},
+            "bf16+packing": {"bf16": True, "packing": True}, "bf16+zero2": {"bf16": True, "deepspeed_stage": 2}}
 
 
 def write_model(path: Path, debug: bool) -> str:
@@ -44,13 +52,13 @@ def write_model(path: Path, debug: bool) -> str:
     return str(path)
 
 
-def make_pairs(n: int, seed: int) -> list[Pair]:
+def make_pairs(n: int, seed: int, response_words: tuple[int, int] = (80, 400)) -> list[Pair]:
     """Code-like pairs of varied length (so batches have padding, and packing has something to save)."""
     rng = random.Random(seed)
     words = ["def", "return", "self", "value", "items", "for", "in", "range", "if", "else", "print", "x", "y", "+"]
     text = lambda k: " ".join(rng.choice(words) for _ in range(k))  # noqa: E731
-    return [Pair(f"### Instruction: {text(rng.randint(10, 60))}\n### Response:\n", text(rng.randint(80, 400)),
-                 text(rng.randint(80, 400))) for _ in range(n)]
+    return [Pair(f"### Instruction: {text(rng.randint(10, 60))}\n### Response:\n",
+                 text(rng.randint(*response_words)), text(rng.randint(*response_words))) for _ in range(n)]
 
 
 def run(name: str, cfg: TrainConfig, model: str, pairs: list[Pair], out: Path) -> dict:
@@ -84,35 +92,50 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="which runs (default: all); fp32 is the loss reference and bf16 the speed one")
     parser.add_argument("--debug", action="store_true")
+    add_flags(parser, None)
     args = parser.parse_args()
+    settle_repeats(args, args.debug)
     if args.debug:
-        args.pairs, args.batch_size = min(args.pairs, 16), min(args.batch_size, 2)
-    base = TrainConfig(max_length=1024, batch_size=args.batch_size, grad_accum=1, lr=1e-5, warmup_frac=0.1,
+        args.pairs, args.batch_size = min(args.pairs, 8), min(args.batch_size, 2)
+    max_length = 256 if args.debug else 1024
+    base = TrainConfig(max_length=max_length, batch_size=args.batch_size, grad_accum=1, lr=1e-5, warmup_frac=0.1,
                        decay_frac=0.1, log_every=1, seed=0)
-    variants = {"fp32": {}, "bf16": {"bf16": True}, "bf16+compile": {"bf16": True, "compile": True},
-                "bf16+packing": {"bf16": True, "packing": True},
-                "bf16+zero2": {"bf16": True, "deepspeed_stage": 2}}
     print(f"torch {torch.__version__}, device {torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
           flush=True)
+    runs: dict[str, list[dict]] = {name: [] for name in args.variants}
     with tempfile.TemporaryDirectory() as tmp:
         model = write_model(Path(tmp) / "model", args.debug)
-        pairs = make_pairs(args.pairs, seed=1)
-        results = [run(name, dataclasses.replace(base, **changes), model, pairs, Path(tmp))
-                   for name, changes in variants.items()]
-    reference = results[0].get("losses")
-    eager = next((r for r in results if r["name"] == "bf16" and "losses" in r), None)
-    print(f"\n{'variant':<22}{'tokens/s':>10}{'x bf16':>8}{'wall s':>8}{'peak GiB':>10}"
-          f"{'max |loss - fp32|':>19}{'final loss':>12}")
-    for r in results:
-        if "losses" not in r:
-            continue
-        diff = max(abs(a - b) for a, b in zip(r["losses"], reference)) if reference else float("nan")
-        ratio = r["tokens_per_s"] / eager["tokens_per_s"] if eager else float("nan")
-        r["max_loss_diff_vs_fp32"] = diff
-        print(f"{r['name']:<22}{r['tokens_per_s']:>10.0f}{ratio:>8.2f}{r['wall_s']:>8.1f}{r['peak_gib']:>10.2f}"
-              f"{diff:>19.4f}{r['losses'][-1]:>12.4f}")
-    print("RESULT " + json.dumps([{k: v for k, v in r.items() if k != "losses"} for r in results]))
+        pairs = make_pairs(args.pairs, seed=1, response_words=(10, 60) if args.debug else (80, 400))
+        for repeat in range(args.repeats):
+            for name in args.variants:
+                runs[name].append(run(name, dataclasses.replace(base, **VARIANTS[name]), model, pairs,
+                                      Path(tmp) / f"repeat-{repeat}"))
+    report(runs, args.repeats)
+
+
+def report(runs: dict[str, list[dict]], repeats: int) -> None:
+    ok = {name: results for name, results in runs.items() if all("losses" in r for r in results)}
+    reference = ok.get("fp32")
+    eager = ok.get("bf16")
+    print(f"\nrepeats {repeats}; peak GiB: the largest; max |loss - fp32|: over every step of every repeat")
+    summary = []
+    for name, results in ok.items():
+        rates = [r["tokens_per_s"] for r in results]
+        ratios = [r["tokens_per_s"] / e["tokens_per_s"] for r, e in zip(results, eager)] if eager else []
+        diff = (max(abs(a - b) for r, ref in zip(results, reference) for a, b in zip(r["losses"], ref["losses"]))
+                if reference else float("nan"))
+        peak = max(r["peak_gib"] for r in results)
+        print(f"{name:<13} tokens/s {spread(rates, '', 0)}  x bf16 {spread(ratios) if ratios else 'n/a'}  "
+              f"peak GiB {peak:.2f}  max |loss - fp32| {diff:.4f}  final loss {results[-1]['losses'][-1]:.4f}")
+        summary.append({"name": name, "tokens_per_s": rates, "x_bf16": ratios, "peak_gib": peak,
+                        "max_loss_diff_vs_fp32": diff, "final_accuracy": results[-1]["final_accuracy"],
+                        "wall_s": [r["wall_s"] for r in results]})
+    failed = [{"name": name, "error": next(r["error"] for r in results if "error" in r)}
+              for name, results in runs.items() if name not in ok]
+    print("RESULT " + json.dumps(summary + failed))
 
 
 if __name__ == "__main__":

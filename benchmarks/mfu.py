@@ -1,7 +1,7 @@
 """Model FLOPs utilisation (MFU) of codepmp's preference-model training step on one GPU, for a model of
 Qwen2-1.5B's shape with random weights, in bf16.
 
-    .venv/bin/python benchmarks/mfu.py --steps 20                        # H100/H200: 4 pairs x 1024 tokens
+    .venv/bin/python benchmarks/mfu.py --steps 20                        # H100/H200: 4 pairs x 1024 tokens, 3 repeats
     .venv/bin/python benchmarks/mfu.py --steps 20 --grad-checkpointing   # main run with checkpointing on
     .venv/bin/python benchmarks/mfu.py --debug --steps 2 --warmup 1      # tiny fp32 model, CPU smoke run
 
@@ -24,8 +24,11 @@ through the LM head. The attention term is PaLM's (and nanoGPT's): QK^T and AV o
 not halved for the causal mask. Gradient checkpointing's recompute is not model FLOPs, so it counts in HFU
 (hardware FLOPs utilisation) only.
 
-After the main run the script repeats it with gradient checkpointing toggled, in the same process, and prints
-the ratio. The last line is `RESULT {json}`.
+The timed steps run `--repeats` times in a row (after one warm-up); step time is their median, with min and
+max. After the main run the script repeats it with gradient checkpointing toggled, in the same process (peak
+GPU memory is reset between the two, so each peak is its own), and prints the ratio of step times as median,
+min and max over the repeats. `--debug` runs once unless `--repeats` says otherwise. The last line is
+`RESULT {json}`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import statistics
 import time
 
 import torch
@@ -42,6 +46,7 @@ from codepmp.train.data import Encoded, collate
 from codepmp.train.loop import _param_groups
 from codepmp.train.losses import next_token_targets, pmp_loss
 from codepmp.train.model import PreferenceModel
+from repeat import add_flags, settle_repeats, spread
 
 
 def peak_tflops_of(name: str) -> float | None:
@@ -136,12 +141,15 @@ def measure(args, config: Qwen2Config, device: torch.device, grad_ckpt: bool, pe
         step()
     if cuda:
         torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        parts = step()
-    if cuda:
-        torch.cuda.synchronize(device)
-    step_s = (time.perf_counter() - t0) / args.steps
+    repeat_step_s = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            parts = step()
+        if cuda:
+            torch.cuda.synchronize(device)
+        repeat_step_s.append((time.perf_counter() - t0) / args.steps)
+    step_s = statistics.median(repeat_step_s)
 
     tokens = batch["input_ids"].numel()
     total_flops = flops + (recompute if grad_ckpt else 0)
@@ -154,6 +162,7 @@ def measure(args, config: Qwen2Config, device: torch.device, grad_ckpt: bool, pe
         "lm_head_positions": lm_positions,
         "model_flops_per_step": flops,
         "step_ms": round(step_s * 1e3, 2),
+        "step_ms_repeats": [round(t * 1e3, 2) for t in repeat_step_s],
         "tokens_per_s": round(tokens / step_s, 1),
         "model_tflops": round(flops / step_s / 1e12, 3),
         "mfu": round(flops / step_s / 1e12 / peak, 4) if peak else None,
@@ -201,7 +210,9 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile each decoder layer")
     parser.add_argument("--no-peer", action="store_true", help="skip the run with gradient checkpointing toggled")
     parser.add_argument("--debug", action="store_true", help="tiny Qwen2 config in fp32; runs on the CPU")
+    add_flags(parser, None)
     args = parser.parse_args()
+    settle_repeats(args, args.debug)
     args.batch_pairs = args.batch_pairs or (2 if args.debug else 4)
     args.seq_len = args.seq_len or (128 if args.debug else 1024)
 
@@ -232,7 +243,7 @@ def main() -> None:
               f" {args.batch_pairs} pairs x {args.seq_len} tokens = {first['tokens_per_step']:,} tokens/step,"
               f" LM head on {first['lm_head_positions']:,} positions;"
               f" {first['model_flops_per_step'] / 1e12:,.2f} TFLOP/step (model)")
-    print(f"{args.steps} timed steps after {args.warmup} warm-up\n")
+    print(f"{args.steps} timed steps after {args.warmup} warm-up, {args.repeats} times; step time: the median\n")
     print(f"{'run':<14} {'step ms':>9} {'tokens/s':>10} {'TFLOP/s':>8} {'MFU %':>6} {'HFU %':>6} {'peak GiB':>9}"
           f" {'loss':>8}")
     for result in results:
@@ -242,10 +253,12 @@ def main() -> None:
     by_ckpt = {r["grad_checkpointing"]: r for r in results if "oom" not in r}
     if len(by_ckpt) == 2:
         on, off = by_ckpt[True], by_ckpt[False]
-        ratio = round(on["step_ms"] / off["step_ms"], 3)
-        mem = (f", x{on['peak_memory_gib'] / off['peak_memory_gib']:.2f} peak memory"
-               if on["peak_memory_gib"] else "")
-        print(f"\ngrad-ckpt on / off: x{ratio:.2f} step time{mem}")
+        ratios = [a / b for a, b in zip(on["step_ms_repeats"], off["step_ms_repeats"])]
+        ratio = round(statistics.median(ratios), 3)
+        mem = (f"; peak GPU memory x{on['peak_memory_gib'] / off['peak_memory_gib']:.2f} "
+               f"({on['peak_memory_gib']:.2f} / {off['peak_memory_gib']:.2f} GiB)" if on["peak_memory_gib"] else
+               "; no GPU memory figures on the CPU")
+        print(f"\ngrad-ckpt on / off step time: {spread(ratios)}{mem}")
     if peak is None:
         print("\nno MFU: this ran on the CPU without --peak-tflops; a CPU debug run checks the script, "
               "its numbers are not MFU figures")
@@ -255,7 +268,8 @@ def main() -> None:
     record = {"device": device_name, "peak_tflops": peak, "debug": args.debug, "batch_pairs": args.batch_pairs,
               "seq_len": args.seq_len, "steps": args.steps, "warmup": args.warmup, "attn": args.attn,
               "weights": weights, "compile": args.compile, "torch": torch.__version__, **results[0],
-              "peer": results[1] if len(results) > 1 else None, "ckpt_on_over_off_step_time": ratio}
+              "repeats": args.repeats, "peer": results[1] if len(results) > 1 else None,
+              "ckpt_on_over_off_step_time": ratio}
     print("RESULT " + json.dumps(record), flush=True)
 
 

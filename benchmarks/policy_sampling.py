@@ -18,6 +18,8 @@ import argparse
 import statistics
 import time
 
+from repeat import add_flags, settle_repeats, spread
+
 
 def _rss_gb() -> float:
     import psutil
@@ -44,11 +46,11 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16, help="transformers backend rows per batch")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--smoke", action="store_true", help="1 problem x 2 samples, 8 tokens, 1 round")
+    add_flags(parser, "1 problem x 2 samples, 8 tokens, 1 round")
     args = parser.parse_args()
+    settle_repeats(args, args.smoke)
     if args.smoke:
-        args.problems, args.samples, args.max_new_tokens, args.repeats = 1, 2, 8, 1
+        args.problems, args.samples, args.max_new_tokens = 1, 2, 8
 
     from codepmp.reasoning.policy_samples import PLAN, problem_order
     from codepmp.synthesize.backend import TransformersBackend
@@ -69,11 +71,9 @@ def main() -> None:
     print(f"model {args.model}, {args.problems} problems x {args.samples} samples, {args.max_new_tokens} new tokens, "
           f"{args.repeats} rounds")
     for name in engines:
-        print(f"  {name:13s} tok/s median {statistics.median(rates[name]):7.1f} (min {min(rates[name]):.1f}, "
-              f"max {max(rates[name]):.1f})  pass@1 {statistics.mean(accuracy[name]):.3f}  "
+        print(f"  {name:13s} tok/s {spread(rates[name], '', 1)}  pass@1 {statistics.mean(accuracy[name]):.3f}  "
               f"process RSS after {memory[name]:.1f} GB")
-    print(f"  ratio llama.cpp / transformers: median {statistics.median(ratios):.2f}x "
-          f"(min {min(ratios):.2f}, max {max(ratios):.2f})")
+    print(f"  ratio llama.cpp / transformers: {spread(ratios)}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Generation throughput: one-prompt-at-a-time `generate` vs. codepmp's batched transformers backend.
 
-    .venv/bin/python benchmarks/synthesis_batched_vs_sequential.py                      # SmolLM2, CPU
+    .venv/bin/python benchmarks/synthesis_batched_vs_sequential.py                      # SmolLM2, CPU, 3 repeats
+    .venv/bin/python benchmarks/synthesis_batched_vs_sequential.py --smoke              # tiny model: the script only
     .venv/bin/python benchmarks/synthesis_batched_vs_sequential.py --model gemma3-270m --prompts 32
     python benchmarks/synthesis_batched_vs_sequential.py --vllm --model deepseek-ai/deepseek-coder-1.3b-instruct \
         --prompts 512 --max-new-tokens 512 --batch-size 64                            # GPU image, one GPU
@@ -8,22 +9,31 @@
 Same prompts (the paper's description prompt over stdlib files), same model, greedy decoding, in one process.
 The baseline is what a user writes first: the chat template, then `model.generate` per prompt. codepmp's
 backend sorts prompts by length, left-pads batches of `--batch-size` and generates them together. The two
-take turns, one group of `--batch-size` prompts at a time. Prints
-new tokens per second of each and their ratio, and checks that the texts are equal (greedy decoding of a
-left-padded batch equals decoding each prompt alone, up to floating-point ties).
+take turns, one group of `--batch-size` prompts at a time, and the whole comparison runs `--repeats` times.
+Prints new tokens per second of each, their ratio as median, min and max over the repeats, the process's
+resident memory after each side's turns (one process and one model for both, so the figures overlap; neither
+is a peak), and checks that the texts are equal (greedy decoding of a left-padded batch equals decoding each
+prompt alone, up to floating-point ties). `--smoke` runs a tiny random model on 4 short prompts, once: it
+checks the script and measures nothing (its random weights may well break greedy ties differently).
 
 With `--vllm` (a GPU with vllm installed) it compares instead codepmp's vLLM backend with its batched
 transformers backend (bf16): tokens/s of each from its own token counts, and how many texts agree (bf16
-kernels differ, so greedy texts may diverge late; the count is reported, not required).
+kernels differ, so greedy texts may diverge late; the count is reported, not required). Each backend stays
+loaded for all its repeats; the GPU holds one at a time.
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
+
+from repeat import add_flags, resident_mb, settle_repeats, spread
 
 
 def prompts(n: int, max_chars: int) -> list[str]:
@@ -64,38 +74,70 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--max-chars", type=int, default=600)
     parser.add_argument("--vllm", action="store_true", help="vLLM backend vs batched transformers (GPU)")
+    add_flags(parser, "tiny random model, 4 prompts of 200 characters, batch 2, 8 new tokens, 1 repeat")
     args = parser.parse_args()
-
-    from codepmp.synthesize.backend import Sampling, TransformersBackend
+    settle_repeats(args, args.smoke)
+    if args.vllm and args.smoke:
+        parser.error("--smoke runs the transformers comparison on the CPU; vLLM needs a GPU and a real model")
 
     if args.vllm:
         return vllm_vs_batched(args)
+    if args.smoke:
+        args.prompts, args.batch_size, args.max_new_tokens, args.max_chars = 4, 2, 8, 200
+        with tempfile.TemporaryDirectory(prefix="synthesis-bench-") as tmp:
+            from codepmp.testing import write_tiny_model
+
+            args.model = str(write_tiny_model(Path(tmp) / "tiny-model"))
+            return compare(args, "tiny random model (--smoke)")
+    compare(args, args.model)
+
+
+def compare(args, described: str) -> None:
+    from codepmp.synthesize.backend import Sampling, TransformersBackend
 
     backend = TransformersBackend(args.model, args.batch_size)
     texts = prompts(args.prompts, args.max_chars)
-    sequential(backend, texts[:1], 4)  # warm-up
+    sequential(backend, texts[:1], 4)  # warm-up, both sides
+    backend.generate(texts[:1], Sampling(4, temperature=0.0), desc="warm-up")
 
     # The two alternate batch by batch, so load from elsewhere on a noisy machine falls on both alike. Sorting
     # first gives the backend the batches it would form over all prompts; the baseline does not care.
     texts.sort(key=lambda t: len(backend.tokenizer(backend.format(t))["input_ids"]))
-    baseline, batched, new_tokens, base_s, ours_s = [], [], 0, 0.0, 0.0
-    for group in range(0, len(texts), args.batch_size):
-        part = texts[group:group + args.batch_size]
-        start = time.perf_counter()
-        outputs, tokens = sequential(backend, part, args.max_new_tokens)
-        base_s += time.perf_counter() - start
-        start = time.perf_counter()
-        batched += backend.generate(part, Sampling(args.max_new_tokens, temperature=0.0), desc="batched")
-        ours_s += time.perf_counter() - start
-        baseline += outputs
-        new_tokens += tokens
+    seconds: dict[str, list[float]] = {"sequential": [], "batched": []}
+    resident = {"sequential": 0.0, "batched": 0.0}
+    same, new_tokens = [], 0
+    for repeat in range(args.repeats):
+        outputs: dict[str, list[str]] = {"sequential": [], "batched": []}
+        spent = {"sequential": 0.0, "batched": 0.0}
+        new_tokens = 0
+        for number, group in enumerate(range(0, len(texts), args.batch_size)):
+            part = texts[group:group + args.batch_size]
+            order = ("sequential", "batched") if (number + repeat) % 2 == 0 else ("batched", "sequential")
+            for side in order:
+                start = time.perf_counter()
+                if side == "sequential":
+                    done, tokens = sequential(backend, part, args.max_new_tokens)
+                    new_tokens += tokens
+                else:
+                    done = backend.generate(part, Sampling(args.max_new_tokens, temperature=0.0), desc="batched")
+                spent[side] += time.perf_counter() - start
+                outputs[side] += done
+                resident[side] = max(resident[side], resident_mb())
+        for side in seconds:
+            seconds[side].append(spent[side])
+        same.append(sum(a.strip() == b.strip() for a, b in zip(outputs["sequential"], outputs["batched"])))
 
-    same = sum(a.strip() == b.strip() for a, b in zip(baseline, batched))
-    print(f"model {args.model}, {len(texts)} prompts, {args.max_new_tokens} new tokens max, "
-          f"batch {args.batch_size}, {torch.get_num_threads()} threads, device {backend.device}")
-    print(f"sequential generate: {base_s:7.1f} s  {new_tokens / base_s:7.1f} new tok/s")
-    print(f"codepmp batched:     {ours_s:7.1f} s  {new_tokens / ours_s:7.1f} new tok/s (same tokens)")
-    print(f"speedup {base_s / ours_s:.2f}x; identical texts {same}/{len(texts)}")
+    print(f"model {described}, {len(texts)} prompts, {args.max_new_tokens} new tokens max, "
+          f"batch {args.batch_size}, {torch.get_num_threads()} threads, device {backend.device}, "
+          f"repeats {args.repeats}")
+    # Both sides' rates count the baseline's new tokens: the same work, so the ratio is one of times.
+    for side, label in (("sequential", "sequential generate:"), ("batched", "codepmp batched:")):
+        rates = [new_tokens / s for s in seconds[side]]
+        print(f"{label:21s} {statistics.median(seconds[side]):7.1f} s  new tok/s {spread(rates, '', 1)}")
+    speedups = [a / b for a, b in zip(seconds["sequential"], seconds["batched"])]
+    print(f"speedup {spread(speedups)}; identical texts {min(same)}/{len(texts)} (fewest over repeats)")
+    print(f"process resident memory after the sides' turns (largest; one process, one model shared): "
+          f"sequential {resident['sequential']:.0f} MB, batched {resident['batched']:.0f} MB")
 
 
 def vllm_vs_batched(args) -> None:
@@ -111,18 +153,23 @@ def vllm_vs_batched(args) -> None:
                        ("codepmp vllm", lambda: VLLMBackend(args.model))):
         backend = make()
         backend.complete(texts[:2], Sampling(4, temperature=0.0))  # warm-up (CUDA graphs, kernels)
-        start = time.perf_counter()
-        done = backend.complete(texts, greedy, desc=name)
-        seconds = time.perf_counter() - start
-        results[name] = (done, seconds, sum(c.tokens for c in done))
-        print(f"{name:13s} {seconds:7.1f} s  {results[name][2] / seconds:9.1f} new tok/s", flush=True)
+        rates = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            done = backend.complete(texts, greedy, desc=name)
+            rates.append(sum(c.tokens for c in done) / (time.perf_counter() - start))
+        results[name] = (done, rates)
+        print(f"{name:13s} new tok/s {spread(rates, '', 1)}  process RSS after {resident_mb():.0f} MB", flush=True)
         del backend
         gc.collect()
         torch.cuda.empty_cache()
-    (hf, hf_s, hf_tok), (vl, vl_s, vl_tok) = results.values()
+    (hf, hf_rates), (vl, vl_rates) = results.values()
     same = sum(a.text == b.text for a, b in zip(hf, vl))
-    print(f"model {args.model}, {len(texts)} prompts, {args.max_new_tokens} new tokens max, batch {args.batch_size}")
-    print(f"vllm / hf tokens/s: {(vl_tok / vl_s) / (hf_tok / hf_s):.2f}x; identical texts {same}/{len(texts)}")
+    print(f"model {args.model}, {len(texts)} prompts, {args.max_new_tokens} new tokens max, batch {args.batch_size}, "
+          f"repeats {args.repeats}")
+    print(f"vllm / hf tokens/s: {spread([v / h for v, h in zip(vl_rates, hf_rates)])}; identical texts "
+          f"{same}/{len(texts)}")
+    print("GPU memory is not compared: vLLM reserves a fixed share of the GPU up front, whatever the run needs")
 
 
 if __name__ == "__main__":

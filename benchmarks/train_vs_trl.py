@@ -1,7 +1,8 @@
 """Reward-model training throughput: codepmp's trainer vs TRL's `RewardTrainer`, same model, pairs and budget.
 
-    .venv/bin/python benchmarks/train_vs_trl.py                  # SmolLM2-135M, 64 GSM8K pairs, CPU
+    .venv/bin/python benchmarks/train_vs_trl.py                  # SmolLM2-135M, 64 GSM8K pairs, CPU, 3 repeats
     .venv/bin/python benchmarks/train_vs_trl.py --pairs 256 --max-length 512 --batch-size 8
+    .venv/bin/python benchmarks/train_vs_trl.py --smoke          # tiny random model, a few pairs: the script only
 
 Pairs: GSM8K reference solutions vs corrupted ones (`codepmp.reasoning`, the `finetune` stage's data) from
 `--data` (default: the sample shipped in the package), and a disjoint dev set for the final accuracy. Pairs
@@ -12,9 +13,11 @@ to every response and reads the reward there, so codepmp is given the EOS-termin
 batches at random (its length-grouped sampler needs an `input_ids` column, which RewardTrainer's tokenized
 dataset does not have); codepmp groups pairs of similar length.
 
-Each trainer runs in its own child process (so peak memory is its own), and this script prints for each:
-pairs/s, real (non-pad) tokens/s, mean step time, peak RSS, and pairwise accuracy of the trained model on the
-dev pairs, then the ratios against codepmp.
+Each trainer runs in its own child process (so peak memory is its own), `--repeats` times, the two taking
+turns at going first. This script prints for each run: pairs/s, real (non-pad) tokens/s, mean step time, the
+child's peak RSS, and pairwise accuracy of the trained model on the dev pairs; then each ratio against codepmp
+as its median, min and max over the repeats. `--smoke` trains a tiny random reward model (built offline) on
+a few pairs of the packaged GSM8K sample, once: its figures check the script, they measure nothing.
 """
 
 from __future__ import annotations
@@ -22,13 +25,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
+import shutil
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from codepmp.train.data import Pair
+from repeat import add_flags, run_child, settle_repeats, spread
+
+SMOKE = {"pairs": 16, "dev": 16, "max_length": 384, "batch_size": 4}
+"""--smoke: the tiny tokenizer spends a token per character or two, so about half the packaged sample's pairs
+fit in 384 tokens (the tiny model takes 512)."""
 
 
 def pairs_for(args, tokenizer) -> tuple[list, list]:
@@ -86,10 +95,8 @@ def run_trl(args, model: str, train, out: Path) -> dict:
 
 def child(args) -> None:
     """One trainer, then the pairwise accuracy of what it trained; a JSON line on stdout."""
-    import resource
-
     from codepmp.evaluate.metrics import pairwise_accuracy
-    from codepmp.evaluate.run import score
+    from codepmp.evaluate.run import Scorer
     from codepmp.models import load_tokenizer, resolve
 
     model = resolve(args.model)
@@ -98,7 +105,7 @@ def child(args) -> None:
     # TRL appends EOS to every text and reads the reward there; codepmp gets the very same texts.
     eos = tokenizer.eos_token
     train = [Pair(p.prompt, p.chosen + eos, p.rejected + eos) for p in train]
-    out = Path(args.work) / args.child
+    out = Path(args.out)
     if args.child == "codepmp":
         result = run_codepmp(args, model, train, out)
     else:  # TRL adds the EOS itself
@@ -109,11 +116,38 @@ def child(args) -> None:
 
         encoded = encode_pairs(tokenizer, train, args.max_length)
         result["tokens"] = sum(len(c.ids) + len(r.ids) for c, r in encoded)
-    chosen = score(str(out), [(p.prompt, p.chosen + eos) for p in dev], 8, args.max_length)
-    rejected = score(str(out), [(p.prompt, p.rejected + eos) for p in dev], 8, args.max_length)
-    result.update(pairs=len(train), dev_pairs=len(dev), accuracy=pairwise_accuracy(chosen, rejected),
-                  peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    scorer = Scorer(str(out), batch_size=8, max_length=args.max_length)
+    chosen = scorer([(p.prompt, p.chosen + eos) for p in dev], desc="dev chosen")
+    rejected = scorer([(p.prompt, p.rejected + eos) for p in dev], desc="dev rejected")
+    result.update(pairs=len(train), dev_pairs=len(dev), accuracy=pairwise_accuracy(chosen, rejected))
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def compare(args) -> dict[str, list[dict]]:
+    """Each trainer `args.repeats` times in its own child process, the two taking turns at going first."""
+    if args.smoke:
+        from codepmp.testing import write_tiny_model
+
+        args.model = str(write_tiny_model(Path(args.work) / "tiny-reward-model", reward=True))
+    runs: dict[str, list[dict]] = {"codepmp": [], "trl": []}
+    for repeat in range(args.repeats):
+        for name in (("codepmp", "trl") if repeat % 2 == 0 else ("trl", "codepmp")):
+            out = Path(args.work) / f"{name}-{repeat}"
+            # Later flags win in argparse, so the child sees the model this run settled on.
+            cmd = [sys.executable, __file__, *sys.argv[1:], "--child", name, "--work", args.work,
+                   "--model", args.model, "--out", str(out)]
+            proc = run_child(cmd, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+            if proc.returncode or not lines:
+                sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
+            r = json.loads(lines[-1].removeprefix("RESULT "))
+            r["peak_rss_mb"] = proc.peak_rss_mb
+            runs[name].append(r)
+            print(f"run {repeat + 1}/{args.repeats} {name:8s} {r['train_s']:7.1f} s  {r['steps']:3d} steps  "
+                  f"{r['train_s'] / r['steps']:6.2f} s/step  {r['pairs'] / r['train_s']:6.2f} pairs/s  "
+                  f"{r['tokens'] / r['train_s']:7.1f} tok/s  peak RSS {r['peak_rss_mb']:6.0f} MB  "
+                  f"dev accuracy {r['accuracy']:.3f} ({r['dev_pairs']} pairs)", flush=True)
+    return runs
 
 
 def main() -> None:
@@ -127,31 +161,36 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default="")
+    add_flags(parser, f"tiny random reward model, {SMOKE['pairs']} packaged GSM8K problems, 1 repeat: seconds")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--out", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.smoke:  # smoke sizes, except where a flag says otherwise
+        for name, value in SMOKE.items():
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, value)
     if args.child:
         return child(args)
 
+    settle_repeats(args, args.smoke)
+    work_given = bool(args.work)
     args.work = args.work or tempfile.mkdtemp(prefix="codepmp-bench-train-")
-    results = {}
-    for name in ("codepmp", "trl"):
-        cmd = [sys.executable, __file__, "--child", name, *sys.argv[1:], "--work", args.work]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
-        results[name] = json.loads(lines[-1].removeprefix("RESULT "))
-        r = results[name]
-        print(f"{name:20s} {r['train_s']:7.1f} s  {r['steps']:3d} steps  {r['train_s'] / r['steps']:6.2f} s/step  "
-              f"{r['pairs'] / r['train_s']:6.2f} pairs/s  {r['tokens'] / r['train_s']:7.1f} tok/s  "
-              f"peak {r['peak_rss_mb']:6.0f} MB  dev accuracy {r['accuracy']:.3f} ({r['dev_pairs']} pairs)", flush=True)
-    ours = results["codepmp"]
-    print(f"model {args.model}, {ours['pairs']} pairs, max length {args.max_length}, batch {args.batch_size}")
-    peer = results["trl"]
-    print(f"codepmp / trl: pairs/s {peer['train_s'] / ours['train_s']:.2f}x, step time "
-          f"{(ours['train_s'] / ours['steps']) / (peer['train_s'] / peer['steps']):.2f}x, peak memory "
-          f"{ours['peak_rss_mb'] / peer['peak_rss_mb']:.2f}x, dev accuracy {ours['accuracy']:.3f} vs "
-          f"{peer['accuracy']:.3f}")
+    try:
+        runs = compare(args)
+    finally:
+        if not work_given:  # each run saves a trained model there
+            shutil.rmtree(args.work, ignore_errors=True)
+    ours, peer = runs["codepmp"], runs["trl"]
+    print(f"\nmodel {args.model}, {ours[0]['pairs']} pairs, max length {args.max_length}, batch {args.batch_size}, "
+          f"repeats {args.repeats}")
+    print(f"codepmp / trl pairs/s: {spread([p['train_s'] / o['train_s'] for o, p in zip(ours, peer)])}")
+    print("codepmp / trl step time: "
+          + spread([(o["train_s"] / o["steps"]) / (p["train_s"] / p["steps"]) for o, p in zip(ours, peer)]))
+    print(f"codepmp / trl peak memory: {spread([o['peak_rss_mb'] / p['peak_rss_mb'] for o, p in zip(ours, peer)])}")
+    print(f"peak RSS of each trainer's child process: codepmp {spread([o['peak_rss_mb'] for o in ours], ' MB', 0)}, "
+          f"trl {spread([p['peak_rss_mb'] for p in peer], ' MB', 0)}")
+    print(f"dev accuracy: codepmp {statistics.median(o['accuracy'] for o in ours):.3f}, "
+          f"trl {statistics.median(p['accuracy'] for p in peer):.3f} (median over repeats)")
 
 
 if __name__ == "__main__":
