@@ -48,10 +48,12 @@ def build(cluster: "ClusterSpec | None" = None):
                                               "best-of-N evaluation -> MLflow registry")
     def codepmp(profile: str = "local", overrides: dict = {}, run_name: str = "codepmp"):  # noqa: B006
         common = {"profile": profile, "overrides": overrides, "run_name": run_name}
-        crawl_parallelism = cluster.crawl_parallelism if cluster is not None else 0
-        synthesize_parallelism = cluster.synthesize_parallelism if cluster is not None else 0
+        # Under kfp.local every task of a fan-out shares one machine and each uses all its cores (torch threads),
+        # so they run one at a time: two sweep finetunes at once on 2 cores took 4x as long as one after another.
+        crawl_parallelism = cluster.crawl_parallelism if cluster is not None else 1
+        synthesize_parallelism = cluster.synthesize_parallelism if cluster is not None else 1
         multinode = cluster is not None and cluster.pretrain_nodes > 1
-        sweep_parallelism = cluster.sweep_parallelism if cluster is not None else 0
+        sweep_parallelism = cluster.sweep_parallelism if cluster is not None else 1
         # Training checkpoints are scoped to the job, so a retried pod resumes and a new run never does.
         training = {**common, "job_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
         tasks = {}

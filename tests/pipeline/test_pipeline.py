@@ -21,6 +21,23 @@ STAGES = ["crawl-ranks", "for-loop-1", "crawl-merge", "synthesize-shards", "for-
           "evaluate", "register"]
 
 
+def test_local_fan_outs_run_one_task_at_a_time_and_cluster_ones_all_at_once(tmp_path):
+    from kfp import compiler
+
+    from pipelines.pipeline import build
+
+    def loop_limits(spec: dict) -> dict:
+        tasks = spec["root"]["dag"]["tasks"]
+        return {name: task.get("iteratorPolicy", {}).get("parallelismLimit", 0)
+                for name, task in tasks.items() if name.startswith("for-loop-")}
+
+    compiler.Compiler().compile(build(), str(tmp_path / "local.yaml"))
+    local = next(yaml.safe_load_all((tmp_path / "local.yaml").read_text()))
+    assert loop_limits(local) == {"for-loop-1": 1, "for-loop-2": 1, "for-loop-3": 1}
+    cluster = next(yaml.safe_load_all(Path(compile_pipeline(str(tmp_path / "cluster.yaml"))).read_text()))
+    assert loop_limits(cluster) == {"for-loop-1": 0, "for-loop-2": 0, "for-loop-3": 0}
+
+
 @pytest.mark.integration
 def test_tiny_pipeline_end_to_end(tiny_pipeline_run):
     experiment, run_name = tiny_pipeline_run["experiment"], tiny_pipeline_run["run_name"]
