@@ -34,7 +34,9 @@ from codepmp.train.loop import train
 from repeat import add_flags, settle_repeats, spread
 
 VARIANTS = {"fp32": {}, "bf16": {"bf16": True}, "bf16+compile": {"bf16": True, "compile": True},
-            "bf16+packing": {"bf16": True, "packing": True}, "bf16+zero2": {"bf16": True, "deepspeed_stage": 2}}
+            "bf16+packing": {"bf16": True, "packing": True}, "bf16+trees": {"bf16": True, "shared_prefix": True},
+            "bf16+zero2": {"bf16": True, "deepspeed_stage": 2}}
+"""Each over padded rows (`shared_prefix` off, the paper profile's layout) unless it names another layout."""
 
 
 def write_model(path: Path, debug: bool) -> str:
@@ -102,7 +104,7 @@ def main() -> None:
         args.pairs, args.batch_size = min(args.pairs, 8), min(args.batch_size, 2)
     max_length = 256 if args.debug else 1024
     base = TrainConfig(max_length=max_length, batch_size=args.batch_size, grad_accum=1, lr=1e-5, warmup_frac=0.1,
-                       decay_frac=0.1, log_every=1, seed=0)
+                       decay_frac=0.1, log_every=1, seed=0, shared_prefix=False)
     print(f"torch {torch.__version__}, device {torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
           flush=True)
     runs: dict[str, list[dict]] = {name: [] for name in args.variants}

@@ -10,6 +10,7 @@ from codepmp.train.data import (
     Pair,
     collate,
     collate_packed,
+    collate_pair_trees,
     encode,
     encode_pairs,
     length_grouped_batches,
@@ -106,12 +107,90 @@ def test_packed_batch_gives_the_rewards_and_lm_targets_of_the_padded_batch(tiny_
 def test_packed_training_follows_padded_training(tiny_model, tmp_path):
     padded, packed = [], []
     train(CFG, tiny_model, PAIRS, tmp_path / "padded", log=lambda m, s: padded.append(m), progress=False)
-    cfg = TrainConfig(**{**CFG.__dict__, "packing": True})
+    cfg = TrainConfig(**{**CFG.__dict__, "packing": True, "shared_prefix": False})
     train(cfg, tiny_model, PAIRS, tmp_path / "packed", log=lambda m, s: packed.append(m), progress=False)
     assert [m["loss"] for m in packed] == pytest.approx([m["loss"] for m in padded], rel=1e-4)
     # Throughput counts real tokens only, so the two layouts report the same work.
     assert packed[-1]["tokens_per_s"] / packed[-1]["samples_per_s"] == pytest.approx(
         padded[-1]["tokens_per_s"] / padded[-1]["samples_per_s"])
+
+
+# Pairs whose two sides share the prompt and more (a corrupted copy), end inside each other, or share nothing.
+TREE_PAIRS = [PAIRS[0], Pair("Q: 3 + 4?", " 3 + 4 = 7. The answer is 7", " 3 + 4 = 7. The answer is 8"),
+              Pair("Q:", " a much longer answer " * 4, " a much"), Pair("Q:", " short", " short and then more"),
+              Pair("", "abc", "xyz")]
+
+
+def _padded_and_tree_batches(model, pairs):
+    encoded = encode_pairs(model.tokenizer, pairs, 64)
+    return encoded, collate(encoded, model.reward_model.config.pad_token_id), collate_pair_trees(
+        encoded, model.reward_model.config.pad_token_id)
+
+
+def test_pair_trees_give_the_rewards_lm_targets_and_gradients_of_the_padded_batch(tiny_model):
+    model = PreferenceModel.load(tiny_model, with_lm_head=True).eval()
+    encoded, padded, trees = _padded_and_tree_batches(model, TREE_PAIRS)
+    # Each shared token runs once: a row per pair, as long as the chosen side plus the rejected side's own part.
+    shared = [next((i for i, (a, b) in enumerate(zip(c.ids, r.ids)) if a != b), min(len(c.ids), len(r.ids)))
+              for c, r in encoded]
+    assert trees["input_ids"].shape == (len(TREE_PAIRS), max(len(c.ids) + len(r.ids) - k
+                                                             for (c, r), k in zip(encoded, shared)))
+    results = []
+    for batch in (padded, trees):
+        model.zero_grad()
+        rewards, logits, targets = model(batch["input_ids"], batch.get("attention_mask"), lm_labels=batch["labels"],
+                                         position_ids=batch.get("position_ids"), last=batch.get("last"),
+                                         tree_mask=batch.get("tree_mask"))
+        n = len(TREE_PAIRS)
+        (-torch.nn.functional.logsigmoid(rewards[:n] - rewards[n:]).mean()
+         + torch.nn.functional.cross_entropy(logits, targets)).backward()
+        results.append((rewards.detach(), logits.detach(), targets,
+                        {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}))
+    (rewards, logits, targets, grads), (tree_rewards, tree_logits, tree_targets, tree_grads) = results
+    torch.testing.assert_close(tree_rewards, rewards, rtol=1e-4, atol=1e-5)
+    assert tree_targets.tolist() == targets.tolist()
+    torch.testing.assert_close(tree_logits, logits, rtol=1e-4, atol=1e-4)
+    assert grads.keys() == tree_grads.keys() and len(grads) > 2
+    for name in grads:
+        torch.testing.assert_close(tree_grads[name], grads[name], rtol=1e-3, atol=1e-6, msg=name)
+    # Without the tree mask the rejected branch would see the chosen one and read other rewards.
+    with torch.no_grad():
+        leaky, _, _ = model(trees["input_ids"], position_ids=trees["position_ids"], last=trees["last"])
+    assert not torch.allclose(leaky[len(TREE_PAIRS):], rewards[len(TREE_PAIRS):], atol=1e-3)
+
+
+def test_pair_tree_rows_hold_each_shared_token_once(tiny_model):
+    _, tokenizer = load_reward_model(tiny_model)
+    chosen, rejected = encode_pairs(tokenizer, [TREE_PAIRS[1]], 64)[0]
+    trees = collate_pair_trees([(chosen, rejected)], 0)
+    split = next(i for i, (a, b) in enumerate(zip(chosen.ids, rejected.ids)) if a != b)
+    assert split > chosen.response_start  # the corrupted copy shares part of its response
+    assert trees["input_ids"][0].tolist() == chosen.ids + rejected.ids[split:]
+    assert trees["position_ids"][0].tolist() == list(range(len(chosen.ids))) + list(range(split, len(rejected.ids)))
+    branch = len(chosen.ids)
+    mask = trees["tree_mask"][0]
+    assert mask[branch, :split].all() and not mask[branch, split:branch].any() and mask[branch, branch]
+    assert trees["last"].tolist() == [[0, len(chosen.ids) - 1], [0, trees["input_ids"].size(1) - 1]]
+
+
+def test_pair_tree_training_follows_padded_training_and_refuses_packing_too(tiny_model, tmp_path, capsys):
+    from codepmp.errors import ConfigError
+    from codepmp.train.loop import _batch_layout
+
+    padded, trees = [], []
+    assert CFG.shared_prefix  # the default layout
+    train(CFG, tiny_model, PAIRS, tmp_path / "trees", log=lambda m, s: trees.append(m), progress=False)
+    cfg = TrainConfig(**{**CFG.__dict__, "shared_prefix": False})
+    train(cfg, tiny_model, PAIRS, tmp_path / "padded", log=lambda m, s: padded.append(m), progress=False)
+    assert [m["loss"] for m in trees] == pytest.approx([m["loss"] for m in padded], rel=1e-4)
+    with pytest.raises(ConfigError, match="packing and shared_prefix"):
+        train(TrainConfig(**{**CFG.__dict__, "packing": True}), tiny_model, PAIRS, tmp_path / "both",
+              progress=False)
+    model = PreferenceModel.load(tiny_model, with_lm_head=False)
+    model.reward_model.config.sliding_window = 16
+    assert _batch_layout(CFG, model)[0] is collate
+    assert "shared_prefix off, padded rows instead: its sliding window (16) is shorter than max_length 64" in \
+        capsys.readouterr().out
 
 
 def test_golden_loss_and_saved_model_loads(tiny_model, tmp_path):

@@ -1,5 +1,6 @@
-"""Preference pairs -> token ids -> length-grouped batches (chosen rows first, then rejected), either right-padded
-to [2B, L] or packed into one [1, sum of lengths] row with no padding at all."""
+"""Preference pairs -> token ids -> length-grouped batches (chosen rows first, then rejected): right-padded to
+[2B, L], packed into one [1, sum of lengths] row with no padding at all, or one tree per pair, [B, L'], in which
+the tokens both sides share run once."""
 
 from __future__ import annotations
 
@@ -153,3 +154,46 @@ def collate_packed(encoded: list[tuple[Encoded, Encoded]]) -> dict[str, torch.Te
         lo, hi = int(start) + max(chosen.response_start, 1), int(start) + len(chosen.ids)
         labels[0, lo:hi] = input_ids[0, lo:hi]
     return {"input_ids": input_ids, "position_ids": position_ids, "last": ends - 1, "labels": labels}
+
+
+def shared_prefix_length(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def collate_pair_trees(encoded: list[tuple[Encoded, Encoded]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """One right-padded row per pair: the chosen sequence, then the rejected tokens after the prefix the two
+    share (the prompt, and for a corrupted copy most of the response). `tree_mask` [B, L, L] lets every token
+    see its own ancestors only (a rejected token: the shared prefix and its own branch; padding: itself) and
+    `position_ids` give each token its position in its own sequence, so every reward and LM logit is the one
+    the padded batch gives (up to float rounding) while the shared tokens run, and take gradients, once.
+
+    `last` holds (row, index) of each sequence's final token, chosen ones first; `labels` marks the chosen
+    response tokens, as `collate` does (the chosen sequence starts each row)."""
+    rows, branches = [], []
+    for chosen, rejected in encoded:
+        shared = shared_prefix_length(chosen.ids, rejected.ids)
+        rows.append(chosen.ids + rejected.ids[shared:])
+        branches.append(shared)
+    width, size = max(map(len, rows)), len(encoded)
+    input_ids = torch.full((size, width), pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros_like(input_ids)
+    tree_mask = torch.eye(width, dtype=torch.bool).repeat(size, 1, 1)
+    labels = torch.full_like(input_ids, -100)
+    last = torch.zeros((2 * size, 2), dtype=torch.long)
+    for b, ((chosen, rejected), shared, row) in enumerate(zip(encoded, branches, rows)):
+        n_chosen, n_branch = len(chosen.ids), len(rejected.ids) - shared
+        input_ids[b, :len(row)] = torch.tensor(row)
+        position_ids[b, :n_chosen] = torch.arange(n_chosen)
+        position_ids[b, n_chosen:len(row)] = torch.arange(shared, len(rejected.ids))
+        tree_mask[b, :n_chosen, :n_chosen] = torch.ones(n_chosen, n_chosen, dtype=torch.bool).tril()
+        tree_mask[b, n_chosen:len(row), :shared] = True
+        tree_mask[b, n_chosen:len(row), n_chosen:len(row)] = torch.ones(n_branch, n_branch, dtype=torch.bool).tril()
+        labels[b, chosen.response_start:n_chosen] = input_ids[b, chosen.response_start:n_chosen]
+        # A rejected side that is a prefix of the chosen one ends inside it.
+        last[b], last[size + b] = torch.tensor([b, n_chosen - 1]), torch.tensor(
+            [b, len(row) - 1 if n_branch else len(rejected.ids) - 1])
+    return {"input_ids": input_ids, "position_ids": position_ids, "tree_mask": tree_mask, "labels": labels,
+            "last": last}

@@ -55,16 +55,25 @@ class PreferenceModel(nn.Module):
     def lm_weight(self) -> torch.Tensor:
         return self.lm_head if self.lm_head is not None else self.backbone.get_input_embeddings().weight
 
-    def forward(self, input_ids, attention_mask=None, lm_labels=None, position_ids=None, last=None):
-        """Rewards for every padded row, or with `position_ids` and `last` (a packed batch, see
-        `data.collate_packed`) for every sequence packed in row 0. With `lm_labels` (for the first rows: the
-        chosen half) also the LM logits and targets at the positions that predict a labelled response token."""
+    def forward(self, input_ids, attention_mask=None, lm_labels=None, position_ids=None, last=None, tree_mask=None):
+        """Rewards for every padded row; with `position_ids` and `last` (a packed batch, see
+        `data.collate_packed`) for every sequence packed in row 0; with `tree_mask` too (pair trees, see
+        `data.collate_pair_trees`) for every sequence at its (row, index) in `last`. With `lm_labels` (for the
+        first rows: the chosen half) also the LM logits and targets at the positions that predict a labelled
+        response token."""
+        if tree_mask is not None:
+            # transformers passes a 4D mask to the attention kernel as is; an additive one suits sdpa and eager.
+            dtype = self.backbone.get_input_embeddings().weight.dtype
+            attention_mask = torch.zeros(tree_mask.shape, dtype=dtype, device=tree_mask.device).masked_fill_(
+                ~tree_mask, torch.finfo(dtype).min)[:, None]
         # No KV cache: transformers only derives the packed block-diagonal mask from position ids without one.
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                use_cache=False).last_hidden_state
         if last is None:
             last = last_token_index(input_ids, self.reward_model.config.pad_token_id)
             pooled = hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+        elif last.dim() == 2:
+            pooled = hidden[last[:, 0], last[:, 1]]
         else:
             pooled = hidden[0, last]
         rewards = self.reward_model.score(pooled).squeeze(-1).float()
