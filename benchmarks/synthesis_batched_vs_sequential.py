@@ -6,7 +6,8 @@
     python benchmarks/synthesis_batched_vs_sequential.py --vllm --model deepseek-ai/deepseek-coder-1.3b-instruct \
         --prompts 512 --max-new-tokens 512 --batch-size 64                            # GPU image, one GPU
 
-Same prompts (the paper's description prompt over stdlib files), same model, greedy decoding, in one process.
+Same prompts (the paper's description prompt over stdlib files), same model, in one process; greedy decoding, or
+with `--temperature T` sampling (the paper synthesizes at 0.7; each side then counts its own new tokens).
 The baseline is what a user writes first: the chat template, then `model.generate` per prompt. codepmp's
 backend sorts prompts by length, left-pads batches of `--batch-size` and generates them together. The two
 take turns, one group of `--batch-size` prompts at a time, and the whole comparison runs `--repeats` times.
@@ -53,15 +54,20 @@ def prompts(n: int, max_chars: int) -> list[str]:
 
 
 @torch.inference_mode()
-def sequential(backend, texts: list[str], max_new_tokens: int) -> tuple[list[str], int]:
+def sequential(backend, texts: list[str], max_new_tokens: int, temperature: float = 0.0) -> tuple[list[str], int]:
     tokenizer, model = backend.tokenizer, backend.model
     outputs, new_tokens = [], 0
+    stops = model.generation_config.eos_token_id
+    eos = torch.tensor(sorted({tokenizer.eos_token_id, *(stops if isinstance(stops, list) else [stops])} - {None}))
     for text in texts:
         batch = tokenizer(backend.format(text), return_tensors="pt", add_special_tokens=not tokenizer.chat_template)
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
-                             top_k=None, pad_token_id=tokenizer.pad_token_id)
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                             temperature=temperature or None, top_p=None, top_k=None,
+                             pad_token_id=tokenizer.pad_token_id)
         generated = out[0, batch["input_ids"].shape[1]:]
-        new_tokens += len(generated)
+        # Count as the backend does: new tokens up to the end-of-turn, not the padding after it.
+        ends = torch.isin(generated, eos).nonzero()
+        new_tokens += int(ends[0]) if len(ends) else len(generated)
         outputs.append(tokenizer.decode(generated, skip_special_tokens=True))
     return outputs, new_tokens
 
@@ -74,6 +80,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--max-chars", type=int, default=600)
     parser.add_argument("--vllm", action="store_true", help="vLLM backend vs batched transformers (GPU)")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="0 decodes greedily and checks the texts agree; above 0 samples (paper: 0.7)")
     add_flags(parser, "tiny random model, 4 prompts of 200 characters, batch 2, 8 new tokens, 1 repeat")
     args = parser.parse_args()
     settle_repeats(args, args.smoke)
@@ -105,37 +113,44 @@ def compare(args, described: str) -> None:
     texts.sort(key=lambda t: len(backend.tokenizer(backend.format(t))["input_ids"]))
     seconds: dict[str, list[float]] = {"sequential": [], "batched": []}
     resident = {"sequential": 0.0, "batched": 0.0}
-    same, new_tokens = [], 0
+    same, rates = [], {"sequential": [], "batched": []}
     for repeat in range(args.repeats):
         outputs: dict[str, list[str]] = {"sequential": [], "batched": []}
         spent = {"sequential": 0.0, "batched": 0.0}
-        new_tokens = 0
+        tokens = {"sequential": 0, "batched": 0}
         for number, group in enumerate(range(0, len(texts), args.batch_size)):
             part = texts[group:group + args.batch_size]
             order = ("sequential", "batched") if (number + repeat) % 2 == 0 else ("batched", "sequential")
             for side in order:
                 start = time.perf_counter()
                 if side == "sequential":
-                    done, tokens = sequential(backend, part, args.max_new_tokens)
-                    new_tokens += tokens
+                    done, made = sequential(backend, part, args.max_new_tokens, args.temperature)
                 else:
-                    done = backend.generate(part, Sampling(args.max_new_tokens, temperature=0.0), desc="batched")
+                    completions = backend.complete(part, Sampling(args.max_new_tokens, temperature=args.temperature,
+                                                                  seed=repeat * 1000 + number), desc="batched")
+                    done, made = [c.text for c in completions], sum(c.tokens for c in completions)
                 spent[side] += time.perf_counter() - start
+                tokens[side] += made
                 outputs[side] += done
                 resident[side] = max(resident[side], resident_mb())
         for side in seconds:
             seconds[side].append(spent[side])
+            # Greedy: both make the same tokens, so the baseline's count makes the ratio one of times. Sampling:
+            # each side's own count (a batch runs until its longest row ends, and that time counts against it).
+            made = tokens["sequential"] if args.temperature == 0 else tokens[side]
+            rates[side].append(made / spent[side])
         same.append(sum(a.strip() == b.strip() for a, b in zip(outputs["sequential"], outputs["batched"])))
 
     print(f"model {described}, {len(texts)} prompts, {args.max_new_tokens} new tokens max, "
+          f"{'greedy' if args.temperature == 0 else f'temperature {args.temperature}'}, "
           f"batch {args.batch_size}, {torch.get_num_threads()} threads, device {backend.device}, "
           f"repeats {args.repeats}")
-    # Both sides' rates count the baseline's new tokens: the same work, so the ratio is one of times.
     for side, label in (("sequential", "sequential generate:"), ("batched", "codepmp batched:")):
-        rates = [new_tokens / s for s in seconds[side]]
-        print(f"{label:21s} {statistics.median(seconds[side]):7.1f} s  new tok/s {spread(rates, '', 1)}")
-    speedups = [a / b for a, b in zip(seconds["sequential"], seconds["batched"])]
-    print(f"speedup {spread(speedups)}; identical texts {min(same)}/{len(texts)} (fewest over repeats)")
+        print(f"{label:21s} {statistics.median(seconds[side]):7.1f} s  new tok/s {spread(rates[side], '', 1)}")
+    speedups = [b / a for a, b in zip(rates["sequential"], rates["batched"])]
+    agree = (f"identical texts {min(same)}/{len(texts)} (fewest over repeats)" if args.temperature == 0 else
+             "texts not compared (sampling)")
+    print(f"speedup {spread(speedups)}; {agree}")
     print(f"process resident memory after the sides' turns (largest; one process, one model shared): "
           f"sequential {resident['sequential']:.0f} MB, batched {resident['batched']:.0f} MB")
 

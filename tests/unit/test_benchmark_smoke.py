@@ -92,6 +92,9 @@ def test_synthesis_smoke_times_both_sides_on_a_tiny_model():
     same = re.search(r"identical texts (\d+)/(\d+)", out)
     assert same and int(same.group(2)) == 4 and int(same.group(1)) <= 4
     assert re.search(r"resident memory .*sequential \d+ MB, batched \d+ MB", out)
+    sampled = _run("benchmarks/synthesis_batched_vs_sequential.py", "--smoke", "--temperature", "0.7")
+    assert "temperature 0.7" in sampled and "texts not compared (sampling)" in sampled
+    _ratio(sampled, "speedup")
 
 
 def test_train_vs_trl_smoke_trains_both_and_scores_their_dev_pairs():
