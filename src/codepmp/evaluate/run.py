@@ -24,7 +24,7 @@ from codepmp.evaluate.metrics import best_of_n_compare, option_correct, pairwise
 from codepmp.models import load_reward_model
 from codepmp.progress import progress
 from codepmp.reasoning.build import MATH_DOMAINS, read_table
-from codepmp.train.data import encode, pad_right
+from codepmp.train.data import encode, pad_right, shared_prefix_length
 
 ALL = "all"
 """The pseudo-domain of every dev pair together: what the promotion gate reads by default. Its metric is the
@@ -157,9 +157,7 @@ def trie_packs(rows: dict[int, list[int]], pack_tokens: int) -> list[TriePack]:
     pack, previous, path = None, [], []
     for key in sorted(rows, key=lambda k: rows[k]):
         row = rows[key]
-        shared = 0
-        while shared < min(len(row), len(previous)) and row[shared] == previous[shared]:
-            shared += 1
+        shared = shared_prefix_length(row, previous)
         if pack is None or len(pack.tokens) + len(row) - shared > pack_tokens:
             pack, shared = TriePack(), 0
             packs.append(pack)
