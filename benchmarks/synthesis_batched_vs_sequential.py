@@ -9,8 +9,9 @@
 Same prompts (the paper's description prompt over stdlib files), same model, in one process; greedy decoding, or
 with `--temperature T` sampling (the paper synthesizes at 0.7; each side then counts its own new tokens).
 The baseline is what a user writes first: the chat template, then `model.generate` per prompt. codepmp's
-backend sorts prompts by length, left-pads batches of `--batch-size` and generates them together. The two
-take turns, one group of `--batch-size` prompts at a time, and the whole comparison runs `--repeats` times.
+backend gets all prompts in one call, as synthesis gives it a chunk of rows, and decodes `--batch-size` rows at
+a time with continuous batching (a finished row is replaced by the next prompt). The two take turns, each on
+all prompts, the first side alternating, and the whole comparison runs `--repeats` times.
 Prints new tokens per second of each, their ratio as median, min and max over the repeats, the process's
 resident memory after each side's turns (one process and one model for both, so the figures overlap; neither
 is a peak), and checks that the texts are equal (greedy decoding of a left-padded batch equals decoding each
@@ -108,35 +109,29 @@ def compare(args, described: str) -> None:
     sequential(backend, texts[:1], 4)  # warm-up, both sides
     backend.generate(texts[:1], Sampling(4, temperature=0.0), desc="warm-up")
 
-    # The two alternate batch by batch, so load from elsewhere on a noisy machine falls on both alike. Sorting
-    # first gives the backend the batches it would form over all prompts; the baseline does not care.
-    texts.sort(key=lambda t: len(backend.tokenizer(backend.format(t))["input_ids"]))
+    # Each side gets all prompts, as synthesis hands a chunk of rows to the backend at once (continuous batching
+    # refills finished rows from the queue, so cutting the prompts into batch-sized calls would hide it). The side
+    # that goes first alternates between repeats, so a drift in machine load falls on both.
     seconds: dict[str, list[float]] = {"sequential": [], "batched": []}
     resident = {"sequential": 0.0, "batched": 0.0}
     same, rates = [], {"sequential": [], "batched": []}
     for repeat in range(args.repeats):
-        outputs: dict[str, list[str]] = {"sequential": [], "batched": []}
-        spent = {"sequential": 0.0, "batched": 0.0}
-        tokens = {"sequential": 0, "batched": 0}
-        for number, group in enumerate(range(0, len(texts), args.batch_size)):
-            part = texts[group:group + args.batch_size]
-            order = ("sequential", "batched") if (number + repeat) % 2 == 0 else ("batched", "sequential")
-            for side in order:
-                start = time.perf_counter()
-                if side == "sequential":
-                    done, made = sequential(backend, part, args.max_new_tokens, args.temperature)
-                else:
-                    completions = backend.complete(part, Sampling(args.max_new_tokens, temperature=args.temperature,
-                                                                  seed=repeat * 1000 + number), desc="batched")
-                    done, made = [c.text for c in completions], sum(c.tokens for c in completions)
-                spent[side] += time.perf_counter() - start
-                tokens[side] += made
-                outputs[side] += done
-                resident[side] = max(resident[side], resident_mb())
+        outputs: dict[str, list[str]] = {}
+        spent, tokens = {}, {}
+        for side in ("sequential", "batched") if repeat % 2 == 0 else ("batched", "sequential"):
+            start = time.perf_counter()
+            if side == "sequential":
+                outputs[side], tokens[side] = sequential(backend, texts, args.max_new_tokens, args.temperature)
+            else:
+                completions = backend.complete(texts, Sampling(args.max_new_tokens, temperature=args.temperature,
+                                                               seed=repeat), desc="batched")
+                outputs[side], tokens[side] = [c.text for c in completions], sum(c.tokens for c in completions)
+            spent[side] = time.perf_counter() - start
+            resident[side] = max(resident[side], resident_mb())
         for side in seconds:
             seconds[side].append(spent[side])
             # Greedy: both make the same tokens, so the baseline's count makes the ratio one of times. Sampling:
-            # each side's own count (a batch runs until its longest row ends, and that time counts against it).
+            # each side's own count (a row's time counts until it ends).
             made = tokens["sequential"] if args.temperature == 0 else tokens[side]
             rates[side].append(made / spent[side])
         same.append(sum(a.strip() == b.strip() for a, b in zip(outputs["sequential"], outputs["batched"])))

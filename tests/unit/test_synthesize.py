@@ -2,6 +2,7 @@ import pytest
 
 from codepmp.synthesize.prompts import description_prompt, pair_prompt
 from codepmp.synthesize.run import is_empty
+from codepmp.models import cache_dir
 from codepmp.testing import write_tiny_model
 
 
@@ -51,6 +52,93 @@ def test_prompts_with_a_common_prefix_share_its_prefill_and_generate_the_same(tm
     assert "cache" in inputs and inputs["cache"].get_seq_length() >= 16  # the shared path is the one taken
     greedy = Sampling(max_new_tokens=6, temperature=0.0)
     assert batched.generate(prompts, greedy) == TransformersBackend(model, batch_size=1).generate(prompts, greedy)
+    # Continuous batching shares the prefix too (prompts arrive in groups of 2 here): still `generate`'s texts.
+    eos = [batched.tokenizer.eos_token_id]
+    alone = [batched.tokenizer.decode(_generate_alone(batched, p, 6, eos), skip_special_tokens=True).strip()
+             for p in prompts]
+    batched.batch_size = 2
+    assert batched.generate(prompts, greedy) == alone
+
+
+def _generate_alone(backend, prompt: str, max_new_tokens: int, eos: list[int]) -> list[int]:
+    """transformers' own greedy `generate` on one prompt: the reference continuous batching must reproduce."""
+    inputs = backend.tokenizer(backend.format(prompt), return_tensors="pt",
+                               add_special_tokens=not backend.tokenizer.chat_template)
+    out = backend.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos or None,
+                                 pad_token_id=backend.tokenizer.pad_token_id)
+    return out[0, inputs["input_ids"].shape[1]:].tolist()
+
+
+def test_continuous_batching_generates_what_generate_does_one_prompt_at_a_time(tmp_path):
+    """Seven prompts through two decoding rows: rows end at different steps and the queue refills them, with
+    padding added and trimmed as the batch changes; every greedy completion equals `generate` on its own."""
+    from codepmp.synthesize.backend import Sampling, TransformersBackend
+
+    backend = TransformersBackend(str(write_tiny_model(tmp_path / "lm")), batch_size=2)
+    assert backend.refill
+    prompts = ["def add(a, b):", "x", "class Stack:\n    def push(self, item):", "for i in range(10):",
+               "import os\nprint(os.getcwd())", "while True:\n    pass", "for i in range(10):"]
+    # (the last repeats one, as k samples of a problem do: equal prompts in a group share one prefill)
+    # A random model never ends a turn: make tokens it does write into end-of-turn tokens, so rows end early.
+    free = [_generate_alone(backend, p, 12, []) for p in prompts]
+    ends = sorted({free[0][3], free[1][3], free[4][7]})
+    backend.model.generation_config.eos_token_id = ends
+    done = backend.complete(prompts, Sampling(max_new_tokens=12, temperature=0.0))
+    eos = sorted({backend.tokenizer.eos_token_id, *ends})
+    for prompt, completion in zip(prompts, done, strict=True):
+        alone = _generate_alone(backend, prompt, 12, eos)
+        end = next((n for n, token in enumerate(alone) if token in eos), None)
+        assert completion.tokens == (len(alone) if end is None else end)
+        assert completion.finished == (end is not None)
+        assert completion.text == backend.tokenizer.decode(alone[:end], skip_special_tokens=True).strip()
+    lengths = {c.tokens for c in done}
+    assert len(lengths) >= 2 and any(c.finished for c in done), lengths  # rows did end at different steps
+
+
+@pytest.mark.skipif(not (cache_dir() / "smollm2-135m-instruct" / "config.json").exists(),
+                    reason="smollm2-135m-instruct is not in the model cache (run `make test` or `make models`)")
+def test_continuous_batching_on_a_real_model_matches_generate():
+    """A random tiny model hardly depends on positions; SmolLM2 does, so this catches wrong position ids in the
+    shared-prefix layout (prefix, gap, rest) and in the padding that admitting rows adds."""
+    from codepmp.synthesize.backend import Sampling, TransformersBackend
+
+    backend = TransformersBackend("smollm2-135m-instruct", batch_size=2)
+    prompts = [description_prompt(code, 400) for code in (
+        "x = 1", "def add(a, b):\n    return a + b", "class Stack:\n    def __init__(self):\n        self.items = []",
+        "import os\nfor name in os.listdir('.'):\n    print(name.upper())", "while True:\n    break")]
+    done = backend.generate(prompts, Sampling(max_new_tokens=24, temperature=0.0))
+    eos = sorted({backend.tokenizer.eos_token_id, backend.model.generation_config.eos_token_id} - {None})
+    for prompt, text in zip(prompts, done, strict=True):
+        alone = _generate_alone(backend, prompt, 24, eos)
+        end = next((n for n, token in enumerate(alone) if token in eos), None)
+        assert text == backend.tokenizer.decode(alone[:end], skip_special_tokens=True).strip()
+
+
+def test_sampling_draws_from_the_tempered_top_p_distribution():
+    import torch
+
+    from codepmp.synthesize.backend import Sampling, pick_next
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -30.0]]).repeat(20000, 1)
+    generator = torch.Generator().manual_seed(0)
+    drawn = pick_next(Sampling(1, temperature=0.7), generator, logits)
+    expected = torch.softmax(logits[0] / 0.7, -1)
+    observed = torch.bincount(drawn, minlength=5) / len(drawn)
+    assert torch.allclose(observed, expected, atol=0.01), (observed, expected)
+    # top_p 0.8 keeps the two most likely tokens (their mass at T=0.7 is 0.94 > 0.8; the first alone 0.77 < 0.8).
+    nucleus = pick_next(Sampling(1, temperature=0.7, top_p=0.8), generator, logits)
+    assert set(nucleus.tolist()) == {0, 1}
+    kept = expected[:2] / expected[:2].sum()
+    assert abs(float((nucleus == 0).float().mean()) - float(kept[0])) < 0.01
+    assert pick_next(Sampling(1, temperature=0.0), generator, logits[:2]).tolist() == [0, 0]
+
+
+def test_sampled_completions_repeat_under_a_seed_and_change_with_it(tiny_model):
+    backend = TransformersBackend(tiny_model, batch_size=2)
+    prompts = ["def add(a, b):", "x", "class Stack:", "for i in range(10):"]
+    runs = [[c.text for c in backend.complete(prompts, Sampling(max_new_tokens=8, temperature=1.0, seed=seed))]
+            for seed in (3, 3, 4)]
+    assert runs[0] == runs[1] and runs[0] != runs[2]
 
 
 def test_select_files_by_category_then_max_pairs():
