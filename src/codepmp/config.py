@@ -183,9 +183,10 @@ class SynthesizeConfig:
     code_tokens: int = 96
     """Max new tokens for each implementation (paper: 1024)."""
     batch_size: int = 16
-    """Prompts per generation batch (length-sorted, left-padded)."""
+    """Rows the transformers backend decodes together (continuous batching: a row that ends is replaced by the
+    next prompt; models with sliding-window layers decode static left-padded batches of this size)."""
     seed: int = 0
-    """Sampling seed, so a rerun writes the same pairs."""
+    """Sampling seed, so a rerun writes the same pairs (for the same batch size and engine)."""
     stop: list[str] = field(default_factory=list)
     """Extra strings that end a generation (the models' end-of-turn tokens always do)."""
     drop_unfinished: bool = False

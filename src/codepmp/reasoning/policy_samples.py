@@ -217,7 +217,7 @@ def generate(data_dir: str, backend: Backend, model: dict, plan=PLAN, folder: Pa
                         for i, t in enumerate(tasks)]
             _write_records(records, path)
             entry["generation_seconds"] += seconds
-            _record_run(entry, command)
+            _record_run(entry, command, getattr(backend, "decoding", type(backend).__name__))
             _refresh(entry, records, path)
             write_json(provenance, folder / PROVENANCE)
             print(f"[policy-samples] {part.name}: {len(records)}/{part.problems} problems, "
@@ -229,10 +229,12 @@ def generate(data_dir: str, backend: Backend, model: dict, plan=PLAN, folder: Pa
     return provenance
 
 
-def _record_run(entry: dict, command: str) -> None:
+def _record_run(entry: dict, command: str, decoding: str) -> None:
+    # The decoding loop draws random numbers its own way, so a chunk's samples depend on it as well as its seed.
     today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    if not entry["runs"] or entry["runs"][-1]["date"] != today or entry["runs"][-1]["command"] != command:
-        entry["runs"].append({"date": today, "command": command, "chunks": 0})
+    run = {"date": today, "command": command, "decoding": decoding}
+    if not entry["runs"] or {k: entry["runs"][-1].get(k) for k in run} != run:
+        entry["runs"].append({**run, "chunks": 0})
     entry["runs"][-1]["chunks"] += 1
 
 

@@ -67,6 +67,12 @@ class TransformersBackend(Backend):
         self.refill = supports_refill(self.model)
         """Continuous batching (refill.py); False for models with sliding-window layers (static batches)."""
 
+    @property
+    def decoding(self) -> str:
+        """How rows are decoded, for provenance records."""
+        return (f"continuous batching of {self.batch_size} rows (codepmp.synthesize.refill)" if self.refill else
+                f"static batches of {self.batch_size} rows (transformers generate)")
+
     def format(self, prompt: str) -> str:
         """Wrap a prompt in the model's chat template when it has one (instruct models), else use it raw."""
         return chat_prompt(self.tokenizer, prompt)
