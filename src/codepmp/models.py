@@ -279,6 +279,12 @@ def chat_prompt(tokenizer, text: str, plain_suffix: str = "") -> str:
     return text + plain_suffix
 
 
+def position_ids(mask):
+    """Position id of every column of a left-padded (or gapped) batch: the unmasked tokens before it, so a row's
+    positions do not depend on its padding (padding gets 0 and is never attended to)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def load_causal_lm(spec: str, dtype=None):
     from transformers import AutoModelForCausalLM
 

@@ -1,8 +1,8 @@
 import pytest
 
+from codepmp.models import cache_dir
 from codepmp.synthesize.prompts import description_prompt, pair_prompt
 from codepmp.synthesize.run import is_empty
-from codepmp.models import cache_dir
 from codepmp.testing import write_tiny_model
 
 

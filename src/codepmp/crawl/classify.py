@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from codepmp.errors import ConfigError, InputError
-from codepmp.models import chat_prompt, load_for_inference
+from codepmp.models import chat_prompt, load_for_inference, position_ids
 
 if TYPE_CHECKING:
     from codepmp.config import ClassifyConfig
@@ -118,9 +118,8 @@ class CodeClassifier:
         for i, row in enumerate(rows):
             input_ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
             mask[i, width - len(row):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         return {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device),
-                "position_ids": positions.to(self.device)}
+                "position_ids": position_ids(mask).to(self.device)}
 
     def _yes_probability(self, rows: list[list[int]]) -> list[float]:
         """P(yes) / (P(yes) + P(no)) per row; `logits_to_keep=1` skips the vocabulary projection of the prompt."""

@@ -217,7 +217,7 @@ def generate(data_dir: str, backend: Backend, model: dict, plan=PLAN, folder: Pa
                         for i, t in enumerate(tasks)]
             _write_records(records, path)
             entry["generation_seconds"] += seconds
-            _record_run(entry, command, getattr(backend, "decoding", type(backend).__name__))
+            _record_run(entry, command, backend.decoding)
             _refresh(entry, records, path)
             write_json(provenance, folder / PROVENANCE)
             print(f"[policy-samples] {part.name}: {len(records)}/{part.problems} problems, "

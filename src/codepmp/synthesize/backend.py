@@ -16,9 +16,9 @@ import torch
 from transformers import DynamicCache
 from transformers.generation.logits_process import TopPLogitsWarper
 
-from codepmp.models import chat_prompt, load_for_inference
+from codepmp.models import chat_prompt, load_for_inference, position_ids
 from codepmp.progress import progress
-from codepmp.synthesize.refill import RefillDecoder, copy_rows, positions, prefix_cache, supports_refill
+from codepmp.synthesize.refill import RefillDecoder, copy_rows, prefix_cache, supports_refill
 
 MIN_SHARED_PREFIX = 16
 """Shortest common prefix worth a separate prefill (below it the extra forward costs more than it saves)."""
@@ -48,6 +48,11 @@ class Backend:
 
     def complete(self, prompts: list[str], sampling: Sampling, desc: str = "generate") -> list[Completion]:
         raise NotImplementedError
+
+    @property
+    def decoding(self) -> str:
+        """How rows are decoded, for provenance records (sampled texts depend on it as well as on the seed)."""
+        return type(self).__name__
 
     def generate(self, prompts: list[str], sampling: Sampling, desc: str = "generate") -> list[str]:
         return [c.text for c in self.complete(prompts, sampling, desc)]
@@ -104,7 +109,7 @@ class TransformersBackend(Backend):
             cache = copy_rows(prefix, len(rows)) if prefix is not None else DynamicCache(config=self.model.config)
             mask = inputs["attention_mask"]
             logits = self.model(input_ids=inputs["input_ids"][:, shared:], attention_mask=mask,
-                                position_ids=positions(mask)[:, shared:], cache=cache, use_cache=True,
+                                position_ids=position_ids(mask)[:, shared:], cache=cache, use_cache=True,
                                 logits_to_keep=1).logits[:, -1]
             return cache, mask, logits
 

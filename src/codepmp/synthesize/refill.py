@@ -33,8 +33,8 @@ SPARE_COLUMNS = 64
 
 class _GrowingLayer(DynamicLayer):
     """A full-attention cache layer whose keys and values are views into buffers with spare columns: a decode
-    step writes its token in place. `DynamicLayer` concatenates instead, copying the whole cache every step,
-    which was a quarter of the decode time on CPU (torch.profiler, SmolLM2-135M, 16 rows)."""
+    step writes its token in place. `DynamicLayer` concatenates instead, copying the whole cache every step:
+    23 % of the time of one batched call on CPU (torch.profiler, SmolLM2-135M, 16 prompts, 48 new tokens)."""
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor):
         super().__init__()
@@ -105,11 +105,6 @@ class _Batch:
             self.mask = F.pad(self.mask, (n, 0))
 
 
-def positions(mask: torch.Tensor) -> torch.Tensor:
-    """Position id of every column: unmasked tokens before it (padding gets 0, never attended to)."""
-    return (mask.cumsum(-1) - 1).clamp(min=0)
-
-
 class RefillDecoder:
     """Decodes `prompts` (token lists) `batch_size` rows at a time with continuous batching. `prefill(rows)` runs
     a group of prompts and returns its cache, its attention mask and the logits of every row's last token;
@@ -139,8 +134,9 @@ class RefillDecoder:
                 fresh = len(batch.rows) - len(group)  # the group was appended: only its rows have a new token
             else:
                 mask = F.pad(batch.mask, (0, 1), value=1)
+                # The new token's position: the unmasked tokens before it (the mask holds it too).
                 logits = self.model(input_ids=batch.next_tokens[:, None], attention_mask=mask,
-                                    position_ids=positions(mask)[:, -1:], cache=batch.cache,
+                                    position_ids=mask.sum(-1, keepdim=True) - 1, cache=batch.cache,
                                     use_cache=True).logits[:, -1]
                 batch.mask, batch.next_tokens, fresh = mask, self.pick(logits), 0
             # A chosen token counts as generated at once; it enters the cache on the row's next step.
