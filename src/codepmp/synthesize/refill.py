@@ -44,14 +44,16 @@ class _GrowingLayer(DynamicLayer):
     def set(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         shape = (*keys.shape[:2], keys.shape[2] + SPARE_COLUMNS, keys.shape[3])
         self._keys, self._values = keys.new_empty(shape), values.new_empty(shape)
-        self._keys[..., :keys.shape[2], :], self._values[..., :keys.shape[2], :] = keys, values
+        self._keys[..., :keys.shape[2], :] = keys
+        self._values[..., :values.shape[2], :] = values
         self.keys, self.values = self._keys[..., :keys.shape[2], :], self._values[..., :keys.shape[2], :]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         length, added = self.keys.shape[2], key_states.shape[2]
         if length + added > self._keys.shape[2]:
             self.set(self.keys, self.values)
-        self._keys[..., length:length + added, :], self._values[..., length:length + added, :] = key_states, value_states
+        self._keys[..., length:length + added, :] = key_states
+        self._values[..., length:length + added, :] = value_states
         self.keys, self.values = self._keys[..., :length + added, :], self._values[..., :length + added, :]
         return self.keys, self.values
 
