@@ -159,7 +159,7 @@ def cmd_submit(args) -> None:
 
 
 def cmd_serve(args) -> None:
-    from codepmp.synthesize.server import serve
+    from codepmp.generate.server import serve
 
     serve(args.model, args.host, args.port)
 

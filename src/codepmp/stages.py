@@ -293,13 +293,13 @@ def finetune(cfg: PipelineConfig, run_name: str, init_dir: str, data_dir: str, o
     picks which pairs (shuffle seed `sweep.seed` + seed); -1 keeps `finetune.seed`."""
     import mlflow
 
-    from codepmp.reasoning.build import read_pairs, read_table
+    from codepmp.pairs import read_reasoning_pairs, read_reasoning_table
     from codepmp.train.launch import Checkpoints, launch
 
     train_cfg = cfg.finetune if seed < 0 else dataclasses.replace(cfg.finetune, seed=int(seed))
     mlflow.set_tags({"codepmp.variant": variant, "codepmp.subset": str(subset), "codepmp.seed": str(train_cfg.seed)})
     _log_training_configs(train_cfg, init_dir)
-    pairs = read_pairs(data_dir, "train")
+    pairs = read_reasoning_pairs(data_dir, "train")
     if subset:
         pairs = nested_subset(pairs, subset, cfg.sweep.seed + train_cfg.seed)
     # Tasks that differ only in their seed must not resume each other's checkpoints.
@@ -313,7 +313,7 @@ def finetune(cfg: PipelineConfig, run_name: str, init_dir: str, data_dir: str, o
         if subset:
             from codepmp.evaluate.run import dev_clusters, dev_pairwise_correct
 
-            dev = read_table(data_dir, "dev")
+            dev = read_reasoning_table(data_dir, "dev")
             correct = dev_pairwise_correct(cfg.evaluate, out_dir, dev)
             result["dev_pairwise_accuracy"] = sum(correct) / len(correct)
             # The sweep's intervals resample problems within domains, as the evaluate stage's do.

@@ -543,7 +543,7 @@ class _MarkerModel:
         self.spec, self.markers = spec, markers
 
     def complete(self, prompts, sampling, desc="generate"):
-        from codepmp.synthesize.backend import Completion
+        from codepmp.generate.backend import Completion
 
         if self.spec == "summarizer":
             return [Completion("Steps through values and scales them.") for _ in prompts]
@@ -561,7 +561,7 @@ def test_crawled_and_synthesized_code_is_never_executed(tmp_path, record):
 
     from codepmp.config import CrawlConfig, DecontamConfig, SynthesizeConfig
     from codepmp.crawl import read_shards, run_crawl
-    from codepmp.synthesize.backend import Backend
+    from codepmp.generate.backend import Backend
     from codepmp.synthesize.run import run_synthesis
 
     markers = tmp_path / "markers"

@@ -56,7 +56,8 @@ def _data_dir(root, sources: dict | None = None):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from codepmp.reasoning.build import FILES, SCHEMAS
+    from codepmp.pairs import REASONING_FILES
+    from codepmp.reasoning.build import SCHEMAS
 
     dev, pool, logic = [], [], []
     for p in range(4):
@@ -76,7 +77,7 @@ def _data_dir(root, sources: dict | None = None):
                    "domain": "logiqa2"} for k in range(4)]
     root.mkdir(parents=True, exist_ok=True)
     for name, rows in (("dev", dev), ("pool", pool), ("logic", logic)):
-        pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMAS[name]), root / FILES[name])
+        pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMAS[name]), root / REASONING_FILES[name])
     if sources is not None:
         (root / "stats.json").write_text(json.dumps({"sources": sources}))
     return root

@@ -13,7 +13,7 @@ from codepmp.errors import InputError
 from codepmp.reasoning import policy_samples as ps
 from codepmp.reasoning.gsm8k import packaged_path
 from codepmp.reasoning.tasks import Task
-from codepmp.synthesize.backend import TransformersBackend
+from codepmp.generate.backend import TransformersBackend
 from codepmp.testing import write_tiny_model
 
 PLAN = (ps.Part("gsm8k", "dev", 4, 3, 6), ps.Part("gsm8k", "train", 2, 2, 6))
@@ -137,12 +137,13 @@ def test_shipped_samples_match_their_provenance_and_the_answer_checkers(part):
 def test_the_reasoning_stage_builds_its_tables_from_shipped_samples(planted, tmp_path):
     from codepmp.config import ReasoningConfig
     from codepmp.errors import ConfigError
-    from codepmp.reasoning.build import build_reasoning_data, evaluation_files, read_table
+    from codepmp.pairs import read_reasoning_table
+    from codepmp.reasoning.build import build_reasoning_data, evaluation_files
 
     cfg = ReasoningConfig(pairs="shipped", pool="shipped", samples_dir=str(planted), train_problems=2,
                           dev_problems=4, candidates_per_problem=3)
     stats = build_reasoning_data(cfg, tmp_path)
-    pool = read_table(tmp_path, "pool")
+    pool = read_reasoning_table(tmp_path, "pool")
     assert len(pool) == 12 and {r["domain"] for r in pool} == {"gsm8k"}
     records = ps.read_shipped("gsm8k", "dev", 4, planted)
     assert [r["correct"] for r in pool] == [c["is_correct"] for r in records for c in r["candidates"]]
@@ -157,7 +158,7 @@ def test_the_reasoning_stage_builds_its_tables_from_shipped_samples(planted, tmp
     # Corrupted train pairs (the packaged GSM8K sample) beside the shipped pool and its dev pairs.
     mixed = dataclasses.replace(cfg, pairs="corrupted", train_problems=3)
     stats = build_reasoning_data(mixed, tmp_path / "mixed")
-    assert len(read_table(tmp_path / "mixed", "train")) == 3 and len(read_table(tmp_path / "mixed", "dev")) == 1
+    assert len(read_reasoning_table(tmp_path / "mixed", "train")) == 3 and len(read_reasoning_table(tmp_path / "mixed", "dev")) == 1
     assert stats["data"].startswith("gsm8k: 3 train pairs corrupted, 1 dev pairs shipped, pool shipped")
     from codepmp.evaluate.run import data_sources
     assert data_sources(tmp_path / "mixed") == {"dev_pairs": "shipped", "pool": "shipped"}  # no plumbing-check label

@@ -9,7 +9,8 @@ import pytest
 from codepmp.config import ReasoningConfig
 from codepmp.errors import ConfigError, InputError
 from codepmp.reasoning.answers import gsm8k_equal, math_equal
-from codepmp.reasoning.build import build_reasoning_data, read_pairs, read_table
+from codepmp.pairs import read_reasoning_pairs, read_reasoning_table
+from codepmp.reasoning.build import build_reasoning_data
 
 
 def _jsonl(path, rows):
@@ -41,23 +42,23 @@ def test_every_domain_gets_pairs_dev_pairs_and_its_evaluation_table(data_dir, tm
     cfg = ReasoningConfig(data_dir=str(data_dir), domains=["gsm8k", "math", "logiqa2"], train_problems=3,
                           dev_problems=2, candidates_per_problem=4)
     stats = build_reasoning_data(cfg, tmp_path)
-    train = read_table(tmp_path, "train")
+    train = read_reasoning_table(tmp_path, "train")
     assert {d: sum(r["domain"] == d for r in train) for d in ("gsm8k", "math", "logiqa2")} == \
         {"gsm8k": 3, "math": 3, "logiqa2": 9}  # a logic item gives one pair per wrong option
-    pool = read_table(tmp_path, "pool")
+    pool = read_reasoning_table(tmp_path, "pool")
     assert {r["domain"] for r in pool} == {"gsm8k", "math"} and len(pool) == 2 * 2 * 4
     for row in pool:  # every candidate's label is its answer check against the gold
         check = gsm8k_equal if row["domain"] == "gsm8k" else math_equal
         assert row["correct"] == check(row["response"], row["gold"])
     assert sum(r["correct"] for r in pool) == 4  # the reference of each of the 4 problems
-    logic_rows = read_table(tmp_path, "logic")
+    logic_rows = read_reasoning_table(tmp_path, "logic")
     assert len(logic_rows) == 2 * 4 and all(0 <= r["gold"] < 4 for r in logic_rows)
     held_out = {r["item_id"] for r in logic_rows}
     assert held_out <= {"100", "101", "102", "103"}  # dev items come from dev200 ...
     assert not any(f"Passage {i}:" in r["prompt"] for r in train for i in range(4))  # ... and never train
     written = json.loads((tmp_path / "stats.json").read_text())
     assert set(written["sha256"]) == {"train", "dev", "pool", "logic"} and stats["train"] == 15
-    assert len(read_pairs(tmp_path, "dev")) == 2 + 2 + 2 * 3
+    assert len(read_reasoning_pairs(tmp_path, "dev")) == 2 + 2 + 2 * 3
 
 
 def test_domain_and_source_errors_are_clear(data_dir, tmp_path):
@@ -83,7 +84,7 @@ def test_imported_pool_replaces_corruptions(data_dir, tmp_path):
     cfg = ReasoningConfig(data_dir=str(data_dir), train_problems=2, dev_problems=4, pool="import",
                           pool_file=str(pool_file))
     build_reasoning_data(cfg, tmp_path / "out")
-    pool = read_table(tmp_path / "out", "pool")
+    pool = read_reasoning_table(tmp_path / "out", "pool")
     assert len(pool) == 8 and sum(r["correct"] for r in pool) == 1 and {r["domain"] for r in pool} == {"gsm8k"}
 
 
@@ -136,7 +137,7 @@ def test_sampled_pool_labels_policy_samples_and_gives_the_dev_pairs(data_dir, tm
     # Per domain: train samples (k per problem), then the pool (candidates_per_problem), with the recorded seeds;
     # the dev pairs need no sampling of their own.
     assert [(seed, n) for _, seed, n in policy.calls] == [(5, 12), (7, 18), (1005, 12), (1007, 18)]
-    pool = read_table(tmp_path, "pool")
+    pool = read_reasoning_table(tmp_path, "pool")
     assert len(pool) == 2 * 3 * 6
     for row in pool:
         check = gsm8k_equal if row["domain"] == "gsm8k" else math_equal
@@ -145,12 +146,12 @@ def test_sampled_pool_labels_policy_samples_and_gives_the_dev_pairs(data_dir, tm
     for row in pool:
         by_problem.setdefault(row["problem_id"], []).append(row["correct"])
     assert all(0 < sum(marks) < len(marks) for marks in by_problem.values())  # not the reference plus corruptions
-    dev = read_table(tmp_path, "dev")
+    dev = read_reasoning_table(tmp_path, "dev")
     _check_pairs_against_checkers(dev)
     responses = {(r["prompt"], r["response"]) for r in pool}
     assert all((p["prompt"], p["chosen"]) in responses and (p["prompt"], p["rejected"]) in responses for p in dev)
     assert len(dev) == 2 * 3 * 2 and stats["domains"]["math"]["dev_sampling"]["pairs"] == 6
-    _check_pairs_against_checkers(read_table(tmp_path, "train"))
+    _check_pairs_against_checkers(read_reasoning_table(tmp_path, "train"))
 
 
 def test_sampled_pairs_with_a_corrupted_pool_sample_their_own_dev_solutions(data_dir, tmp_path):
@@ -163,8 +164,8 @@ def test_sampled_pairs_with_a_corrupted_pool_sample_their_own_dev_solutions(data
     assert [(seed, n) for _, seed, n in policy.calls] == [(0, 6), (stats["seeds"]["gsm8k"]["dev_pairs"], 9)]
     assert stats["seeds"]["gsm8k"]["dev_pairs"] == 1
     assert stats["domains"]["gsm8k"]["dev_sampling"]["samples"] == 9
-    _check_pairs_against_checkers(read_table(tmp_path, "dev"))
-    assert sum(r["correct"] for r in read_table(tmp_path, "pool")) == 3  # the corrupted pool: references only
+    _check_pairs_against_checkers(read_reasoning_table(tmp_path, "dev"))
+    assert sum(r["correct"] for r in read_reasoning_table(tmp_path, "pool")) == 3  # the corrupted pool: references only
 
 
 def test_corrupted_sources_are_recorded(data_dir, tmp_path):
@@ -202,13 +203,13 @@ def test_reused_logic_ids_are_renamed_and_repeats_dropped(tmp_path):
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert stats["domains"]["logiqa2"]["id_repairs"] == {"train": {"renamed": 1, "dropped": 2},
                                                          "dev": {"renamed": 0, "dropped": 0}}
-    logic_rows = read_table(tmp_path / "out", "logic")
+    logic_rows = read_reasoning_table(tmp_path / "out", "logic")
     prompts = {}
     for row in logic_rows:
         prompts.setdefault(row["item_id"], set()).add(row["prompt"])
     assert sorted(prompts) == ["10", "7"] and all(len(p) == 1 for p in prompts.values())
     # Held out by content: Gamma (id 7 in dev200, '7#2' in dev) is not trained on, Alpha (also id 7) is.
-    train_prompts = " ".join(r["prompt"] for r in read_table(tmp_path / "out", "train"))
+    train_prompts = " ".join(r["prompt"] for r in read_reasoning_table(tmp_path / "out", "train"))
     assert "Alpha passage." in train_prompts and "Gamma" not in train_prompts and "Eps" not in train_prompts
 
 
@@ -239,7 +240,7 @@ def test_extra_pairs_holding_a_dev_problem_are_dropped_and_counted(data_dir, tmp
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     # Every dev problem of the run counts (the whole dev file), not only the ones drawn for evaluation.
     assert stats["extra_pairs"] == {"read": 3, "dropped_dev_problem": 2, "kept": 1}
-    kept = [r["prompt"] for r in read_table(tmp_path / "out", "train") if r["domain"] == "extra"]
+    kept = [r["prompt"] for r in read_reasoning_table(tmp_path / "out", "train") if r["domain"] == "extra"]
     assert kept == ["Instruction:Tom has 3 apples and buys many more.\n\nResponse:"]
 
 
@@ -266,7 +267,7 @@ def test_imported_pools_come_from_each_domains_own_file(data_dir, tmp_path):
     cfg = ReasoningConfig(data_dir=str(data_dir), domains=["gsm8k", "math"], train_problems=2, dev_problems=4,
                           pool="import", pool_files=files)
     build_reasoning_data(cfg, tmp_path / "out")
-    pool = read_table(tmp_path / "out", "pool")
+    pool = read_reasoning_table(tmp_path / "out", "pool")
     assert {(r["domain"], r["problem_id"].split("-")[0].split("/")[0]) for r in pool} == {("gsm8k", "g"),
                                                                                            ("math", "dev")}
     assert len(pool) == 16

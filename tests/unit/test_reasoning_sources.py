@@ -314,14 +314,14 @@ def test_pair_up_spreads_and_caps():
 
 @pytest.fixture(scope="module")
 def tiny_backend(tmp_path_factory):
-    from codepmp.synthesize.backend import TransformersBackend
+    from codepmp.generate.backend import TransformersBackend
     from codepmp.testing import write_tiny_model
 
     return TransformersBackend(str(write_tiny_model(tmp_path_factory.mktemp("policy") / "lm")), batch_size=4)
 
 
 def test_sampled_pairs_with_a_real_backend(tiny_backend):
-    from codepmp.synthesize.backend import Sampling
+    from codepmp.generate.backend import Sampling
 
     tasks = gsm_tasks()
     sampling = Sampling(max_new_tokens=6, temperature=1.0, seed=7)
@@ -340,7 +340,7 @@ def test_sampled_pairs_with_a_real_backend(tiny_backend):
 # --- candidate pools -----------------------------------------------------------------------------------------
 
 def test_generated_pool_rows(tiny_backend):
-    from codepmp.synthesize.backend import Sampling
+    from codepmp.generate.backend import Sampling
 
     tasks = gsm_tasks()[:2]
     rows = generated_pool(tasks, tiny_backend, Sampling(max_new_tokens=6, temperature=1.0, seed=1), n=4)

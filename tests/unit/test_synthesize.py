@@ -29,7 +29,7 @@ def test_is_empty(text, empty):
 
 def test_batched_generation_matches_one_by_one(tmp_path):
     """Left padding and length sorting must not change what a prompt generates (greedy)."""
-    from codepmp.synthesize.backend import Sampling, TransformersBackend
+    from codepmp.generate.backend import Sampling, TransformersBackend
 
     model = str(write_tiny_model(tmp_path / "lm"))
     prompts = ["def add(a, b):", "x", "class Stack:\n    def push(self, item):", "for i in range(10):"]
@@ -41,7 +41,7 @@ def test_batched_generation_matches_one_by_one(tmp_path):
 
 def test_prompts_with_a_common_prefix_share_its_prefill_and_generate_the_same(tmp_path):
     """The paper's prompts share 70+ tokens; batched with one shared prefill, greedy texts equal one-by-one."""
-    from codepmp.synthesize.backend import Sampling, TransformersBackend
+    from codepmp.generate.backend import Sampling, TransformersBackend
 
     model = str(write_tiny_model(tmp_path / "lm"))
     prompts = [description_prompt(code, 200) for code in ("x = 1", "def add(a, b):\n    return a + b",
@@ -72,7 +72,7 @@ def _generate_alone(backend, prompt: str, max_new_tokens: int, eos: list[int]) -
 def test_continuous_batching_generates_what_generate_does_one_prompt_at_a_time(tmp_path):
     """Seven prompts through two decoding rows: rows end at different steps and the queue refills them, with
     padding added and trimmed as the batch changes; every greedy completion equals `generate` on its own."""
-    from codepmp.synthesize.backend import Sampling, TransformersBackend
+    from codepmp.generate.backend import Sampling, TransformersBackend
 
     backend = TransformersBackend(str(write_tiny_model(tmp_path / "lm")), batch_size=2)
     assert backend.refill
@@ -100,7 +100,7 @@ def test_continuous_batching_generates_what_generate_does_one_prompt_at_a_time(t
 def test_continuous_batching_on_a_real_model_matches_generate():
     """A random tiny model hardly depends on positions; SmolLM2 does, so this catches wrong position ids in the
     shared-prefix layout (prefix, gap, rest) and in the padding that admitting rows adds."""
-    from codepmp.synthesize.backend import Sampling, TransformersBackend
+    from codepmp.generate.backend import Sampling, TransformersBackend
 
     backend = TransformersBackend("smollm2-135m-instruct", batch_size=2)
     prompts = [description_prompt(code, 400) for code in (
@@ -117,7 +117,7 @@ def test_continuous_batching_on_a_real_model_matches_generate():
 def test_sampling_draws_from_the_tempered_top_p_distribution():
     import torch
 
-    from codepmp.synthesize.backend import Sampling, pick_next
+    from codepmp.generate.backend import Sampling, pick_next
 
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -30.0]]).repeat(20000, 1)
     generator = torch.Generator().manual_seed(0)
@@ -168,7 +168,7 @@ import json  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from codepmp.config import CrawlConfig, DecontamConfig, SynthesizeConfig, load_config  # noqa: E402
-from codepmp.synthesize.backend import Backend, Completion, Sampling, TransformersBackend  # noqa: E402
+from codepmp.generate.backend import Backend, Completion, Sampling, TransformersBackend  # noqa: E402
 from codepmp.synthesize.run import DROP_REASONS, merge_shards, run_synthesis, synthesize_shard  # noqa: E402
 
 
@@ -384,7 +384,7 @@ def test_vllm_backend_without_vllm_is_a_clear_config_error(monkeypatch):
     import sys
 
     from codepmp.errors import ConfigError
-    from codepmp.synthesize.vllm_backend import VLLMBackend
+    from codepmp.generate.vllm_backend import VLLMBackend
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # what an image without vllm looks like to `import vllm`
     with pytest.raises(ConfigError, match="vllm is not installed"):
@@ -421,7 +421,7 @@ def test_vllm_backend_maps_sampling_chat_template_and_finish_reason(monkeypatch,
                     for i, reason in enumerate(("stop", "length"))]
 
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
-    from codepmp.synthesize.vllm_backend import VLLMBackend
+    from codepmp.generate.vllm_backend import VLLMBackend
 
     backend = VLLMBackend(tiny_model, tensor_parallel_size=4)
     done = backend.complete(["a", "b"], Sampling(max_new_tokens=9, temperature=0.7, seed=5, stop=("###",)))

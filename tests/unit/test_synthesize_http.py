@@ -14,9 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from codepmp.errors import ServiceError
-from codepmp.synthesize.backend import Sampling, TransformersBackend
-from codepmp.synthesize.http_backend import OpenAIBackend
-from codepmp.synthesize.server import CompletionServer
+from codepmp.generate.backend import Sampling, TransformersBackend
+from codepmp.generate.http_backend import OpenAIBackend
+from codepmp.generate.server import CompletionServer
 
 GREEDY = Sampling(max_new_tokens=6, temperature=0.0)
 PROMPTS = ["Write a function that adds two numbers.", "Describe this code: x = 1", "Sort a list in Python."]

@@ -6,15 +6,9 @@ import torch
 from codepmp.config import TrainConfig
 from codepmp.models import load_reward_model
 from codepmp.testing import write_tiny_model
-from codepmp.train.data import (
-    Pair,
-    collate,
-    collate_packed,
-    collate_pair_trees,
-    encode,
-    encode_pairs,
-    length_grouped_batches,
-)
+from codepmp.encoding import encode
+from codepmp.pairs import Pair
+from codepmp.train.data import collate, collate_packed, collate_pair_trees, encode_pairs, length_grouped_batches
 from codepmp.train.loop import train
 from codepmp.train.model import PreferenceModel
 
@@ -40,7 +34,7 @@ def test_encode_marks_response_boundary(tiny_model):
 
 
 def test_truncation_keeps_the_prompt_and_cuts_the_end_of_the_response(tiny_model):
-    from codepmp.train.data import PromptTooLong
+    from codepmp.encoding import PromptTooLong
 
     _, tokenizer = load_reward_model(tiny_model)
     question = "Tom has 3 apples and buys 4 more. How many apples?"
@@ -281,7 +275,7 @@ def test_pair_files_with_wrong_columns_types_or_nulls_are_clear_errors(tmp_path)
 TWO_RANK_SCRIPT = """
 import json, sys
 from codepmp.config import TrainConfig
-from codepmp.train.data import Pair
+from codepmp.pairs import Pair
 from codepmp.train.loop import train
 
 model, out, stage = sys.argv[1], sys.argv[2], int(sys.argv[3])

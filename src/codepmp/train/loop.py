@@ -24,8 +24,9 @@ from codepmp.atomic import atomic_dir
 from codepmp.config import TrainConfig
 from codepmp.errors import ConfigError, InputError
 from codepmp.progress import progress as progress_bar
-from codepmp.train.data import (Pair, collate, collate_packed, collate_pair_trees, length_grouped_batches,
-                                screen_pairs, shared_prefix_length)
+from codepmp.encoding import shared_prefix_length
+from codepmp.pairs import Pair
+from codepmp.train.data import collate, collate_packed, collate_pair_trees, length_grouped_batches, screen_pairs
 from codepmp.train.losses import pmp_loss
 from codepmp.train.model import PreferenceModel
 from codepmp.train.schedule import SCHEDULES, decay_steps, lr_factor, scaling_steps

@@ -18,7 +18,7 @@ from transformers.generation.logits_process import TopPLogitsWarper
 
 from codepmp.models import chat_prompt, load_for_inference, position_ids
 from codepmp.progress import progress
-from codepmp.synthesize.refill import RefillDecoder, copy_rows, prefix_cache, supports_refill
+from codepmp.generate.refill import RefillDecoder, copy_rows, prefix_cache, supports_refill
 
 MIN_SHARED_PREFIX = 16
 """Shortest common prefix worth a separate prefill (below it the extra forward costs more than it saves)."""
@@ -75,7 +75,7 @@ class TransformersBackend(Backend):
     @property
     def decoding(self) -> str:
         """How rows are decoded, for provenance records."""
-        return (f"continuous batching of {self.batch_size} rows (codepmp.synthesize.refill)" if self.refill else
+        return (f"continuous batching of {self.batch_size} rows (codepmp.generate.refill)" if self.refill else
                 f"static batches of {self.batch_size} rows (transformers generate)")
 
     def format(self, prompt: str) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from codepmp.errors import ConfigError, InputError
 from codepmp.models import chat_prompt, resolve
-from codepmp.synthesize.backend import Backend, Completion, Sampling
+from codepmp.generate.backend import Backend, Completion, Sampling
 
 
 class VLLMBackend(Backend):

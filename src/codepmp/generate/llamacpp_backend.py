@@ -13,7 +13,7 @@ import os
 
 from codepmp.errors import InputError
 from codepmp.progress import progress
-from codepmp.synthesize.backend import Backend, Completion, Sampling
+from codepmp.generate.backend import Backend, Completion, Sampling
 
 
 class LlamaCppBackend(Backend):

@@ -17,7 +17,7 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from codepmp.synthesize.backend import Sampling, TransformersBackend
+from codepmp.generate.backend import Sampling, TransformersBackend
 
 log = logging.getLogger(__name__)
 

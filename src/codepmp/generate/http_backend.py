@@ -1,6 +1,6 @@
 """OpenAI-compatible HTTP generation backend: any vLLM / TGI / KServe server in the cluster, or `codepmp serve`.
 
-    from codepmp.synthesize.http_backend import OpenAIBackend
+    from codepmp.generate.http_backend import OpenAIBackend
     backend = OpenAIBackend("http://vllm.models:8000/v1", "deepseek-ai/deepseek-coder-6.7b-instruct")
     texts = backend.generate(prompts, Sampling(max_new_tokens=1024, temperature=0.7))
 
@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from codepmp.errors import ServiceError
 from codepmp.progress import progress
-from codepmp.synthesize.backend import Backend, Completion, Sampling
+from codepmp.generate.backend import Backend, Completion, Sampling
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Reading a finished crawl back for the next stage.
 
-    from codepmp.crawl.shards import read_shards
+    from codepmp.shards import read_shards
     rows = read_shards("out/crawl")          # or s3://bucket/prefix, or a KFP artifact folder holding manifest.json
     # [{"id", "source", "path", "language", "content", "repo", "commit", "license", "category", ...}, ...]
 
