@@ -156,15 +156,9 @@ def test_the_scanner_finds_a_planted_credential(needles, stack, tmp_path, record
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(request, stack_env, tmp_path_factory) -> tuple[dict, bytes | None]:
-    """The session's tiny pipeline run, with what it printed when this module is the first to ask for it
-    (kfp.local prints every stage's output through this process's sys.stdout); None when an earlier test
-    already ran it and its output went to that test's capture."""
-    sink_path = tmp_path_factory.mktemp("run-output") / "output.txt"
-    with sink_path.open("w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        run = request.getfixturevalue("tiny_pipeline_run")
-    output = sink_path.read_bytes()
-    return run, output or None
+def pipeline_run(tiny_pipeline_run) -> tuple[dict, bytes]:
+    """The session's tiny pipeline run and what its stages printed (the root conftest keeps it in a file)."""
+    return tiny_pipeline_run, tiny_pipeline_run["output"].read_bytes()
 
 
 @pytest.mark.integration
@@ -182,12 +176,10 @@ def test_no_credential_in_the_run_outputs_logs_or_report(pipeline_run, needles, 
     log_hits, files = needles.scan_tree(stack.state_dir / "logs", "stack logs")
     found += log_hits
     scanned += files
-    if output is not None:
-        found += needles.scan_text(output.decode(errors="replace"), "pipeline stdout/stderr")
+    found += needles.scan_text(output.decode(errors="replace"), "pipeline stdout/stderr")
     ok = not found
     record("security", "no credential in pipeline root, stage output, stack logs, HTML report", ok=ok,
-           detail=f"{scanned} files" + ("" if output is not None else "; run output captured by an earlier test")
-           + ("; " + "; ".join(found) if found else ""))
+           detail=f"{scanned} files" + ("; " + "; ".join(found) if found else ""))
     assert ok, "credentials found:\n" + "\n".join(found)
 
 
@@ -218,8 +210,6 @@ def test_the_run_output_was_captured_and_is_clean(pipeline_run, needles, record)
     """What the stages printed (kfp.local relays their stdout and stderr): only checkable when this module
     started the run; in the full suite the pipeline test starts it first."""
     _, output = pipeline_run
-    if output is None:
-        pytest.skip("the tiny pipeline ran earlier in this session; its output went to that test's capture")
     assert b"[evaluate] done" in output  # the capture really holds the stages' output
     found = needles.scan_text(output.decode(errors="replace"), "pipeline stdout/stderr")
     record("security", "no credential in stage stdout/stderr", ok=not found, detail="; ".join(found))

@@ -200,7 +200,6 @@ def test_golden_loss_and_saved_model_loads(tiny_model, tmp_path):
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_zero_matches_plain_torch(tiny_model, tmp_path, stage):
     """With 2 micro-batches per step: ZeRO-3 accumulates them only when the forward goes through the engine."""
-    pytest.importorskip("deepspeed")
     plain, ds = [], []
     train(CFG, tiny_model, PAIRS, tmp_path / "plain", log=lambda m, s: plain.append(m["loss"]), progress=False)
     cfg = TrainConfig(**{**CFG.__dict__, "deepspeed_stage": stage})
@@ -215,7 +214,6 @@ def test_deepspeed_zero_matches_plain_torch(tiny_model, tmp_path, stage):
 def test_zero_offload_trains_like_plain_torch(tiny_model, tmp_path):
     """ZeRO-Offload with the loop's optimizer: DeepSpeed rejects a torch optimizer there, so the loop hands it
     DeepSpeed's CPU AdamW, which must take the same steps as torch's AdamW."""
-    pytest.importorskip("deepspeed")
     plain, offload = [], []
     train(CFG, tiny_model, PAIRS, tmp_path / "plain", log=lambda m, s: plain.append(m["loss"]), progress=False)
     cfg = TrainConfig(**{**CFG.__dict__, "deepspeed_stage": 2, "cpu_offload": True})
@@ -298,7 +296,6 @@ def test_two_process_zero2_run_on_cpu_matches_one_process(tiny_model, tmp_path, 
     import subprocess
     import sys
 
-    pytest.importorskip("deepspeed")
     one = []
     cfg = TrainConfig(**{**CFG.__dict__, "deepspeed_stage": stage})
     train(cfg, tiny_model, PAIRS, tmp_path / "one", log=lambda m, s: one.append(m["loss"]), progress=False)
@@ -344,7 +341,6 @@ def test_bad_input_in_a_launched_process_is_the_stage_error(tiny_model, tmp_path
     from codepmp.errors import InputError
     from codepmp.train.launch import launch
 
-    pytest.importorskip("deepspeed")
     cfg = TrainConfig(**{**CFG.__dict__, "deepspeed_stage": 2, "processes": 2})
     blank = [Pair(p.prompt, " ", p.rejected) for p in PAIRS]
     with pytest.raises(InputError, match="none of the 8 training pairs is usable at max_length 64: empty_response 8"):
