@@ -20,17 +20,15 @@ import time
 from pathlib import Path
 
 from codepmp.config import load_config, parse_set
+from codepmp.env import SERVICE_VARS
 from codepmp.errors import CodepmpError, InputError
-
-CLIENT_VARS = ("CODEPMP_S3_ENDPOINT", "MLFLOW_TRACKING_URI")
-
 
 def _ensure_services(start_embedded: bool = True) -> str:
     """Use the services named by the client variables; start the embedded stack when none are named."""
-    if all(os.environ.get(v) for v in CLIENT_VARS):
+    if all(os.environ.get(v) for v in SERVICE_VARS):
         return "configured"
     if not start_embedded:
-        missing = [v for v in CLIENT_VARS if not os.environ.get(v)]
+        missing = [v for v in SERVICE_VARS if not os.environ.get(v)]
         raise CodepmpError(f"{', '.join(missing)} not set: run `codepmp up` and source its env.sh")
     from codepmp.stack import Stack
 

@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from codepmp.env import (ACCESS_KEY_VAR, BUCKET_VAR, DEFAULT_BUCKET, ENDPOINT_VAR, PASSWORD_VAR, SECRET_KEY_VAR,
+                         TRACKING_URI_VAR, USERNAME_VAR)
 from codepmp.errors import ServiceError
 from codepmp.storage import ObjectStore
 from codepmp.tracking import AUTH_PROBE, http_status
@@ -51,7 +53,6 @@ DEFAULT_STATE_DIR = Path("~/.codepmp/stack")
 DEFAULT_ACCESS_KEY = "codepmp"
 DEFAULT_SECRET_KEY = "codepmp-secret"
 DEFAULT_MLFLOW_USER = "codepmp"
-DEFAULT_BUCKET = "codepmp"
 ARTIFACT_BUCKET = "mlflow-artifacts"
 SEAWEEDFS = "seaweedfs"
 MINIO = "minio"
@@ -286,10 +287,10 @@ class Stack:
         self.state_dir = Path(raw_dir).expanduser().resolve()
         self.startup_timeout_s = startup_timeout_s
         self.ports = ports or StackPorts.from_env()
-        self.access_key = access_key or os.environ.get("AWS_ACCESS_KEY_ID") or DEFAULT_ACCESS_KEY
-        self.secret_key = secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY") or DEFAULT_SECRET_KEY
-        self.bucket = bucket or os.environ.get("CODEPMP_BUCKET") or DEFAULT_BUCKET
-        self.mlflow_user = mlflow_user or os.environ.get("MLFLOW_TRACKING_USERNAME") or DEFAULT_MLFLOW_USER
+        self.access_key = access_key or os.environ.get(ACCESS_KEY_VAR) or DEFAULT_ACCESS_KEY
+        self.secret_key = secret_key or os.environ.get(SECRET_KEY_VAR) or DEFAULT_SECRET_KEY
+        self.bucket = bucket or os.environ.get(BUCKET_VAR) or DEFAULT_BUCKET
+        self.mlflow_user = mlflow_user or os.environ.get(USERNAME_VAR) or DEFAULT_MLFLOW_USER
         self.s3_server = choose_s3_server(s3_server)
         self.pids: dict[str, int] = {}
         self._adopt_recorded_state()
@@ -316,13 +317,13 @@ class Stack:
     def client_env(self) -> dict[str, str]:
         """Exactly the variables clients read; the same names point at MinIO/MLflow on a cluster."""
         return {
-            "CODEPMP_S3_ENDPOINT": self.s3_endpoint,
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secret_key,
-            "CODEPMP_BUCKET": self.bucket,
-            "MLFLOW_TRACKING_URI": self.mlflow_uri,
-            "MLFLOW_TRACKING_USERNAME": self.mlflow_user,
-            "MLFLOW_TRACKING_PASSWORD": self.secret_key,
+            ENDPOINT_VAR: self.s3_endpoint,
+            ACCESS_KEY_VAR: self.access_key,
+            SECRET_KEY_VAR: self.secret_key,
+            BUCKET_VAR: self.bucket,
+            TRACKING_URI_VAR: self.mlflow_uri,
+            USERNAME_VAR: self.mlflow_user,
+            PASSWORD_VAR: self.secret_key,
         }
 
     def _adopt_recorded_state(self) -> None:
@@ -443,9 +444,9 @@ class Stack:
         return process
 
     def _server_env(self) -> dict[str, str]:
-        env = {name: value for name, value in os.environ.items() if name != "MLFLOW_TRACKING_URI"}
+        env = {name: value for name, value in os.environ.items() if name != TRACKING_URI_VAR}
         no_proxy = ",".join(filter(None, [HOST, "localhost", env.get("NO_PROXY", "")]))
-        env.update({"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
+        env.update({ACCESS_KEY_VAR: self.access_key, SECRET_KEY_VAR: self.secret_key,
                     "NO_PROXY": no_proxy, "no_proxy": no_proxy, "DO_NOT_TRACK": "true"})
         return env
 

@@ -87,7 +87,7 @@ def _mlflow_log(metrics: dict, step: int) -> None:
 
 def _run_location(stage_name: str, run_name: str) -> str:
     """s3://<bucket>/<stage>/<run name>: where a stage keeps work that a retried or rerun task resumes."""
-    from codepmp.storage import BUCKET_VAR, DEFAULT_BUCKET
+    from codepmp.env import BUCKET_VAR, DEFAULT_BUCKET
 
     return f"s3://{os.environ.get(BUCKET_VAR) or DEFAULT_BUCKET}/{stage_name}/{run_name}"
 

@@ -40,16 +40,12 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlparse
 
+from codepmp.env import ACCESS_KEY_VAR, BUCKET_VAR, DEFAULT_BUCKET, ENDPOINT_VAR, SECRET_KEY_VAR
 from codepmp.errors import InputError, ServiceError
 from codepmp.retry import delays, window_from_env
 
 T = TypeVar("T")
 
-ENDPOINT_VAR = "CODEPMP_S3_ENDPOINT"
-ACCESS_KEY_VAR = "AWS_ACCESS_KEY_ID"
-SECRET_KEY_VAR = "AWS_SECRET_ACCESS_KEY"
-BUCKET_VAR = "CODEPMP_BUCKET"
-DEFAULT_BUCKET = "codepmp"
 DONE_MARKER = "_SUCCESS"
 TMP_PREFIX = ".tmp-"
 CONNECT_TIMEOUT_S = 2.0

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from codepmp.env import PASSWORD_VAR, TRACKING_URI_VAR, USERNAME_VAR
 from codepmp.errors import InputError, ServiceError
 from codepmp.report import redact_uri
 from codepmp.retry import delays, window_from_env
@@ -40,10 +41,6 @@ if TYPE_CHECKING:
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-TRACKING_URI_VAR = "MLFLOW_TRACKING_URI"
-USERNAME_VAR = "MLFLOW_TRACKING_USERNAME"
-PASSWORD_VAR = "MLFLOW_TRACKING_PASSWORD"
-LOGIN_VARS = (USERNAME_VAR, PASSWORD_VAR)  # optional: only an MLflow server with auth needs them
 # A search any signed-in user may run: 200 with valid credentials, 401 without on a server with basic-auth.
 AUTH_PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"
 HEALTH_TIMEOUT_S = 3.0

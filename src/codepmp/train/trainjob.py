@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 
 from codepmp.errors import ConfigError, ServiceError
-from codepmp.tracking import LOGIN_VARS
+from codepmp.env import CONFIG_MAP_VARS, LOGIN_VARS, SECRET_VARS
 
 GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
 API_VAR = "CODEPMP_KUBE_API"
@@ -170,11 +170,11 @@ def manifest(settings: TrainJobSettings, name: str, spec_uri: str, labels: dict[
     if trainer_api == AUTO:
         raise ConfigError("manifest() needs a concrete trainer_api; run_trainjob resolves 'auto' on the cluster")
     secret_env = [{"name": key, "valueFrom": {"secretKeyRef": {"name": settings.secret, "key": key}}}
-                  for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
+                  for key in SECRET_VARS]
     secret_env += [{"name": key, "valueFrom": {"secretKeyRef": {"name": settings.secret, "key": key, "optional": True}}}
                    for key in LOGIN_VARS]
     config_env = [{"name": key, "valueFrom": {"configMapKeyRef": {"name": settings.config_map, "key": key}}}
-                  for key in ("CODEPMP_S3_ENDPOINT", "CODEPMP_BUCKET", "MLFLOW_TRACKING_URI")]
+                  for key in CONFIG_MAP_VARS]
     resources = {"cpu": settings.cpu, "memory": settings.memory, settings.accelerator: str(settings.gpus_per_node)}
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
