@@ -22,6 +22,7 @@ from pathlib import Path
 from codepmp.config import load_config, parse_set
 from codepmp.env import SERVICE_VARS
 from codepmp.errors import CodepmpError, InputError
+from codepmp.stages import STAGES
 
 def _ensure_services(start_embedded: bool = True) -> str:
     """Use the services named by the client variables; start the embedded stack when none are named."""
@@ -84,32 +85,25 @@ def cmd_run(args) -> None:
                   total_s=time.perf_counter() - start)
 
 
-def _stage_cmd(name: str):
+def _stage_cmd(spec):
     def run(args) -> None:
         from codepmp import stages
 
         load_config(args.profile, args.overrides)  # bad keys fail before any server is started or reached
         _ensure_services()
-        kwargs = {k: v for k, v in vars(args).items() if k in STAGE_ARGS[name]}
-        if name == "crawl":
-            kwargs = {"location": args.out_dir, "rank": args.rank}
-        elif name == "crawl_merge":
-            kwargs = {"location": args.out_dir, "out_dir": args.out_dir}
-        elif name == "synthesize":
-            kwargs = {**kwargs, "location": str(Path(args.out_dir) / "cache")}
-        getattr(stages, name)(args.profile, args.overrides, args.run_name or f"cli-{name}", **kwargs)
+        options = {option: getattr(args, option) for option in spec.cli}
+        kwargs = spec.from_cli(options) if spec.from_cli else options
+        getattr(stages, spec.name)(args.profile, args.overrides, args.run_name or f"cli-{spec.name}", **kwargs)
 
     return run
 
 
-STAGE_ARGS = {
-    "crawl": ["out_dir"],
-    "crawl_merge": ["out_dir"],
-    "synthesize": ["crawl_dir", "out_dir"],
-    "reasoning_data": ["out_dir"],
-    "pretrain": ["base_dir", "pairs_dir", "out_dir"],
-    "finetune": ["init_dir", "data_dir", "out_dir", "variant"],
-}
+def _add_stage_option(parser: argparse.ArgumentParser, option: str) -> None:
+    if option == "rank":
+        parser.add_argument("--rank", type=int, default=0, help="this worker's rank, 0 <= rank < crawl.world_size")
+    else:
+        parser.add_argument("--" + option.replace("_dir", "").replace("_", "-"), dest=option, required=True,
+                            **({"choices": ["pmp", "control"]} if option == "variant" else {}))
 
 
 def cmd_evaluate(args) -> None:
@@ -192,13 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("status", cmd_status, "show the embedded stack", config=False)
     p = add("run", cmd_run, "run the whole pipeline locally through kfp.local")
     p.add_argument("--root", default=os.environ.get("CODEPMP_RUNS_DIR", "runs"), help="local artifact root")
-    for name, options in STAGE_ARGS.items():
-        p = add(name.replace("_", "-"), _stage_cmd(name), f"run the {name} stage alone on local folders")
-        for option in options:
-            p.add_argument("--" + option.replace("_dir", "").replace("_", "-"), dest=option, required=True,
-                           **({"choices": ["pmp", "control"]} if option == "variant" else {}))
-        if name == "crawl":
-            p.add_argument("--rank", type=int, default=0, help="this worker's rank, 0 <= rank < crawl.world_size")
+    for spec in (s for s in STAGES.values() if s.cli):
+        p = add(spec.name.replace("_", "-"), _stage_cmd(spec), f"run the {spec.name} stage alone on local folders")
+        for option in spec.cli:
+            _add_stage_option(p, option)
     p = add("evaluate", cmd_evaluate, "score reward models on reasoning data or on your own labelled pool/pair "
             "files (formats: codepmp/reasoning/external.py); registers nothing")
     p.add_argument("--pmp", required=True, metavar="MODEL",

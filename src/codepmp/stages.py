@@ -20,8 +20,33 @@ from codepmp.config import PipelineConfig, load_config
 from codepmp.errors import CodepmpError
 
 
-def stage(name: str) -> Callable:
-    """Decorate `fn(cfg, run_name, **kwargs) -> dict`; the wrapper takes (profile, overrides, run_name, **kwargs)."""
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+    """A stage as the CLI, the run summary and the pipeline read it from the registry (`STAGES`)."""
+
+    name: str
+    section: str = ""
+    """Config section whose values the stage's MLflow run records as params ("": the base model only)."""
+    gpu: bool = False
+    """Its pipeline tasks request a GPU on a cluster."""
+    cached: bool = False
+    """KFP may reuse an earlier result of a task with the same inputs: only for a pure function of the profile
+    and its inputs, not for stages whose work lives outside KFP's cache (object-store markers, checkpoints,
+    MLflow runs, the registry)."""
+    cli: tuple[str, ...] = ()
+    """The folder options of its `codepmp <name>` subcommand (none: no subcommand)."""
+    from_cli: Callable[[dict], dict] | None = None
+    """The stage's keyword arguments from the subcommand's options, where they are not those options as named."""
+
+
+STAGES: dict[str, StageSpec] = {}
+"""Every stage by name, in pipeline order (the order of the definitions below)."""
+
+
+def stage(name: str, **spec: Any) -> Callable:
+    """Register a stage (`StageSpec` fields as keywords) and decorate `fn(cfg, run_name, **kwargs) -> dict`;
+    the wrapper takes (profile, overrides, run_name, **kwargs)."""
+    STAGES[name] = StageSpec(name, **spec)
 
     def wrap(fn: Callable[..., dict]) -> Callable[..., dict]:
         @functools.wraps(fn)
@@ -30,7 +55,7 @@ def stage(name: str) -> Callable:
 
             try:
                 cfg = load_config(profile, overrides)
-                params = {"profile": profile, **_section_params(cfg, name)}
+                params = {"profile": profile, **_section_params(cfg, STAGES[name].section)}
                 with tracking.stage_run(cfg.experiment, name, run_name, params):
                     start = time.perf_counter()
                     result = fn(cfg, run_name, **kwargs)
@@ -57,11 +82,7 @@ def _log_result(result: dict) -> None:
     mlflow.set_tags({f"codepmp.{k}": v for k, v in result.items() if isinstance(v, str)})
 
 
-def _section_params(cfg: PipelineConfig, name: str) -> dict:
-    section = {"pretrain": "pretrain", "pretrain_trainjob": "pretrain", "finetune": "finetune", "crawl": "crawl",
-               "crawl_merge": "crawl", "synthesize": "synthesize", "synthesize_merge": "synthesize",
-               "reasoning_data": "reasoning", "evaluate": "evaluate", "register": "promote",
-               "sample_efficiency": "sweep"}.get(name)
+def _section_params(cfg: PipelineConfig, section: str) -> dict:
     params = {"base_model": cfg.base_model}
     if section:
         params.update(_flatten(dataclasses.asdict(getattr(cfg, section)), section))
@@ -119,7 +140,8 @@ def _crawl_result(stats: dict) -> dict:
             "bytes_kept": stats["bytes_kept"], **{f"dropped_{k}": v for k, v in stats["dropped"].items()}}
 
 
-@stage("crawl")
+@stage("crawl", section="crawl", cli=("out_dir", "rank"),
+       from_cli=lambda o: {"location": o["out_dir"], "rank": o["rank"]})
 def crawl(cfg: PipelineConfig, run_name: str, rank: int = 0, location: str = "") -> dict:
     """One rank of the crawl into `location` (default: the object store, see `crawl_location`)."""
     from codepmp.crawl import run_crawl
@@ -129,7 +151,8 @@ def crawl(cfg: PipelineConfig, run_name: str, rank: int = 0, location: str = "")
     return {"rank": rank, **_crawl_result(stats)}
 
 
-@stage("crawl_merge")
+@stage("crawl_merge", section="crawl", cli=("out_dir",),
+       from_cli=lambda o: {"location": o["out_dir"], "out_dir": o["out_dir"]})
 def crawl_merge(cfg: PipelineConfig, run_name: str, out_dir: str, location: str = "") -> dict:
     """Merge the finished ranks; `out_dir` gets `manifest.json` (pointing at the shards) and `stats.json`."""
     from codepmp.atomic import write_json
@@ -155,7 +178,8 @@ def _synthesis_result(stats: dict) -> dict:
             **{f"truncated_{k}": v for k, v in stats["truncated_kept"].items()}}
 
 
-@stage("synthesize")
+@stage("synthesize", section="synthesize", gpu=True, cli=("crawl_dir", "out_dir"),
+       from_cli=lambda o: {**o, "location": str(Path(o["out_dir"]) / "cache")})
 def synthesize(cfg: PipelineConfig, run_name: str, crawl_dir: str, out_dir: str, rank: int | None = None,
                location: str = "") -> dict:
     """Shard `rank` of the synthesis into `out_dir` (a pipeline task), or with no rank every shard in turn
@@ -168,7 +192,7 @@ def synthesize(cfg: PipelineConfig, run_name: str, crawl_dir: str, out_dir: str,
     return _synthesis_result(synthesize_shard(cfg.synthesize, crawl_dir, where, out_dir, rank))
 
 
-@stage("synthesize_merge")
+@stage("synthesize_merge", section="synthesize")
 def synthesize_merge(cfg: PipelineConfig, run_name: str, shard_dirs: list[str], out_dir: str) -> dict:
     """Concatenate the shard tasks' outputs into one pairs.parquet with summed stats."""
     from codepmp.synthesize.run import merge_shards
@@ -178,7 +202,7 @@ def synthesize_merge(cfg: PipelineConfig, run_name: str, shard_dirs: list[str], 
     return {**_synthesis_result(stats), "tokens_per_s": round(tokens_per_s, 1)}
 
 
-@stage("base_model")
+@stage("base_model", cached=True)
 def base_model(cfg: PipelineConfig, run_name: str, out_dir: str) -> dict:
     """Copy the resolved base model into an artifact folder, so every later stage reads one exact copy."""
     from codepmp.models import resolve
@@ -194,7 +218,7 @@ def base_model(cfg: PipelineConfig, run_name: str, out_dir: str) -> dict:
     return {"base_model": cfg.base_model}
 
 
-@stage("reasoning_data")
+@stage("reasoning_data", section="reasoning", cached=True, cli=("out_dir",))
 def reasoning_data(cfg: PipelineConfig, run_name: str, out_dir: str) -> dict:
     from codepmp.reasoning.build import build_reasoning_data
     from codepmp.synthesize.run import make_backend
@@ -219,7 +243,7 @@ def _log_training_configs(train_cfg, model_dir: str) -> None:
         mlflow.log_dict(deepspeed_config(train_cfg, train_cfg.grad_accum), "deepspeed_config.json")
 
 
-@stage("pretrain")
+@stage("pretrain", section="pretrain", gpu=True, cli=("base_dir", "pairs_dir", "out_dir"))
 def pretrain(cfg: PipelineConfig, run_name: str, base_dir: str, pairs_dir: str, out_dir: str,
              job_id: str = "") -> dict:
     from codepmp.synthesize.run import read_pairs
@@ -239,7 +263,7 @@ def _pretrain_checkpoints(cfg: PipelineConfig, run_name: str, job_id: str):
     return Checkpoints(run_name, job_id, name, scaling="pretrain" if scaling else "")
 
 
-@stage("pretrain_trainjob")
+@stage("pretrain_trainjob", section="pretrain")
 def pretrain_trainjob(cfg: PipelineConfig, run_name: str, base_dir: str, pairs_dir: str, out_dir: str,
                       job_id: str, trainjob: dict) -> dict:
     """`pretrain` on several nodes: stage the inputs in the object store, run a Kubeflow Trainer TrainJob
@@ -284,7 +308,7 @@ def pretrain_trainjob(cfg: PipelineConfig, run_name: str, base_dir: str, pairs_d
     return {**store.get_json(f"{prefix}/summary.json"), "nodes": settings.nodes}
 
 
-@stage("finetune")
+@stage("finetune", section="finetune", gpu=True, cli=("init_dir", "data_dir", "out_dir", "variant"))
 def finetune(cfg: PipelineConfig, run_name: str, init_dir: str, data_dir: str, out_dir: str,
              variant: str, job_id: str = "", subset: int = 0, result_path: str = "", seed: int = -1) -> dict:
     """Finetune `init_dir` on the reasoning train pairs, or with `subset` > 0 on that many of them (a point of
@@ -336,7 +360,7 @@ def nested_subset(pairs: list, size: int, seed: int) -> list:
     return [pairs[i] for i in order[:size]]
 
 
-@stage("sample_efficiency")
+@stage("sample_efficiency", section="sweep")
 def sample_efficiency(cfg: PipelineConfig, run_name: str, result_paths: list[str], report_path: str,
                       table_path: str = "") -> dict:
     """Dev pairwise accuracy against finetuning pairs, PMP vs control, over the sweep's seeds, from the sweep
@@ -365,7 +389,7 @@ def sample_efficiency(cfg: PipelineConfig, run_name: str, result_paths: list[str
             **seed_metrics(rows)}
 
 
-@stage("evaluate")
+@stage("evaluate", section="evaluate")
 def evaluate(cfg: PipelineConfig, run_name: str, models: dict[str, str], data_dir: str, report_path: str,
              results_path: str, sweep_path: str = "") -> dict:
     """PMP vs control on every domain of the reasoning data, with confidence intervals; `report_path` gets the
@@ -403,7 +427,7 @@ def evaluate(cfg: PipelineConfig, run_name: str, models: dict[str, str], data_di
             **({"plumbing_check": plumbing} if plumbing else {})}
 
 
-@stage("register")
+@stage("register", section="promote")
 def register(cfg: PipelineConfig, run_name: str, model_dir: str, results_path: str, data_dir: str = "",
              job_id: str = "") -> dict:
     """Register the PMP model; it takes the champion alias only when it beats both its control and the current
