@@ -266,46 +266,18 @@ def _pretrain_checkpoints(cfg: PipelineConfig, run_name: str, job_id: str):
 @stage("pretrain_trainjob", section="pretrain")
 def pretrain_trainjob(cfg: PipelineConfig, run_name: str, base_dir: str, pairs_dir: str, out_dir: str,
                       job_id: str, trainjob: dict) -> dict:
-    """`pretrain` on several nodes: stage the inputs in the object store, run a Kubeflow Trainer TrainJob
-    (settings: `train.trainjob.TrainJobSettings` fields), and copy its model back into `out_dir`."""
-    import dataclasses
-
+    """`pretrain` on several nodes through a Kubeflow Trainer TrainJob (settings: `train.trainjob.TrainJobSettings`
+    fields); its model is copied back into `out_dir`."""
     import mlflow
-    import pyarrow as pa
 
-    from codepmp.errors import ServiceError
-    from codepmp.storage import ObjectStore, StoreFolder
     from codepmp.synthesize.run import read_pairs
-    from codepmp.train.launch import TrainSpec, recorded_error
-    from codepmp.train.trainjob import TrainJobSettings, job_name, run_trainjob
+    from codepmp.train.trainjob import TrainJobSettings, pretrain_on_trainjob
 
     settings = TrainJobSettings.from_dict(trainjob)
     _log_training_configs(cfg.pretrain, base_dir)
-    store = ObjectStore.from_env()
-    store.ensure_bucket()
-    prefix = f"runs/{run_name}/{job_id or 'local'}/pretrain/trainjob"
-    if not store.is_done(f"{prefix}/init"):
-        store.upload_dir(base_dir, f"{prefix}/init")
-        store.mark_done(f"{prefix}/init")
-    StoreFolder(store, prefix).put_table(
-        "pairs.parquet", pa.Table.from_pylist([dataclasses.asdict(p) for p in read_pairs(pairs_dir)]))
-    train_cfg = dataclasses.replace(cfg.pretrain, processes=settings.gpus_per_node)
-    spec = TrainSpec(config=dataclasses.asdict(train_cfg), init_model=store.uri(f"{prefix}/init"),
-                     pairs=store.uri(f"{prefix}/pairs.parquet"), out_dir=store.uri(f"{prefix}/model"),
-                     summary=store.uri(f"{prefix}/summary.json"),
-                     checkpoints=dataclasses.asdict(_pretrain_checkpoints(cfg, run_name, job_id)),
-                     tracking_uri=mlflow.get_tracking_uri(), mlflow_run_id=mlflow.active_run().info.run_id)
-    store.put_json(f"{prefix}/spec.json", dataclasses.asdict(spec))
-    try:
-        run_trainjob(settings, job_name(run_name, job_id), store.uri(f"{prefix}/spec.json"))
-    except ServiceError:
-        if store.exists(f"{prefix}/error.json"):  # bad input or config, as rank 0 of the job reported it
-            raise recorded_error(store.get_json(f"{prefix}/error.json")) from None
-        raise
-    if not store.is_done(f"{prefix}/model"):
-        raise CodepmpError(f"the TrainJob finished but wrote no model to {store.uri(prefix + '/model')}")
-    store.download_dir(f"{prefix}/model", out_dir)
-    return {**store.get_json(f"{prefix}/summary.json"), "nodes": settings.nodes}
+    return pretrain_on_trainjob(cfg.pretrain, settings, base_dir, read_pairs(pairs_dir), out_dir,
+                                _pretrain_checkpoints(cfg, run_name, job_id), run_name, job_id,
+                                tracking=(mlflow.get_tracking_uri(), mlflow.active_run().info.run_id))
 
 
 @stage("finetune", section="finetune", gpu=True, cli=("init_dir", "data_dir", "out_dir", "variant"))
@@ -317,7 +289,8 @@ def finetune(cfg: PipelineConfig, run_name: str, init_dir: str, data_dir: str, o
     picks which pairs (shuffle seed `sweep.seed` + seed); -1 keeps `finetune.seed`."""
     import mlflow
 
-    from codepmp.pairs import read_reasoning_pairs, read_reasoning_table
+    from codepmp.evaluate.sweep import nested_subset, score_sweep_point
+    from codepmp.pairs import read_reasoning_pairs
     from codepmp.train.launch import Checkpoints, launch
 
     train_cfg = cfg.finetune if seed < 0 else dataclasses.replace(cfg.finetune, seed=int(seed))
@@ -335,29 +308,10 @@ def finetune(cfg: PipelineConfig, run_name: str, init_dir: str, data_dir: str, o
         written = {"variant": variant, "subset": subset, "seed": train_cfg.seed, "train_pairs": len(pairs)}
         # Only a sweep task scores its model here; the evaluate stage scores the full finetunes, with everything else.
         if subset:
-            from codepmp.evaluate.run import dev_clusters, dev_pairwise_correct
-
-            dev = read_reasoning_table(data_dir, "dev")
-            correct = dev_pairwise_correct(cfg.evaluate, out_dir, dev)
-            result["dev_pairwise_accuracy"] = sum(correct) / len(correct)
-            # The sweep's intervals resample problems within domains, as the evaluate stage's do.
-            written.update(dev_pairs=len(dev), dev_pairwise_accuracy=result["dev_pairwise_accuracy"],
-                           dev_correct=correct, dev_clusters=dev_clusters(dev), dev_domains=[r["domain"] for r in dev])
+            written.update(score_sweep_point(cfg.evaluate, out_dir, data_dir))
+            result["dev_pairwise_accuracy"] = written["dev_pairwise_accuracy"]
         write_json(written, result_path)
     return result
-
-
-def nested_subset(pairs: list, size: int, seed: int) -> list:
-    """The first `size` pairs of one seeded shuffle: every smaller subset is part of every larger one."""
-    import random
-
-    from codepmp.errors import ConfigError
-
-    if not 0 < size <= len(pairs):
-        raise ConfigError(f"sweep size {size} must be between 1 and the {len(pairs)} training pairs")
-    order = list(range(len(pairs)))
-    random.Random(seed).shuffle(order)
-    return [pairs[i] for i in order[:size]]
 
 
 @stage("sample_efficiency", section="sweep")
@@ -432,34 +386,6 @@ def register(cfg: PipelineConfig, run_name: str, model_dir: str, results_path: s
              job_id: str = "") -> dict:
     """Register the PMP model; it takes the champion alias only when it beats both its control and the current
     champion (re-scored on `data_dir`) on the gate metric with paired intervals above 0 (`codepmp.registry`)."""
-    import json
+    from codepmp.registry import register_pmp
 
-    from codepmp.errors import InputError
-    from codepmp.registry import check_gate_metric, gate_verdict
-    from codepmp.tracking import register_reward_model
-
-    check_gate_metric(cfg.evaluate.gate_metric)
-    results = json.loads(Path(results_path).read_text())
-    metrics = results.get("metrics", {}).get("pmp")
-    if not metrics:
-        raise InputError(f"{results_path} holds no metrics of a 'pmp' model (run the evaluate stage first)")
-    if "differences" not in results:
-        raise InputError(f"{results_path} holds no PMP - control differences (rerun the evaluate stage)")
-    verdict = gate_verdict(cfg, model_dir, data_dir, results["differences"])
-    lineage = {"codepmp.pipeline_run": run_name, "codepmp.pipeline_job": job_id or "none",
-               "codepmp.base_model": cfg.base_model}
-    stats_file = Path(data_dir) / "stats.json" if data_dir else None
-    if stats_file and stats_file.is_file():
-        lineage.update({f"codepmp.data_sha256.{table}": digest
-                        for table, digest in json.loads(stats_file.read_text()).get("sha256", {}).items()})
-    # The whole evaluation, differences included, goes on the run; the version gets only the gate and lineage.
-    run_metrics = {**metrics, **{f"diff.{key}": value for key, value in results["differences"].items()}}
-    outcome = register_reward_model(model_dir, cfg.promote.registered_model, run_metrics, verdict,
-                                    alias=cfg.promote.alias, run_name=run_name, lineage=lineage)
-    print(f"[register] version {outcome['version']}: {outcome['summary']}", flush=True)
-    gate = {f"gate_{c.against}_{field}": getattr(c, field) for c in (verdict.control, verdict.champion) if c
-            for field in ("mean", "low", "high")}
-    return {"registered_model": outcome["name"], "version": int(outcome["version"]),
-            "promoted": int(bool(outcome["promoted"])), "alias": outcome["alias"] or "", "gate_metric": verdict.metric,
-            "gate_reason": outcome["reason"], "gate_summary": outcome["summary"],
-            "gate_champion_version": verdict.champion_version or "none", **gate}
+    return register_pmp(cfg, run_name, job_id, model_dir, results_path, data_dir)

@@ -348,3 +348,39 @@ def _read(api, namespace: str, name: str, where: str) -> dict | None:
         raise ServiceError(f"could not read {where}: HTTP {exc.status} {exc.reason}") from None
     except (OSError, urllib3.exceptions.HTTPError) as exc:
         raise ServiceError(f"could not reach the Kubernetes API to read {where}: {exc}") from None
+
+
+def pretrain_on_trainjob(train_cfg, settings: TrainJobSettings, base_dir: str, pairs: list, out_dir: str,
+                         checkpoints, run_name: str, job_id: str, tracking: tuple[str, str]) -> dict:
+    """Train on several nodes: stage the base model (once), the pairs and a `TrainSpec` in the object store, run
+    the TrainJob (its rank 0 logs into the MLflow run `tracking` = (URI, run id)), and copy its model back into
+    `out_dir`. A bad input or config that the job's rank 0 recorded is raised here as that error. Returns the
+    job's training summary with its node count."""
+    import pyarrow as pa
+
+    from codepmp.errors import CodepmpError
+    from codepmp.storage import ObjectStore, StoreFolder
+    from codepmp.train.launch import TrainSpec, recorded_error
+
+    store = ObjectStore.from_env()
+    store.ensure_bucket()
+    prefix = f"runs/{run_name}/{job_id or 'local'}/pretrain/trainjob"
+    if not store.is_done(f"{prefix}/init"):
+        store.upload_dir(base_dir, f"{prefix}/init")
+        store.mark_done(f"{prefix}/init")
+    StoreFolder(store, prefix).put_table("pairs.parquet", pa.Table.from_pylist([dataclasses.asdict(p) for p in pairs]))
+    spec = TrainSpec(config=dataclasses.asdict(dataclasses.replace(train_cfg, processes=settings.gpus_per_node)),
+                     init_model=store.uri(f"{prefix}/init"), pairs=store.uri(f"{prefix}/pairs.parquet"),
+                     out_dir=store.uri(f"{prefix}/model"), summary=store.uri(f"{prefix}/summary.json"),
+                     checkpoints=dataclasses.asdict(checkpoints), tracking_uri=tracking[0], mlflow_run_id=tracking[1])
+    store.put_json(f"{prefix}/spec.json", dataclasses.asdict(spec))
+    try:
+        run_trainjob(settings, job_name(run_name, job_id), store.uri(f"{prefix}/spec.json"))
+    except ServiceError:
+        if store.exists(f"{prefix}/error.json"):  # bad input or config, as rank 0 of the job reported it
+            raise recorded_error(store.get_json(f"{prefix}/error.json")) from None
+        raise
+    if not store.is_done(f"{prefix}/model"):
+        raise CodepmpError(f"the TrainJob finished but wrote no model to {store.uri(prefix + '/model')}")
+    store.download_dir(f"{prefix}/model", out_dir)
+    return {**store.get_json(f"{prefix}/summary.json"), "nodes": settings.nodes}
