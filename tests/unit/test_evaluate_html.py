@@ -1,13 +1,18 @@
 """The HTML report: every section, embedded PNGs, escaped data text, and pages without the optional parts."""
 
 import base64
+import fnmatch
 import json
 import random
 import re
+import tomllib
+from importlib.resources import files
+from pathlib import Path
 
 import pytest
 
-from codepmp.evaluate.html import best_of_n_entry, build_results, metric_entry, render_report
+from codepmp.evaluate import html
+from codepmp.evaluate.html import best_of_n_entry, build_results, check_results, metric_entry, render_report
 from codepmp.evaluate.metrics import best_of_n_compare, best_of_n_curves
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -166,3 +171,57 @@ def test_pooled_and_clustered_entries_and_the_paired_best_of_n_row(tmp_path):
     broken["domains"]["gsm8k"]["best_of_n"]["difference"]["low"].pop()
     with pytest.raises(ValueError, match="difference"):
         render_report(broken, tmp_path / "x.html")
+
+
+def test_meta_and_plumbing_text_are_escaped_by_the_template(tmp_path):
+    results = full_results()
+    results["meta"].update({"note": EVIL, EVIL: "label", "plumbing_check": EVIL})
+    results["domains"]["gsm8k"]["metrics"][EVIL] = results["domains"]["gsm8k"]["metrics"]["pairwise_accuracy"]
+    render_report(results, tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    assert "<script" not in page.lower()
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert f"<dd>{escaped}</dd>" in page and f"<dt>{escaped}</dt>" in page
+    assert f'<p class="warn" id="plumbing-check">{escaped}</p>' in page
+
+
+def problem(results: dict) -> str:
+    with pytest.raises(ValueError) as raised:
+        check_results(results)
+    return str(raised.value)
+
+
+def test_schema_violations_name_the_path_of_the_bad_field():
+    results = json.loads(json.dumps(full_results()))
+    pmp = results["domains"]["gsm8k"]["metrics"]["pairwise_accuracy"]["models"]["pmp"]
+    pmp["low"] = "0.1"
+    assert problem(results) == ("results['domains']['gsm8k']['metrics']['pairwise_accuracy']['models']['pmp']['low']: "
+                                "input should be a valid number")
+    del pmp["low"]
+    assert problem(results) == ("results['domains']['gsm8k']['metrics']['pairwise_accuracy']['models']['pmp']: "
+                                "needs mean, low and high (missing 'low')")
+
+    results = json.loads(json.dumps(full_results()))
+    results["domains"]["gsm8k"]["best_of_n"]["curves"]["oracle"]["mean"].pop()
+    assert problem(results).startswith("results['domains']['gsm8k']['best_of_n']['curves']['oracle']['mean']: "
+                                       "mean (and low/high, if given) must have one value per N (3), not 2")
+
+    results = json.loads(json.dumps(full_results()))
+    results["sample_efficiency"][1]["pmp"] = {"mean": 0.6, "low": 0.5, "high": True}  # the path has no union tag
+    assert problem(results) == "results['sample_efficiency'][1]['pmp']['high']: input should be a valid number"
+    results["sample_efficiency"][1]["pmp"] = "0.6"
+    assert problem(results) == "results['sample_efficiency'][1]['pmp']: input should be a valid number"
+
+    results = json.loads(json.dumps(full_results()))
+    results["meta"]["run"] = ["r-1"]
+    assert problem(results) == ("results['meta']['run']: input should be a valid string; "
+                                "or input should be a valid number")
+    assert problem([]) == "results: must be a dict"
+
+
+def test_the_template_ships_as_package_data():
+    template = files("codepmp.evaluate") / "templates" / html.TEMPLATE
+    assert template.is_file()
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["codepmp"]
+    assert any(fnmatch.fnmatch(f"evaluate/templates/{html.TEMPLATE}", glob) for glob in globs)
