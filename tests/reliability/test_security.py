@@ -585,8 +585,6 @@ def test_crawled_and_synthesized_code_is_never_executed(tmp_path, record):
 # Every call in the package that runs a program or code, with why it is safe. A new one fails the test until it
 # is added here with its reason; an entry no longer found fails too, so the list stays true.
 EXECUTION_ALLOWLIST = {
-    ("src/codepmp/stack.py", "command_line", "subprocess.run"):
-        "`ps` for a PID's command line where /proc is missing; fixed argv, the PID is an int",
     ("src/codepmp/stack.py", "Stack._spawn", "subprocess.Popen"):
         "starts the stack's own servers (weed/minio, `python -m mlflow server`); argv lists, no shell",
     ("src/codepmp/models.py", "_smollm2_gguf", "subprocess.run"):
