@@ -153,7 +153,7 @@ def cmd_submit(args) -> None:
 def cmd_serve(args) -> None:
     from codepmp.generate.server import serve
 
-    serve(args.model, args.host, args.port)
+    serve(args.model, args.host, args.port, args.batch_size)
 
 
 def cmd_promote(args) -> None:
@@ -221,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", required=True, help="model to serve (repeatable)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--batch-size", type=int, default=16, help="rows of concurrent requests decoded together")
     p = add("promote", cmd_promote, "move the champion alias to a registered version: forced, or unforced only "
             "when both versions were evaluated on the same data and its interval lies above the champion's")
     p.add_argument("--version", required=True, type=int)

@@ -35,12 +35,8 @@ def served(tmp_path_factory) -> Iterator[CompletionServer]:
     folder = tmp_path_factory.mktemp("lm")
     models = {name: str(write_tiny_model(folder / name, reward=False, seed=seed))
               for name, seed in (("tiny", 0), ("tiny-weak", 1))}
-    server = CompletionServer({name: TransformersBackend(path, batch_size=1) for name, path in models.items()})
-    thread = start(server)
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with CompletionServer({name: TransformersBackend(path, batch_size=1) for name, path in models.items()}) as server:
+        yield server
 
 
 def test_http_backend_equals_local_greedy_generation(served: CompletionServer):
