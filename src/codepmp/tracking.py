@@ -32,7 +32,7 @@ from typing import Any
 from codepmp.env import PASSWORD_VAR, TRACKING_URI_VAR, USERNAME_VAR
 from codepmp.errors import InputError, ServiceError
 from codepmp.report import redact_uri
-from codepmp.retry import delays, window_from_env
+from codepmp.retry import restart_policy, window_from_env
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -190,7 +190,7 @@ class MetricBuffer:
     def flush(self, wait_s: float) -> None:
         """Send everything pending, retrying with backoff (0.5 s doubling to 8 s) for up to `wait_s` seconds;
         ServiceError naming the server and how many metrics were not logged when it does not come back."""
-        schedule = delays(wait_s)
+        schedule = restart_policy(wait_s).delays()
         while not self.try_send():
             delay = next(schedule, None)
             if delay is None:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from codepmp.errors import ServiceError
+from codepmp.retry import RetryLater, RetryPolicy, retry_after_s
 from codepmp.progress import progress
 from codepmp.generate.backend import Backend, Completion, Sampling
 
@@ -35,8 +36,8 @@ class OpenAIBackend(Backend):
         import requests
 
         self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model, self.concurrency, self.max_retries = model, max(1, concurrency), max(1, max_retries)
-        self.timeout_s, self.backoff_s, self.sleep = timeout_s, backoff_s, sleep
+        self.model, self.concurrency, self.timeout_s = model, max(1, concurrency), timeout_s
+        self.retry = RetryPolicy(first_delay_s=backoff_s, attempts=max(1, max_retries), sleep=sleep)
         self.session = requests.Session()
         self.session.headers["Content-Type"] = "application/json"
         key = os.environ.get(api_key_env, "")
@@ -71,28 +72,26 @@ class OpenAIBackend(Backend):
     def _post(self, body: dict) -> dict:
         import requests
 
-        problem = ""
-        for attempt in range(self.max_retries):
-            wait = self.backoff_s * 2 ** attempt
+        def attempt() -> dict:
             try:
                 response = self.session.post(self.url, json=body, timeout=self.timeout_s)
             except (requests.ConnectionError, requests.Timeout) as exc:
-                problem = type(exc).__name__
-            else:
-                if response.status_code == 200:
-                    try:
-                        return response.json()
-                    except ValueError:
-                        raise ServiceError(f"{self.url} answered with invalid JSON") from None
-                if response.status_code not in RETRY_STATUSES:
-                    raise ServiceError(f"{self.url} refused the request: HTTP {response.status_code} "
-                                       f"{response.text[:200]}")
-                problem = f"HTTP {response.status_code}"
-                retry_after = response.headers.get("Retry-After", "")
-                if retry_after.replace(".", "", 1).isdigit():
-                    wait = float(retry_after)
-            if attempt + 1 < self.max_retries:
-                log.warning("%s: %s, retrying in %.1fs (attempt %d of %d)", self.url, problem, wait, attempt + 1,
-                            self.max_retries)
-                self.sleep(wait)
-        raise ServiceError(f"{self.url} failed {self.max_retries} times, last: {problem}")
+                raise RetryLater(type(exc).__name__) from exc
+            if response.status_code in RETRY_STATUSES:
+                raise RetryLater(f"HTTP {response.status_code}", retry_after_s(response.headers, time.time()))
+            if response.status_code != 200:
+                raise ServiceError(f"{self.url} refused the request: HTTP {response.status_code} "
+                                   f"{response.text[:200]}")
+            try:
+                return response.json()
+            except ValueError:
+                raise ServiceError(f"{self.url} answered with invalid JSON") from None
+
+        def announce(error: Exception, delay: float, failures: int) -> None:
+            log.warning("%s: %s, retrying in %.1fs (attempt %d of %d)", self.url, error, delay, failures,
+                        self.retry.attempts)
+
+        def exhausted(error: Exception) -> ServiceError:
+            return ServiceError(f"{self.url} failed {self.retry.attempts} times, last: {error}")
+
+        return self.retry.call(attempt, on_retry=announce, give_up=exhausted)
