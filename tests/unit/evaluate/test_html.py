@@ -222,6 +222,6 @@ def test_schema_violations_name_the_path_of_the_bad_field():
 def test_the_template_ships_as_package_data():
     template = files("codepmp.evaluate") / "templates" / html.TEMPLATE
     assert template.is_file()
-    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[3] / "pyproject.toml").read_text())
     globs = pyproject["tool"]["setuptools"]["package-data"]["codepmp"]
     assert any(fnmatch.fnmatch(f"evaluate/templates/{html.TEMPLATE}", glob) for glob in globs)

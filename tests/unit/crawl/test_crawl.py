@@ -28,8 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from codepmp.config import CrawlConfig, DecontamConfig, DedupConfig
-from codepmp.crawl import crawl as crawl_module
-from codepmp.crawl import filters, finalize_crawl, read_shards, run_crawl
+from codepmp.crawl import crawl as crawl_module, filters, finalize_crawl, read_shards, run_crawl
 from codepmp.crawl.units import rank_of
 from codepmp.crawl.sources import safe_member_path
 from codepmp.errors import ConfigError, InputError
@@ -284,7 +283,7 @@ def test_near_duplicates_are_dropped_and_distinct_files_kept(tmp_path: Path):
 
 
 def test_a_planted_gsm8k_problem_is_decontaminated(tmp_path: Path):
-    problem = json.loads((Path(__file__).parents[2] / "src/codepmp/reasoning/data/gsm8k_dev.jsonl")
+    problem = json.loads((Path(__file__).parents[3] / "src/codepmp/reasoning/data/gsm8k_dev.jsonl")
                          .read_text().splitlines()[0])["question"]
     root = tmp_path / "contaminated"
     root.mkdir()
