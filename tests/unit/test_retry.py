@@ -10,23 +10,9 @@ import pytest
 from codepmp.errors import ConfigError, ServiceError
 from codepmp.retry import (RetryLater, RetryPolicy, rate_limit_reset_s, restart_policy, retry_after_s,
                            window_from_env)
+from tests.unit.helpers import FakeTime
 
 NOW = 1_700_000_000.0
-
-
-class FakeTime:
-    """A clock that only sleeping (or `advance`) moves; every sleep is recorded."""
-
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 class Flaky:

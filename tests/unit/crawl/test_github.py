@@ -30,6 +30,7 @@ from codepmp.crawl import github
 from codepmp.crawl.github import GitHubSource
 from codepmp.crawl.sources import iter_tar_stream, iter_tarball
 from codepmp.errors import InputError, ServiceError
+from tests.unit.helpers import FakeTime
 
 TOKEN = "ghp_thisIsNotARealTokenButLooksLikeOne0123"
 
@@ -188,21 +189,6 @@ def fake() -> Iterator[FakeGitHub]:
     server.shutdown()
     server.server_close()
     thread.join()
-
-
-class FakeTime:
-    """An injected clock and sleep: sleeping moves the clock and is recorded, taking no real time."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def make_source(fake: FakeGitHub, time: FakeTime | None = None, languages=("python",), environ=None,
