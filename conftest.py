@@ -70,7 +70,7 @@ def tiny_pipeline_run(stack_env, tmp_path_factory) -> dict:
     What the stages print (kfp.local relays it through this process's sys.stdout) goes to the file at
     "output", whichever test starts the run, so the credential scan can read it; on failure its end is shown.
     """
-    from pipelines.run import run_local
+    from codepmp_kfp.pipelines.run import run_local
 
     root = tmp_path_factory.mktemp("kfp-local")
     output = tmp_path_factory.mktemp("kfp-local-output") / "output.txt"

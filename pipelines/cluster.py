@@ -17,7 +17,7 @@ from kfp import kubernetes
 from codepmp.errors import ConfigError
 from codepmp.env import CONFIG_MAP_VARS, LOGIN_VARS, SECRET_VARS
 from codepmp.train.trainjob import POD_SERVICE_ACCOUNT_VAR, check_trainer_api
-from components.images import GPU_IMAGE
+from codepmp_kfp.components.images import GPU_IMAGE
 
 RESOURCE_KEYS = ("cpu", "memory", "cpu_limit", "memory_limit")
 

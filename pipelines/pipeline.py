@@ -1,7 +1,7 @@
 """The codepmp pipeline DAG: crawl -> synthesize (both fanned out over shards) -> pretrain -> finetune (PMP and
 control; and the sample-efficiency sweep, fanned out over subset sizes and seeds) -> evaluate -> register.
 
-    python -m pipelines.compile --out build/codepmp.yaml     # or `make compile`
+    codepmp compile --out build/codepmp.yaml     # or `make compile`
 
 Three pipeline parameters only: `profile` (tiny | local | paper), `overrides` (a nested dict over the
 profile, e.g. {"pretrain": {"lr": 1e-6}}) and `run_name` (groups MLflow runs and object-store checkpoints).
@@ -12,20 +12,20 @@ so the same DAG runs unchanged under kfp.local.
 from kfp import dsl
 
 from codepmp.stages import STAGES
-from components.base_model.component import base_model
-from components.crawl.component import crawl, crawl_ranks
-from components.crawl_merge.component import crawl_merge
-from components.evaluate.component import evaluate
-from components.finetune.component import finetune, sweep_points
-from components.images import GPU_IMAGE
-from components.pretrain.component import pretrain
-from components.pretrain_trainjob.component import pretrain_trainjob
-from components.reasoning_data.component import reasoning_data
-from components.sample_efficiency.component import sample_efficiency
-from components.register.component import register
-from components.synthesize.component import synthesize, synthesize_shards
-from components.synthesize_merge.component import synthesize_merge
-from pipelines.cluster import ClusterSpec, apply, check_task_names
+from codepmp_kfp.components.base_model.component import base_model
+from codepmp_kfp.components.crawl.component import crawl, crawl_ranks
+from codepmp_kfp.components.crawl_merge.component import crawl_merge
+from codepmp_kfp.components.evaluate.component import evaluate
+from codepmp_kfp.components.finetune.component import finetune, sweep_points
+from codepmp_kfp.components.images import GPU_IMAGE
+from codepmp_kfp.components.pretrain.component import pretrain
+from codepmp_kfp.components.pretrain_trainjob.component import pretrain_trainjob
+from codepmp_kfp.components.reasoning_data.component import reasoning_data
+from codepmp_kfp.components.sample_efficiency.component import sample_efficiency
+from codepmp_kfp.components.register.component import register
+from codepmp_kfp.components.synthesize.component import synthesize, synthesize_shards
+from codepmp_kfp.components.synthesize_merge.component import synthesize_merge
+from codepmp_kfp.pipelines.cluster import ClusterSpec, apply, check_task_names
 
 HELPERS = {"crawl_ranks", "synthesize_shards", "sweep_points"}
 """Components that are no stage: pure functions of the profile (a fan-out's items), so KFP may reuse them.

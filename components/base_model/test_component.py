@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from kfp import dsl
 
-from components.base_model.component import base_model
+from codepmp_kfp.components.base_model.component import base_model
 
 
 @pytest.mark.integration

@@ -3,7 +3,7 @@ import pytest
 from kfp import dsl
 
 from codepmp.models import load_reward_model
-from components.finetune.component import finetune, sweep_points
+from codepmp_kfp.components.finetune.component import finetune, sweep_points
 
 
 @pytest.mark.integration

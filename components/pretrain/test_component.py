@@ -4,7 +4,7 @@ import pytest
 from kfp import dsl
 
 from codepmp.models import load_reward_model
-from components.pretrain.component import pretrain
+from codepmp_kfp.components.pretrain.component import pretrain
 
 
 @pytest.mark.integration

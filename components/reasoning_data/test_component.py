@@ -5,7 +5,7 @@ import pytest
 from kfp import dsl
 
 from codepmp.pairs import read_reasoning_table
-from components.reasoning_data.component import reasoning_data
+from codepmp_kfp.components.reasoning_data.component import reasoning_data
 
 
 @pytest.mark.integration

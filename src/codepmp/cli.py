@@ -71,7 +71,7 @@ def cmd_status(args) -> None:
 
 def cmd_run(args) -> None:
     from codepmp.report import print_summary
-    from pipelines.run import run_local
+    from codepmp_kfp.pipelines.run import run_local
 
     load_config(args.profile, args.overrides)  # fail on bad keys before anything starts
     mode = _ensure_services()
@@ -131,14 +131,14 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_compile(args) -> None:
-    from pipelines.run import compile_pipeline
+    from codepmp_kfp.pipelines.run import compile_pipeline
 
     print(compile_pipeline(args.out, args.cluster_spec))
 
 
 def cmd_submit(args) -> None:
     """Validate locally, check the endpoint, then compile (seconds): nothing is built for a cluster we cannot reach."""
-    from pipelines.run import KfpClient, compile_pipeline, run_parameters, submit, wait_for_run
+    from codepmp_kfp.pipelines.run import KfpClient, compile_pipeline, run_parameters, submit, wait_for_run
 
     params = run_parameters(args.params, args.profile, args.overrides, args.run_name)
     load_config(params.profile, params.overrides)
@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for report.html and results.json")
     p = add("compile", cmd_compile, "compile the pipeline to KFP YAML", config=False)
     p.add_argument("--out", default="build/codepmp.yaml")
-    p.add_argument("--cluster-spec", default=None, help="YAML of pipelines.cluster.ClusterSpec fields")
+    p.add_argument("--cluster-spec", default=None, help="YAML of codepmp_kfp.pipelines.cluster.ClusterSpec fields")
     p = add("submit", cmd_submit, "upload the pipeline as a new version to KFP_HOST and start a run; prints its URL")
     p.add_argument("--package", default=None, help="compiled YAML (compiled now if omitted)")
     p.add_argument("--cluster-spec", default=None, help="YAML of ClusterSpec fields, used when compiling")

@@ -760,7 +760,7 @@ def test_make_images_push_and_engine_switches():
 def test_make_images_defaults_are_the_pipelines_defaults():
     builds, _, _ = make_images_plan()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CODEPMP_IMAGE_")}
-    code = "from components import images; print(images.CPU_IMAGE, images.GPU_IMAGE)"
+    code = "from codepmp_kfp.components import images; print(images.CPU_IMAGE, images.GPU_IMAGE)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
     assert proc.returncode == 0, proc.stderr
     cpu, gpu = proc.stdout.split()

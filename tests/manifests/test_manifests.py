@@ -162,7 +162,7 @@ def pipeline_env_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 def cluster_spec(path: Path):
     """Load a ClusterSpec YAML exactly as `compile_pipeline` does; an unknown key raises."""
-    from pipelines.cluster import ClusterSpec
+    from codepmp_kfp.pipelines.cluster import ClusterSpec
 
     return ClusterSpec(**(yaml.safe_load(path.read_text()) or {}))
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from codepmp.errors import ConfigError
-from pipelines.run import compile_pipeline
+from codepmp_kfp.pipelines.run import compile_pipeline
 
 
 def _compile(tmp_path, spec: dict):
@@ -83,7 +83,7 @@ def _function_of(spec: dict, task: dict) -> str:
 
 
 def test_every_task_has_an_explicit_caching_choice(tmp_path):
-    from pipelines.pipeline import task_caching
+    from codepmp_kfp.pipelines.pipeline import task_caching
 
     spec, _ = _compile(tmp_path, {})
     tasks = {name: task for name, task in _all_tasks(spec).items() if not name.startswith("for-loop")}

@@ -266,7 +266,7 @@ def test_no_credential_in_mlflow(pipeline_run, needles, stack, tmp_path, record)
 def test_no_credential_in_the_compiled_pipeline(stack_env, needles, tmp_path, record):
     """Compiled with the credentials in this process's environment and a ClusterSpec naming the Secret:
     the YAML must name the Secret and never hold its values."""
-    from pipelines.run import compile_pipeline
+    from codepmp_kfp.pipelines.run import compile_pipeline
 
     spec = tmp_path / "cluster.yaml"
     spec.write_text(yaml.safe_dump({"secret": "security-test-s3", "gpus": 1}))
@@ -636,7 +636,7 @@ def execution_calls(path: Path, rel: str) -> set[tuple[str, str, str]]:
 
 def test_every_code_execution_in_the_package_is_allowlisted(tmp_path, record):
     found: set[tuple[str, str, str]] = set()
-    for root in (REPO / "src" / "codepmp", REPO / "pipelines", REPO / "components"):
+    for root in (REPO / "src" / "codepmp", REPO / "src" / "codepmp_kfp", REPO / "pipelines", REPO / "components"):
         for path in sorted(root.rglob("*.py")) if root.is_dir() else []:
             if not path.name.startswith("test_") and path.name != "conftest.py":  # tests are not stages
                 found |= execution_calls(path, str(path.relative_to(REPO)))
