@@ -25,7 +25,7 @@ IMAGE_MLFLOW := $(REGISTRY)/mlflow-server:$(MLFLOW_VERSION)
 
 .PHONY: install models models-qwen llamacpp policy-samples run test compile submit up down status promote clean bench-crawl images reliability secrets
 
-$(VENV)/.installed: requirements.lock pyproject.toml
+$(VENV)/.installed: requirements.lock pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .

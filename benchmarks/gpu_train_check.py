@@ -29,7 +29,7 @@ import torch
 
 from codepmp.config import TrainConfig
 from codepmp.testing import build_tiny_tokenizer
-from codepmp.train.data import Pair
+from codepmp.pairs import Pair
 from codepmp.train.loop import train
 from repeat import add_flags, settle_repeats, spread
 

@@ -42,7 +42,8 @@ import time
 import torch
 from transformers import AutoModelForSequenceClassification, Qwen2Config
 
-from codepmp.train.data import Encoded, collate
+from codepmp.encoding import Encoded
+from codepmp.train.data import collate
 from codepmp.train.loop import _param_groups
 from codepmp.train.losses import next_token_targets, pmp_loss
 from codepmp.train.model import PreferenceModel

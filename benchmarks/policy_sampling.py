@@ -28,7 +28,7 @@ def _rss_gb() -> float:
 
 
 def _round(backend, tasks, samples: int, max_new_tokens: int, seed: int) -> tuple[float, float]:
-    from codepmp.synthesize.backend import Sampling
+    from codepmp.generate.backend import Sampling
 
     sampling = Sampling(max_new_tokens=max_new_tokens, temperature=0.7, seed=seed)
     start = time.perf_counter()
@@ -53,8 +53,8 @@ def main() -> None:
         args.problems, args.samples, args.max_new_tokens = 1, 2, 8
 
     from codepmp.reasoning.policy_samples import PLAN, problem_order
-    from codepmp.synthesize.backend import TransformersBackend
-    from codepmp.synthesize.llamacpp_backend import LlamaCppBackend
+    from codepmp.generate.backend import TransformersBackend
+    from codepmp.generate.llamacpp_backend import LlamaCppBackend
 
     tasks = problem_order(args.data, PLAN[0])[:args.problems]
     engines = {"llama.cpp": LlamaCppBackend(args.model), "transformers": TransformersBackend(args.model, args.batch_size)}

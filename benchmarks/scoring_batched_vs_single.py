@@ -85,7 +85,7 @@ def candidate_texts(data_dir: str, tokenizer, count: int, min_tokens: int, max_t
                     max_length: int) -> list[tuple[str, str]]:
     """(prompt, response) pairs as the best-of-N pool holds them, within the token range, in a seeded order."""
     from codepmp.reasoning.gsm8k import packaged_path, prompt
-    from codepmp.train.data import encode
+    from codepmp.encoding import encode
 
     path = Path(data_dir) / "gsm8k" / "dev.jsonl" if data_dir else packaged_path("dev")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -128,7 +128,7 @@ def main() -> None:
 
     import codepmp.evaluate.run as run
     from codepmp.models import load_reward_model
-    from codepmp.train.data import encode
+    from codepmp.encoding import encode
 
     with tempfile.TemporaryDirectory(prefix="scoring-bench-") as tmp:
         spec, described = model_spec(args, Path(tmp))
@@ -188,14 +188,15 @@ def evaluation_texts(data_dir: str, problems: int, candidates: int) -> tuple[lis
     gsm8k and math dev pairs and best-of-N pools, logiqa2 dev pairs and options (gsm8k only from the packaged
     sample, when `data_dir` is empty)."""
     from codepmp.config import ReasoningConfig
-    from codepmp.reasoning.build import build_reasoning_data, read_table
+    from codepmp.pairs import read_reasoning_table
+    from codepmp.reasoning.build import build_reasoning_data
 
     domains = ["gsm8k", "math", "logiqa2"] if data_dir else ["gsm8k"]
     cfg = ReasoningConfig(data_dir=data_dir, domains=domains, train_problems=1,
                           dev_problems=problems, candidates_per_problem=candidates)
     with tempfile.TemporaryDirectory(prefix="scoring-bench-data-") as tmp:
         build_reasoning_data(cfg, tmp)
-        dev, pool, logic = (read_table(tmp, name) for name in ("dev", "pool", "logic"))
+        dev, pool, logic = (read_reasoning_table(tmp, name) for name in ("dev", "pool", "logic"))
     texts = ([(r["prompt"], r["chosen"]) for r in dev] + [(r["prompt"], r["rejected"]) for r in dev]
              + [(r["prompt"], r["response"]) for r in pool] + [(r["prompt"], r["response"]) for r in logic])
     return texts, (f"the evaluation of {problems} dev problems per domain ({', '.join(domains)}): dev pairs, "

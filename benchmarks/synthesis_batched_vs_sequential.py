@@ -102,7 +102,7 @@ def main() -> None:
 
 
 def compare(args, described: str) -> None:
-    from codepmp.synthesize.backend import Sampling, TransformersBackend
+    from codepmp.generate.backend import Sampling, TransformersBackend
 
     backend = TransformersBackend(args.model, args.batch_size)
     texts = prompts(args.prompts, args.max_chars)
@@ -153,8 +153,8 @@ def compare(args, described: str) -> None:
 def vllm_vs_batched(args) -> None:
     import gc
 
-    from codepmp.synthesize.backend import Sampling, TransformersBackend
-    from codepmp.synthesize.vllm_backend import VLLMBackend
+    from codepmp.generate.backend import Sampling, TransformersBackend
+    from codepmp.generate.vllm_backend import VLLMBackend
 
     texts = prompts(args.prompts, args.max_chars)
     greedy = Sampling(args.max_new_tokens, temperature=0.0)

@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from codepmp.train.data import Pair
+from codepmp.pairs import Pair
 from repeat import add_flags, run_child, settle_repeats, spread
 
 SMOKE = {"pairs": 16, "dev": 16, "max_length": 384, "batch_size": 4}
@@ -42,7 +42,8 @@ fit in 384 tokens (the tiny model takes 512)."""
 
 def pairs_for(args, tokenizer) -> tuple[list, list]:
     from codepmp.config import ReasoningConfig
-    from codepmp.reasoning.build import build_reasoning_data, read_pairs
+    from codepmp.pairs import read_reasoning_pairs
+    from codepmp.reasoning.build import build_reasoning_data
 
     out = Path(args.work) / "data"
     if not (out / "stats.json").exists():
@@ -53,7 +54,7 @@ def pairs_for(args, tokenizer) -> tuple[list, list]:
         return all(len(tokenizer(pair.prompt + side)["input_ids"]) < args.max_length
                    for side in (pair.chosen, pair.rejected))
 
-    return [p for p in read_pairs(out, "train") if fits(p)], [p for p in read_pairs(out, "dev") if fits(p)]
+    return [p for p in read_reasoning_pairs(out, "train") if fits(p)], [p for p in read_reasoning_pairs(out, "dev") if fits(p)]
 
 
 def run_codepmp(args, model: str, train, out: Path) -> dict:

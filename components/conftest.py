@@ -5,6 +5,10 @@
   the pipeline DAG at the `tiny` profile (each task's outputs feed the next, as on a cluster).
 
     .venv/bin/python -m pytest components -q
+
+pytest imports these test modules by their folders (`components.crawl.test_component`, the repository root put
+on sys.path); the code under test they import as `codepmp_kfp.components.…`, its installed name, which needs
+codepmp installed: the editable install of `make install` (and so of `make test`) maps it to these folders.
 """
 
 from __future__ import annotations

@@ -15,13 +15,11 @@ from pathlib import Path
 from kfp import kubernetes
 
 from codepmp.errors import ConfigError
-from codepmp.tracking import LOGIN_VARS
+from codepmp.env import CONFIG_MAP_VARS, LOGIN_VARS, SECRET_VARS
 from codepmp.train.trainjob import POD_SERVICE_ACCOUNT_VAR, check_trainer_api
-from components.images import GPU_IMAGE
+from codepmp_kfp.components.images import GPU_IMAGE
 
 RESOURCE_KEYS = ("cpu", "memory", "cpu_limit", "memory_limit")
-CLIENT_ENV = ("CODEPMP_S3_ENDPOINT", "CODEPMP_BUCKET", "MLFLOW_TRACKING_URI")
-SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 
 @dataclass
@@ -157,11 +155,11 @@ def scale_quantity(quantity: str, factor: int) -> str:
 def apply(task, name: str, spec: ClusterSpec, gpu: bool, github: bool = False, trainjob: bool = False):
     """Give the task called `name` its image, credentials, labels, /dev/shm, resources and placement; a task
     that creates a TrainJob also learns its own ServiceAccount, which the job's pods then run under."""
-    kubernetes.use_secret_as_env(task, spec.secret, {k: k for k in SECRET_ENV})
+    kubernetes.use_secret_as_env(task, spec.secret, {k: k for k in SECRET_VARS})
     kubernetes.use_secret_as_env(task, spec.secret, {k: k for k in LOGIN_VARS}, optional=True)
     if github and spec.github_secret:
         kubernetes.use_secret_as_env(task, spec.github_secret, {"GITHUB_TOKEN": "GITHUB_TOKEN"}, optional=True)
-    kubernetes.use_config_map_as_env(task, spec.config_map, {k: k for k in CLIENT_ENV})
+    kubernetes.use_config_map_as_env(task, spec.config_map, {k: k for k in CONFIG_MAP_VARS})
     if trainjob:
         kubernetes.use_field_path_as_env(task, POD_SERVICE_ACCOUNT_VAR, "spec.serviceAccountName")
     kubernetes.add_pod_label(task, "app.kubernetes.io/part-of", "codepmp")

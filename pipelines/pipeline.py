@@ -1,7 +1,7 @@
 """The codepmp pipeline DAG: crawl -> synthesize (both fanned out over shards) -> pretrain -> finetune (PMP and
 control; and the sample-efficiency sweep, fanned out over subset sizes and seeds) -> evaluate -> register.
 
-    python -m pipelines.compile --out build/codepmp.yaml     # or `make compile`
+    codepmp compile --out build/codepmp.yaml     # or `make compile`
 
 Three pipeline parameters only: `profile` (tiny | local | paper), `overrides` (a nested dict over the
 profile, e.g. {"pretrain": {"lr": 1e-6}}) and `run_name` (groups MLflow runs and object-store checkpoints).
@@ -11,34 +11,35 @@ so the same DAG runs unchanged under kfp.local.
 
 from kfp import dsl
 
-from components.base_model.component import base_model
-from components.crawl.component import crawl, crawl_ranks
-from components.crawl_merge.component import crawl_merge
-from components.evaluate.component import evaluate
-from components.finetune.component import finetune, sweep_points
-from components.images import GPU_IMAGE
-from components.pretrain.component import pretrain
-from components.pretrain_trainjob.component import pretrain_trainjob
-from components.reasoning_data.component import reasoning_data
-from components.sample_efficiency.component import sample_efficiency
-from components.register.component import register
-from components.synthesize.component import synthesize, synthesize_shards
-from components.synthesize_merge.component import synthesize_merge
-from pipelines.cluster import ClusterSpec, apply, check_task_names
+from codepmp.stages import STAGES
+from codepmp_kfp.components.base_model.component import base_model
+from codepmp_kfp.components.crawl.component import crawl, crawl_ranks
+from codepmp_kfp.components.crawl_merge.component import crawl_merge
+from codepmp_kfp.components.evaluate.component import evaluate
+from codepmp_kfp.components.finetune.component import finetune, sweep_points
+from codepmp_kfp.components.images import GPU_IMAGE
+from codepmp_kfp.components.pretrain.component import pretrain
+from codepmp_kfp.components.pretrain_trainjob.component import pretrain_trainjob
+from codepmp_kfp.components.reasoning_data.component import reasoning_data
+from codepmp_kfp.components.sample_efficiency.component import sample_efficiency
+from codepmp_kfp.components.register.component import register
+from codepmp_kfp.components.synthesize.component import synthesize, synthesize_shards
+from codepmp_kfp.components.synthesize_merge.component import synthesize_merge
+from codepmp_kfp.pipelines.cluster import ClusterSpec, apply, check_task_names
 
-CACHING = {
-    # Pure functions of the profile and their inputs: a cached result is the result.
-    "crawl_ranks": True, "synthesize_shards": True, "sweep_points": True, "base_model": True,
-    "reasoning_data": True,
-    # Side effects outside KFP's cache: work resumed from object-store markers and checkpoints (crawl,
-    # synthesis, training), MLflow runs, metrics and reports, and model registration.
-    "crawl": False, "crawl_merge": False, "synthesize": False, "synthesize_merge": False, "pretrain": False,
-    "finetune-pmp": False, "finetune-control": False, "sweep-pmp": False, "sweep-control": False,
-    "sample_efficiency": False, "evaluate": False, "register": False,
-}
-"""Whether KFP may reuse a task's earlier result (same inputs), for every task by name."""
+HELPERS = {"crawl_ranks", "synthesize_shards", "sweep_points"}
+"""Components that are no stage: pure functions of the profile (a fan-out's items), so KFP may reuse them.
+Every other task is a stage, and the registry (`codepmp.stages.STAGES`) says whether it is cached and on a GPU."""
 
-GPU_STAGES = {"synthesize", "pretrain", "finetune-pmp", "finetune-control", "sweep-pmp", "sweep-control"}
+
+def task_caching(component: str) -> bool:
+    """Whether KFP may reuse an earlier result of a task of `component` (a component name, e.g. crawl-merge)."""
+    name = component.replace("-", "_")
+    if name in HELPERS:
+        return True
+    if name not in STAGES:
+        raise AssertionError(f"component {component} is neither a registered stage nor a helper: no caching choice")
+    return STAGES[name].cached
 
 
 def build(cluster: "ClusterSpec | None" = None):
@@ -102,12 +103,8 @@ def build(cluster: "ClusterSpec | None" = None):
             if cluster is not None:
                 # A multi-node pretrain task only waits for its TrainJob; the job's pods take the GPUs.
                 trainjob = name == "pretrain" and multinode
-                apply(task, name, cluster, gpu=name in GPU_STAGES and not trainjob, github=name == "crawl",
-                      trainjob=trainjob)
-        missing = set(tasks) ^ set(CACHING)
-        if missing:
-            raise AssertionError(f"tasks without an explicit caching choice: {sorted(missing)}")
-        for name, task in tasks.items():
-            task.set_caching_options(CACHING[name])
+                spec = STAGES.get(task.component_spec.name.replace("-", "_"))
+                apply(task, name, cluster, gpu=bool(spec and spec.gpu), github=name == "crawl", trainjob=trainjob)
+            task.set_caching_options(task_caching(task.component_spec.name))
 
     return codepmp

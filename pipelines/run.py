@@ -33,7 +33,7 @@ def run_local(profile: str, overrides: dict, run_name: str, pipeline_root: str) 
     """Execute every stage as a local subprocess in this Python environment (no containers)."""
     from kfp import local
 
-    from pipelines.pipeline import build
+    from codepmp_kfp.pipelines.pipeline import build
 
     Path(pipeline_root).mkdir(parents=True, exist_ok=True)
     # The subprocess runner warns that component images are not Python images; locally they are unused.
@@ -46,8 +46,8 @@ def compile_pipeline(out: str, cluster_spec: str | None = None) -> str:
     """Write the pipeline YAML with Kubernetes placement from a ClusterSpec YAML (defaults if none)."""
     from kfp import compiler
 
-    from pipelines.cluster import ClusterSpec
-    from pipelines.pipeline import build
+    from codepmp_kfp.pipelines.cluster import ClusterSpec
+    from codepmp_kfp.pipelines.pipeline import build
 
     spec = ClusterSpec.from_yaml(cluster_spec) if cluster_spec else ClusterSpec()
     Path(out).parent.mkdir(parents=True, exist_ok=True)

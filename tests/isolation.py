@@ -23,10 +23,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from codepmp.env import CONFIG_MAP_VARS, LOGIN_VARS, SECRET_VARS
 from codepmp.stack import DEFAULT_STATE_DIR, Stack, StackPorts
 
-CLIENT_VARIABLES = ("CODEPMP_S3_ENDPOINT", "CODEPMP_BUCKET", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME",
-                    "MLFLOW_TRACKING_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+CLIENT_VARIABLES = CONFIG_MAP_VARS + LOGIN_VARS + SECRET_VARS
 """What the user's env.sh exports: with them set, a test would talk to the user's servers."""
 SERVER_NAMES = ("weed", "minio", "mlflow")
 SERVER_EXIT_WAIT_S = 20.0

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from kfp import dsl
 
-from components.base_model.component import base_model
+from codepmp_kfp.components.base_model.component import base_model
 
 
 @pytest.mark.integration
@@ -23,4 +23,11 @@ def test_missing_model_folder_is_a_clear_error(stack_env, tiny_overrides, tmp_pa
 
 @pytest.mark.integration
 def test_kfp_local(local_chain):
-    assert (local_chain["base_model"] / "model" / "config.json").exists()
+    """The artifact is the tiny profile's base model, file for file."""
+    from codepmp.config import load_config
+    from codepmp.models import resolve
+
+    artifact, source = local_chain["base_model"] / "model", Path(resolve(load_config("tiny").base_model))
+    names = sorted(p.name for p in source.iterdir() if p.is_file())
+    assert "config.json" in names and sorted(p.name for p in artifact.iterdir() if p.is_file()) == names
+    assert all((artifact / name).read_bytes() == (source / name).read_bytes() for name in names)

@@ -4,7 +4,7 @@ from codepmp.config import load_config
 from codepmp.crawl import read_shards
 from codepmp.stages import crawl_location
 from codepmp.storage import ObjectStore, parse_s3_uri
-from components.crawl.component import crawl, crawl_ranks
+from codepmp_kfp.components.crawl.component import crawl, crawl_ranks
 
 
 def test_ranks_follow_world_size():

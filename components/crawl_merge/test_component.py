@@ -5,8 +5,8 @@ import pytest
 from kfp import dsl
 
 from codepmp.crawl import read_shards
-from components.crawl.component import crawl
-from components.crawl_merge.component import crawl_merge
+from codepmp_kfp.components.crawl.component import crawl
+from codepmp_kfp.components.crawl_merge.component import crawl_merge
 
 
 @pytest.mark.integration

@@ -5,7 +5,7 @@ import pytest
 from kfp import dsl
 
 from codepmp.testing import write_tiny_model
-from components.evaluate.component import evaluate
+from codepmp_kfp.components.evaluate.component import evaluate
 
 
 @pytest.mark.integration

@@ -2,7 +2,7 @@
 
 from kfp import dsl
 
-from components.images import CPU_IMAGE, GPU_IMAGE
+from codepmp_kfp.components.images import CPU_IMAGE, GPU_IMAGE
 
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)

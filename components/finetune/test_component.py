@@ -3,7 +3,7 @@ import pytest
 from kfp import dsl
 
 from codepmp.models import load_reward_model
-from components.finetune.component import finetune, sweep_points
+from codepmp_kfp.components.finetune.component import finetune, sweep_points
 
 
 @pytest.mark.integration
@@ -53,7 +53,7 @@ def test_python_func_on_a_sweep_subset_reports_dev_accuracy(stack_env, tiny_over
 
 def test_sweep_subsets_are_nested_and_bounded():
     from codepmp.errors import ConfigError
-    from codepmp.stages import nested_subset
+    from codepmp.evaluate.sweep import nested_subset
 
     pairs = list(range(10))
     small, large = nested_subset(pairs, 3, seed=0), nested_subset(pairs, 7, seed=0)

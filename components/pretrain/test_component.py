@@ -4,7 +4,7 @@ import pytest
 from kfp import dsl
 
 from codepmp.models import load_reward_model
-from components.pretrain.component import pretrain
+from codepmp_kfp.components.pretrain.component import pretrain
 
 
 @pytest.mark.integration
@@ -19,7 +19,15 @@ def test_python_func(stack_env, tiny_overrides, tiny_lm, pairs_dir, tmp_path):
 
 @pytest.mark.integration
 def test_kfp_local(local_chain):
-    assert (local_chain["pretrain"] / "model" / "config.json").exists()
+    """A reward model whose backbone pretraining moved away from the base model's weights."""
+    from transformers import AutoModelForCausalLM
+
+    model, _ = load_reward_model(str(local_chain["pretrain"] / "model"))
+    assert model.config.num_labels == 1 and model.config.problem_type == "regression"
+    base = AutoModelForCausalLM.from_pretrained(local_chain["base_model"] / "model").state_dict()
+    trained = model.state_dict()
+    shared = [name for name in trained if name.startswith("model.layers.") and name in base]
+    assert shared and any(not trained[name].equal(base[name]) for name in shared)
 
 
 @pytest.mark.integration

@@ -19,7 +19,7 @@ import pytest
 from kfp import dsl
 
 from codepmp.models import load_reward_model
-from components.pretrain_trainjob.component import pretrain_trainjob
+from codepmp_kfp.components.pretrain_trainjob.component import pretrain_trainjob
 from tests.trainer_upstream import FakeKubeApi, node_pod_template
 
 

@@ -7,7 +7,7 @@ import pytest
 from kfp import dsl
 
 from codepmp.testing import write_tiny_model
-from components.register.component import register
+from codepmp_kfp.components.register.component import register
 
 
 def _results(path: Path, control_low: float) -> dsl.Artifact:

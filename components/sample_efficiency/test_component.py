@@ -4,7 +4,7 @@ import mlflow
 import pytest
 from kfp import dsl
 
-from components.sample_efficiency.component import sample_efficiency
+from codepmp_kfp.components.sample_efficiency.component import sample_efficiency
 
 
 def _results(tmp_path, rows, seed=0):

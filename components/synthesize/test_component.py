@@ -7,7 +7,7 @@ from kfp import dsl
 
 from codepmp.config import load_config
 from codepmp.crawl import run_crawl
-from components.synthesize.component import synthesize, synthesize_shards
+from codepmp_kfp.components.synthesize.component import synthesize, synthesize_shards
 
 COLUMNS = {"id", "language", "code", "description", "chosen", "rejected", "summarizer_model", "strong_model",
            "weak_model", "sampling", "chosen_chars", "chosen_tokens", "chosen_parses", "rejected_chars",

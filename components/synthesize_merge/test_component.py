@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 from kfp import dsl
 
-from components.synthesize_merge.component import synthesize_merge
+from codepmp_kfp.components.synthesize_merge.component import synthesize_merge
 
 
 def _shard(folder: Path, rank: int, ids: list[str]) -> dsl.Dataset:

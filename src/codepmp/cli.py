@@ -20,17 +20,16 @@ import time
 from pathlib import Path
 
 from codepmp.config import load_config, parse_set
+from codepmp.env import SERVICE_VARS
 from codepmp.errors import CodepmpError, InputError
-
-CLIENT_VARS = ("CODEPMP_S3_ENDPOINT", "MLFLOW_TRACKING_URI")
-
+from codepmp.stages import STAGES
 
 def _ensure_services(start_embedded: bool = True) -> str:
     """Use the services named by the client variables; start the embedded stack when none are named."""
-    if all(os.environ.get(v) for v in CLIENT_VARS):
+    if all(os.environ.get(v) for v in SERVICE_VARS):
         return "configured"
     if not start_embedded:
-        missing = [v for v in CLIENT_VARS if not os.environ.get(v)]
+        missing = [v for v in SERVICE_VARS if not os.environ.get(v)]
         raise CodepmpError(f"{', '.join(missing)} not set: run `codepmp up` and source its env.sh")
     from codepmp.stack import Stack
 
@@ -72,7 +71,7 @@ def cmd_status(args) -> None:
 
 def cmd_run(args) -> None:
     from codepmp.report import print_summary
-    from pipelines.run import run_local
+    from codepmp_kfp.pipelines.run import run_local
 
     load_config(args.profile, args.overrides)  # fail on bad keys before anything starts
     mode = _ensure_services()
@@ -86,32 +85,25 @@ def cmd_run(args) -> None:
                   total_s=time.perf_counter() - start)
 
 
-def _stage_cmd(name: str):
+def _stage_cmd(spec):
     def run(args) -> None:
         from codepmp import stages
 
         load_config(args.profile, args.overrides)  # bad keys fail before any server is started or reached
         _ensure_services()
-        kwargs = {k: v for k, v in vars(args).items() if k in STAGE_ARGS[name]}
-        if name == "crawl":
-            kwargs = {"location": args.out_dir, "rank": args.rank}
-        elif name == "crawl_merge":
-            kwargs = {"location": args.out_dir, "out_dir": args.out_dir}
-        elif name == "synthesize":
-            kwargs = {**kwargs, "location": str(Path(args.out_dir) / "cache")}
-        getattr(stages, name)(args.profile, args.overrides, args.run_name or f"cli-{name}", **kwargs)
+        options = {option: getattr(args, option) for option in spec.cli}
+        kwargs = spec.from_cli(options) if spec.from_cli else options
+        getattr(stages, spec.name)(args.profile, args.overrides, args.run_name or f"cli-{spec.name}", **kwargs)
 
     return run
 
 
-STAGE_ARGS = {
-    "crawl": ["out_dir"],
-    "crawl_merge": ["out_dir"],
-    "synthesize": ["crawl_dir", "out_dir"],
-    "reasoning_data": ["out_dir"],
-    "pretrain": ["base_dir", "pairs_dir", "out_dir"],
-    "finetune": ["init_dir", "data_dir", "out_dir", "variant"],
-}
+def _add_stage_option(parser: argparse.ArgumentParser, option: str) -> None:
+    if option == "rank":
+        parser.add_argument("--rank", type=int, default=0, help="this worker's rank, 0 <= rank < crawl.world_size")
+    else:
+        parser.add_argument("--" + option.replace("_dir", "").replace("_", "-"), dest=option, required=True,
+                            **({"choices": ["pmp", "control"]} if option == "variant" else {}))
 
 
 def cmd_evaluate(args) -> None:
@@ -139,14 +131,14 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_compile(args) -> None:
-    from pipelines.run import compile_pipeline
+    from codepmp_kfp.pipelines.run import compile_pipeline
 
     print(compile_pipeline(args.out, args.cluster_spec))
 
 
 def cmd_submit(args) -> None:
     """Validate locally, check the endpoint, then compile (seconds): nothing is built for a cluster we cannot reach."""
-    from pipelines.run import KfpClient, compile_pipeline, run_parameters, submit, wait_for_run
+    from codepmp_kfp.pipelines.run import KfpClient, compile_pipeline, run_parameters, submit, wait_for_run
 
     params = run_parameters(args.params, args.profile, args.overrides, args.run_name)
     load_config(params.profile, params.overrides)
@@ -159,9 +151,9 @@ def cmd_submit(args) -> None:
 
 
 def cmd_serve(args) -> None:
-    from codepmp.synthesize.server import serve
+    from codepmp.generate.server import serve
 
-    serve(args.model, args.host, args.port)
+    serve(args.model, args.host, args.port, args.batch_size)
 
 
 def cmd_promote(args) -> None:
@@ -194,13 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("status", cmd_status, "show the embedded stack", config=False)
     p = add("run", cmd_run, "run the whole pipeline locally through kfp.local")
     p.add_argument("--root", default=os.environ.get("CODEPMP_RUNS_DIR", "runs"), help="local artifact root")
-    for name, options in STAGE_ARGS.items():
-        p = add(name.replace("_", "-"), _stage_cmd(name), f"run the {name} stage alone on local folders")
-        for option in options:
-            p.add_argument("--" + option.replace("_dir", "").replace("_", "-"), dest=option, required=True,
-                           **({"choices": ["pmp", "control"]} if option == "variant" else {}))
-        if name == "crawl":
-            p.add_argument("--rank", type=int, default=0, help="this worker's rank, 0 <= rank < crawl.world_size")
+    for spec in (s for s in STAGES.values() if s.cli):
+        p = add(spec.name.replace("_", "-"), _stage_cmd(spec), f"run the {spec.name} stage alone on local folders")
+        for option in spec.cli:
+            _add_stage_option(p, option)
     p = add("evaluate", cmd_evaluate, "score reward models on reasoning data or on your own labelled pool/pair "
             "files (formats: codepmp/reasoning/external.py); registers nothing")
     p.add_argument("--pmp", required=True, metavar="MODEL",
@@ -214,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for report.html and results.json")
     p = add("compile", cmd_compile, "compile the pipeline to KFP YAML", config=False)
     p.add_argument("--out", default="build/codepmp.yaml")
-    p.add_argument("--cluster-spec", default=None, help="YAML of pipelines.cluster.ClusterSpec fields")
+    p.add_argument("--cluster-spec", default=None, help="YAML of codepmp_kfp.pipelines.cluster.ClusterSpec fields")
     p = add("submit", cmd_submit, "upload the pipeline as a new version to KFP_HOST and start a run; prints its URL")
     p.add_argument("--package", default=None, help="compiled YAML (compiled now if omitted)")
     p.add_argument("--cluster-spec", default=None, help="YAML of ClusterSpec fields, used when compiling")
@@ -232,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", required=True, help="model to serve (repeatable)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--batch-size", type=int, default=16, help="rows of concurrent requests decoded together")
     p = add("promote", cmd_promote, "move the champion alias to a registered version: forced, or unforced only "
             "when both versions were evaluated on the same data and its interval lies above the champion's")
     p.add_argument("--version", required=True, type=int)

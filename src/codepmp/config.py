@@ -19,6 +19,12 @@ from typing import Any
 from codepmp.errors import ConfigError
 
 
+def nonnegative(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A field of counts or sizes (for a list, of each item): never negative, where 0 often means "all" or "off".
+    A negative value is refused when a config is loaded, naming the key."""
+    return field(default=default, default_factory=default_factory, metadata={"nonnegative": True})
+
+
 @dataclass
 class GitHubConfig:
     """The `github` crawl source: REST repository search, then one tarball per repository at a pinned commit."""
@@ -27,17 +33,17 @@ class GitHubConfig:
     """REST API root; point it at GitHub Enterprise (`https://HOST/api/v3`) or a recorded test server."""
     token_env: str = "GITHUB_TOKEN"
     """Environment variable holding the API token (mount it from a Kubernetes Secret); never logged."""
-    min_stars: int = 100
+    min_stars: int = nonnegative(100)
     """Search only repositories with at least this many stars."""
-    max_repos: int = 100
+    max_repos: int = nonnegative(100)
     """Crawl at most this many repositories per language (the search API returns at most 1000 per query)."""
     licenses: list[str] = field(default_factory=lambda: [
         "MIT", "Apache-2.0", "BSD-2-Clause", "BSD-3-Clause", "ISC", "0BSD", "Unlicense", "CC0-1.0", "Zlib",
         "MPL-2.0", "BSL-1.0", "PSF-2.0", "Python-2.0"])
     """SPDX ids (from the API's license detection) whose repositories may be crawled; others are skipped."""
-    max_retries: int = 5
+    max_retries: int = nonnegative(5)
     """Attempts per request on 5xx, connection errors and timeouts, with exponential backoff."""
-    max_rate_limit_wait_s: float = 3600.0
+    max_rate_limit_wait_s: float = nonnegative(3600.0)
     """Longest sleep for a rate-limit reset before the crawl fails with a clear error."""
     timeout_s: float = 60.0
     """Per-request connect/read timeout."""
@@ -59,7 +65,7 @@ class HubConfig:
     """Column naming the source repository, when the dataset has one (`max_stars_repo_name` in The Stack)."""
     license_field: str = ""
     """Column with the license (SPDX id or list of them); rows outside `github.licenses` are skipped. Empty: no check."""
-    max_rows: int = 0
+    max_rows: int = nonnegative(0)
     """Read at most this many rows of the dataset; 0 reads all."""
 
 
@@ -69,11 +75,11 @@ class DedupConfig:
 
     near: bool = True
     """Drop near-duplicates; exact duplicates are always dropped."""
-    ngram: int = 5
+    ngram: int = nonnegative(5)
     """Shingle size in words of the normalized text (lower case, punctuation and whitespace collapsed)."""
-    bands: int = 16
+    bands: int = nonnegative(16)
     """LSH bands; num_perm = bands * rows. Two files become candidates when one whole band of values matches."""
-    rows: int = 8
+    rows: int = nonnegative(8)
     """Hash values per band. With 16x8 a pair becomes a candidate with probability 1 - (1 - J^8)^16:
     6 % at Jaccard 0.5, 61 % at 0.7, 95 % at 0.8, 99.9 % at 0.9 (StarCoder: 5-grams, Jaccard 0.7)."""
     threshold: float = 0.5
@@ -89,7 +95,7 @@ class DecontamConfig:
 
     enabled: bool = True
     """Run decontamination."""
-    ngram: int = 13
+    ngram: int = nonnegative(13)
     """N-gram length in normalized words (13 as in the GPT-3 and Llama decontamination studies)."""
     sets: list[str] = field(default_factory=list)
     """JSON/JSONL files or folders of them whose text fields are the evaluation data; empty: the reasoning data
@@ -107,9 +113,9 @@ class ClassifyConfig:
     """Add the `category` and `engineering_prob` columns."""
     model: str = "smollm2-135m-instruct"
     """Classifier LM: packaged alias, HF folder, hub id or s3:// folder."""
-    max_chars: int = 1500
+    max_chars: int = nonnegative(1500)
     """Characters of each file shown to the classifier."""
-    batch_size: int = 8
+    batch_size: int = nonnegative(8)
     """Files per forward pass."""
     threshold: float = 0.4
     """`category` is "engineering" when P(yes) / (P(yes) + P(no)) is at least this. SmolLM2-135M leans to "no":
@@ -124,27 +130,27 @@ class CrawlConfig:
     see `github`), or `hf:DATASET` (hub id or local dataset folder, see `hub`); empty: this Python's stdlib."""
     languages: list[str] = field(default_factory=lambda: ["python"])
     """Languages to keep, by file extension (see `codepmp.crawl.filters.EXTENSIONS`)."""
-    min_bytes: int = 200
+    min_bytes: int = nonnegative(200)
     """Drop files smaller than this: too little code to describe."""
-    max_bytes: int = 100_000
+    max_bytes: int = nonnegative(100_000)
     """Drop files larger than this (StarCoder used 1 MB; prompts here are truncated anyway)."""
-    max_line_length: int = 1000
+    max_line_length: int = nonnegative(1000)
     """Drop files with any line longer than this (StarCoder: 1000; minified or data files)."""
-    max_mean_line_length: float = 100.0
+    max_mean_line_length: float = nonnegative(100.0)
     """Drop files whose mean line length is above this (StarCoder: 100)."""
-    min_alnum_fraction: float = 0.25
+    min_alnum_fraction: float = nonnegative(0.25)
     """Drop files whose alphanumeric character fraction is below this (StarCoder: 0.25; data blobs, ASCII art)."""
     notebooks: bool = True
     """Convert Jupyter notebooks (.ipynb) to code (their code cells) when their kernel language is kept."""
-    max_archive_bytes: int = 4_000_000_000
+    max_archive_bytes: int = nonnegative(4_000_000_000)
     """Refuse a tarball whose members add up to more than this many bytes (decompression bombs)."""
-    max_archive_members: int = 2_000_000
+    max_archive_members: int = nonnegative(2_000_000)
     """Refuse a tarball with more members than this (headers alone are a cheap bomb)."""
-    max_files: int = 0
+    max_files: int = nonnegative(0)
     """Keep at most this many files after filtering and dedup, chosen by content hash; 0 keeps all."""
-    world_size: int = 1
+    world_size: int = nonnegative(1)
     """Ranks the pipeline fans the crawl out to (KFP ParallelFor); each reads the units whose key hashes to it."""
-    shard_bytes: int = 32_000_000
+    shard_bytes: int = nonnegative(32_000_000)
     """Input bytes per chunk; each chunk writes one Parquet shard (so shards are bounded by this) and a
     completion marker, and is what a retried task redoes at most. Peak memory grows by ~4x this."""
     dedup: DedupConfig = field(default_factory=DedupConfig)
@@ -167,7 +173,7 @@ class SynthesizeConfig:
     """Model that writes the chosen implementation (paper: deepseek-coder-6.7b-instruct)."""
     weak_model: str = "smollm2-135m-instruct"
     """Model that writes the rejected implementation (paper: deepseek-coder-1.3b-instruct)."""
-    max_pairs: int = 32
+    max_pairs: int = nonnegative(32)
     """Number of crawled files to synthesize pairs from; 0 uses every file."""
     categories: list[str] = field(default_factory=list)
     """Use only crawled files of these categories ("engineering", "other"; set by `crawl.classify`); empty: all."""
@@ -176,13 +182,13 @@ class SynthesizeConfig:
     top_p: float = 1.0
     """Nucleus sampling cutoff; 1.0 turns it off (the paper sets only the temperature). Below 1.0 every
     step sorts the whole vocabulary: 28 % slower generation for Gemma-3's 262k-token vocabulary."""
-    max_code_chars: int = 1500
+    max_code_chars: int = nonnegative(1500)
     """Code longer than this is cut before it goes into the summarizer prompt."""
-    description_tokens: int = 64
+    description_tokens: int = nonnegative(64)
     """Max new tokens for a description (paper: 1024)."""
-    code_tokens: int = 96
+    code_tokens: int = nonnegative(96)
     """Max new tokens for each implementation (paper: 1024)."""
-    batch_size: int = 16
+    batch_size: int = nonnegative(16)
     """Rows the transformers backend decodes together (continuous batching: a row that ends is replaced by the
     next prompt; models with sliding-window layers decode static left-padded batches of this size)."""
     seed: int = 0
@@ -194,32 +200,32 @@ class SynthesizeConfig:
     profile: true). Off by default because the CPU profiles' caps cut most outputs; kept ones are counted."""
     quality_signals: bool = True
     """Store chosen/rejected length and whether each parses in its language as columns of the pairs."""
-    world_size: int = 1
+    world_size: int = nonnegative(1)
     """Shards the synthesis fans out to (one KFP ParallelFor task each); chunk i goes to shard i % world_size."""
-    chunk_rows: int = 64
+    chunk_rows: int = nonnegative(64)
     """Files per chunk: the unit of caching and resume (a killed task redoes at most one chunk per role)."""
     backend: str = "transformers"
     """"transformers" (in-process), "vllm" (in-process, GPU image) or "openai": an OpenAI-compatible server at
     `endpoint` serving the three models under their names (vLLM, TGI, KServe, or `codepmp serve`)."""
-    tensor_parallel_size: int = 1
+    tensor_parallel_size: int = nonnegative(1)
     """GPUs each model is split over (backend "vllm"); set it to the GPUs of the synthesis pod."""
     endpoint: str = ""
     """Base URL of the OpenAI-compatible server, e.g. http://vllm.models:8000/v1 (backend "openai")."""
-    concurrency: int = 8
+    concurrency: int = nonnegative(8)
     """Requests in flight at once to the server (backend "openai")."""
-    retries: int = 5
+    retries: int = nonnegative(5)
     """Attempts per request before the stage fails (backend "openai"); waits double from 1 s, or Retry-After."""
 
 
 @dataclass
 class TrainConfig:
-    max_length: int = 384
+    max_length: int = nonnegative(384)
     """Tokens per prompt+response sequence; a longer one loses the start of its prompt, never its response's end."""
-    batch_size: int = 4
+    batch_size: int = nonnegative(4)
     """Pairs per micro-batch."""
-    grad_accum: int = 1
+    grad_accum: int = nonnegative(1)
     """Micro-batches per optimizer step."""
-    epochs: int = 1
+    epochs: int = nonnegative(1)
     """Passes over the pairs (paper: 1)."""
     lr: float = 2e-5
     """Peak learning rate (paper: 1e-6 at 1024 pairs per step)."""
@@ -260,7 +266,7 @@ class TrainConfig:
     deepspeed_stage: int = -1
     """-1 trains with plain torch; 0-3 wraps the model in a DeepSpeed engine with that ZeRO stage (configs in
     src/codepmp/train/deepspeed/). Several processes (torchrun / deepspeed launcher) need a stage >= 0."""
-    processes: int = 0
+    processes: int = nonnegative(0)
     """Training processes in the pod (torchrun --nproc_per_node), each on its own GPU; 0 = one per visible GPU
     (one on a machine without GPUs). More than one needs a DeepSpeed stage. On CPU, 2+ runs gloo processes."""
     deepspeed_config: str = ""
@@ -273,9 +279,9 @@ class TrainConfig:
     decay_from_step: int = 0
     """Above 0: do not train from the start; take the scaling-curve checkpoint saved at this step by the run with
     this run name and only decay it (lr linearly to 0 over step * decay_frac / (1 - decay_frac) further steps)."""
-    log_every: int = 2
+    log_every: int = nonnegative(2)
     """Optimizer steps between metric logs to MLflow."""
-    checkpoint_every: int = 0
+    checkpoint_every: int = nonnegative(0)
     """Optimizer steps between resumable checkpoints in the object store (model, optimizer, scheduler,
     step, config); 0 = none. A restarted stage resumes from the newest complete one."""
     seed: int = 0
@@ -291,9 +297,9 @@ class ReasoningConfig:
     """Domains to finetune and evaluate on: gsm8k and math (pairwise accuracy and best-of-N), logiqa2 and
     reclor (pairwise accuracy and option accuracy: the RM scores every option, the argmax must be the gold).
     LogiQA 2.0 has no public train split: its training items come from dev.jsonl minus the dev200 items."""
-    train_problems: int = 48
+    train_problems: int = nonnegative(48)
     """Problems (logic: items) per domain turned into finetuning pairs."""
-    dev_problems: int = 20
+    dev_problems: int = nonnegative(20)
     """Held-out problems per domain for pairwise accuracy, best-of-N and option accuracy."""
     pairs: str = "corrupted"
     """How math finetuning pairs are made: "corrupted" (the reference solution against copies with a wrong
@@ -301,12 +307,12 @@ class ReasoningConfig:
     paired with incorrect: Math-Shepherd style) or "shipped" (the same, from the policy samples shipped in the
     package: no sampling at run time; needs `pool` "shipped"). Logic pairs are always the right option against
     each wrong one."""
-    rejected_per_problem: int = 1
+    rejected_per_problem: int = nonnegative(1)
     """Corrupted pairs per problem ("corrupted"), or at most this many pairs per problem ("sampled")."""
-    samples_per_problem: int = 4
+    samples_per_problem: int = nonnegative(4)
     """Solutions sampled per train (and, without a sampled pool, dev) problem for "sampled" pairs (k, at least
     2): a problem gives pairs only when its samples are both right and wrong, so more samples pair more problems."""
-    dev_pairs_per_problem: int = 1
+    dev_pairs_per_problem: int = nonnegative(1)
     """Held-out pairs per dev problem (at most, for "sampled"); few per problem keep the pairs independent."""
     extra_pairs: list[str] = field(default_factory=list)
     """More finetuning pairs from files: a Math-Shepherd JSONL (name containing "shepherd") or a generic
@@ -324,13 +330,13 @@ class ReasoningConfig:
     samples_dir: str = ""
     """Pairs and pool "shipped": the folder of policy samples to read (`python -m codepmp.reasoning.policy_samples
     --out DIR` writes one); empty: the samples shipped in the package (reasoning/data/policy/)."""
-    candidates_per_problem: int = 8
+    candidates_per_problem: int = nonnegative(8)
     """Best-of-N pool size per dev problem (the paper samples up to 256 on a cluster)."""
     policy_model: str = "smollm2-135m-instruct"
     """Model that samples solutions for "sampled" pairs and pools, through `synthesize.backend`."""
     temperature: float = 0.7
     """Sampling temperature of the policy."""
-    max_new_tokens: int = 256
+    max_new_tokens: int = nonnegative(256)
     """Tokens per sampled solution."""
     seed: int = 0
     """Seed for sampling problems, corruptions and pairings."""
@@ -338,20 +344,20 @@ class ReasoningConfig:
 
 @dataclass
 class EvaluateConfig:
-    best_of_n: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    best_of_n: list[int] = nonnegative(default_factory=lambda: [1, 2, 4, 8])
     """N values for best-of-N; each is averaged over `bon_trials` random draws from the pool."""
-    bon_trials: int = 16
+    bon_trials: int = nonnegative(16)
     """Random subsets drawn per problem and N."""
-    batch_size: int = 1
+    batch_size: int = nonnegative(1)
     """Sequences per forward pass: trie packs (right-padded to the longest), or texts where nothing is shared
     (models with a sliding window or a flash kernel). On a CPU 1 is fastest: a pack already keeps it busy, and
     padding packs to a common length costs more than it saves (benchmarks/README.md); a GPU wants more."""
-    max_length: int = 384
+    max_length: int = nonnegative(384)
     """Tokens per scored sequence; a longer one loses the start of its prompt, as in training."""
-    pack_tokens: int = 1024
+    pack_tokens: int = nonnegative(1024)
     """Token-trie nodes per tree-attention forward pass (at least `max_length`). Larger passes read the weights
     fewer times; the attention mask is pack_tokens x pack_tokens, so keep it to a few thousand."""
-    bootstrap_resamples: int = 1000
+    bootstrap_resamples: int = nonnegative(1000)
     """Bootstrap resamples behind every 95 % confidence interval."""
     seed: int = 0
     """Seed of the best-of-N candidate draws (one generator per seed, N and problem, identical for every model),
@@ -364,7 +370,7 @@ class EvaluateConfig:
 
 @dataclass
 class SweepConfig:
-    sizes: list[int] = field(default_factory=lambda: [8, 24])
+    sizes: list[int] = nonnegative(default_factory=lambda: [8, 24])
     """Sample-efficiency sweep: finetuning subset sizes (pairs). Each size finetunes once from the PMP model
     and once from the base model, as parallel pipeline tasks; [] runs no sweep. Subsets are nested (each
     smaller one is the start of the larger ones), so the curves differ only in how much data they saw."""
@@ -537,26 +543,15 @@ def _coerce(value: Any, current: Any, path: str) -> Any:
     raise ConfigError(f"config key '{path}' expects {type(current).__name__}, got {value!r}")
 
 
-_SIZE_SUFFIXES = ("_bytes", "_size", "_length", "_tokens", "_problems", "_pairs", "_chars", "_files", "_rows",
-                  "_members", "_repos", "_per_problem", "_trials", "_resamples", "_every")
-_SIZE_NAMES = frozenset({"sizes", "best_of_n", "epochs", "grad_accum", "concurrency", "retries", "processes",
-                         "ngram", "bands", "rows", "min_stars"})
-
-
-def _is_size(name: str) -> bool:
-    """Counts and sizes, which are never negative (0 often means "all" or "off"); other numbers such as
-    `deepspeed_stage = -1` or a seed keep their own meaning and are not checked here."""
-    return name in _SIZE_NAMES or name.startswith(("max_", "min_")) or name.endswith(_SIZE_SUFFIXES)
-
-
-def _check_sizes(obj: Any, where: str) -> None:
-    """Refuse a negative size at load time, naming the key, rather than deep inside a stage."""
+def _check_nonnegative(obj: Any, where: str) -> None:
+    """Refuse a negative value of a `nonnegative` field at load time, naming the key, rather than deep inside a
+    stage."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         path = f"{where}.{f.name}" if where else f.name
         if dataclasses.is_dataclass(value):
-            _check_sizes(value, path)
-        elif _is_size(f.name):
+            _check_nonnegative(value, path)
+        elif f.metadata.get("nonnegative"):
             values = value if isinstance(value, list) else [value]
             bad = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0]
             if bad:
@@ -568,7 +563,7 @@ def load_config(profile: str = "local", overrides: dict[str, Any] | None = None)
         raise ConfigError(f"unknown profile '{profile}' (known: {', '.join(PROFILES)})")
     cfg = _merge(PipelineConfig(profile=profile), PROFILES[profile](), "")
     cfg = _merge(cfg, overrides or {}, "")
-    _check_sizes(cfg, "")
+    _check_nonnegative(cfg, "")
     return cfg
 
 

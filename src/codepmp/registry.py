@@ -1,4 +1,5 @@
-"""The promotion gate of the PMP reward model, and the manual `promote` behind `make promote`.
+"""The model registry: the promotion gate of the PMP reward model, its registration with lineage (the register
+stage, `register_pmp`), and the manual `promote` behind `make promote`.
 
 A new version takes the champion alias only when both paired comparisons on this run's dev data pass:
 
@@ -11,10 +12,13 @@ A new version takes the champion alias only when both paired comparisons on this
 Otherwise the version becomes `challenger`, and its reason tag names the comparison that failed.
 
     verdict = gate_verdict(cfg, model_dir, data_dir, differences)   # before anything is registered
+    register_reward_model(rm_dir, "codepmp-reward-model", metrics, verdict, lineage=lineage)
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 import tempfile
 from collections.abc import Mapping
@@ -23,11 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from codepmp.errors import InputError
+from codepmp.tracking import RUN_TAG, check_tracking_server, mlflow_errors, stage_run
 
 GATE_METRIC_PATTERN = re.compile(r"^(?:[A-Za-z0-9_-]+\.)?(?:pairwise_accuracy|option_accuracy|bon[1-9][0-9]*_rm)$")
 """Metrics with a paired PMP-minus-other interval: pairwise or option accuracy (over all dev pairs or one
 domain's) and a domain's best-of-N accuracy with the reward model picking (`gsm8k.bon8_rm`)."""
 TAG_PREFIX = "codepmp.gate."
+MODEL_ARTIFACT_NAME = "reward_model"
 DATA_TAG_PREFIX = "codepmp.data_sha256."
 EVALUATED_TABLES = ("dev", "pool", "logic")
 """The reasoning tables the gate metrics are computed on: two versions' stored numbers compare only when these match."""
@@ -120,7 +126,6 @@ def champion_version(registered_model: str, alias: str = CHAMPION) -> str | None
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from codepmp.tracking import _mlflow_errors
 
     client = mlflow.MlflowClient()
     try:
@@ -128,7 +133,7 @@ def champion_version(registered_model: str, alias: str = CHAMPION) -> str | None
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None
-        with _mlflow_errors(f"registered model '{registered_model}'"):
+        with mlflow_errors(f"registered model '{registered_model}'"):
             raise
     return model.aliases.get(alias)
 
@@ -137,9 +142,8 @@ def download_version(registered_model: str, version: str, out_dir: str | Path) -
     """Version `version` of the registered reward model as a Hugging Face folder in `out_dir`."""
     import mlflow
 
-    from codepmp.tracking import _mlflow_errors
 
-    with _mlflow_errors(f"loading version {version} of '{registered_model}'"):
+    with mlflow_errors(f"loading version {version} of '{registered_model}'"):
         components = mlflow.transformers.load_model(f"models:/{registered_model}/{version}", return_type="components")
     out_dir = Path(out_dir)
     components["model"].save_pretrained(out_dir)
@@ -249,14 +253,13 @@ def promote(registered_model: str, version: str | int, alias: str = CHAMPION, ga
 
     import mlflow
 
-    from codepmp.tracking import _mlflow_errors, check_tracking_server
 
     if force and not (who.strip() and why.strip()):
         raise InputError("a forced promotion needs who is promoting and why (make promote VERSION=N WHY='...')")
     check_gate_metric(gate_metric)
     client = mlflow.MlflowClient(tracking_uri=check_tracking_server())
     version = str(version)
-    with _mlflow_errors(f"version {version} of registered model '{registered_model}'"):
+    with mlflow_errors(f"version {version} of registered model '{registered_model}'"):
         tags = client.get_model_version(registered_model, version).tags
         holder = client.get_registered_model(registered_model).aliases.get(alias)
         outcome = {"name": registered_model, "version": version, "promoted": False, "previous_version": holder,
@@ -274,3 +277,115 @@ def promote(registered_model: str, version: str | int, alias: str = CHAMPION, ga
         for key, text in audit.items():
             client.set_model_version_tag(registered_model, version, key, text)
     return {**outcome, "promoted": True, "alias": alias, "reason": reason}
+
+
+def check_reward_model_dir(model_dir: str | Path) -> Path:
+    """InputError unless `model_dir` is an HF folder of a 1-label regression sequence classifier."""
+    model_dir = Path(model_dir)
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise InputError(f"{model_dir} is not a Hugging Face model folder (no config.json)")
+    config = json.loads(config_path.read_text())
+    num_labels = len(config.get("id2label") or {}) or config.get("num_labels", 2)
+    if num_labels != 1 or config.get("problem_type") != "regression":
+        raise InputError(f"{model_dir} must hold a reward model with num_labels=1 and "
+                         f"problem_type='regression' (got num_labels={num_labels}, "
+                         f"problem_type={config.get('problem_type')!r}); without 'regression' the "
+                         f"text-classification pipeline applies a sigmoid to the reward")
+    return model_dir.resolve()
+
+
+def load_reward_model(model_dir: Path) -> dict[str, Any]:
+    """{"model", "tokenizer"} as the transformers flavor takes them, loaded the way every stage loads them."""
+    from codepmp.models import load_reward_model as load
+
+    model, tokenizer = load(str(model_dir))
+    return {"model": model, "tokenizer": tokenizer}
+
+
+def pip_requirements() -> list[str]:
+    """Pinned requirements of a logged reward model (given explicitly, so MLflow does not infer them
+    by loading the model in a subprocess)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in ("mlflow", "torch", "transformers",
+                                                                    "tokenizers", "accelerate")]
+
+
+def register_reward_model(model_dir: str | Path, registered_model: str, metrics: Mapping[str, float],
+                          verdict: GateVerdict, alias: str = "champion", run_name: str = "manual",
+                          experiment: str = "codepmp", challenger_alias: str = "challenger",
+                          lineage: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Log the HF reward-model folder with the transformers flavor and register a version. The full `metrics`
+    go on the MLflow run; the version's tags carry the gate `verdict` (see `codepmp.registry`) and `lineage`
+    (data hashes, pipeline run ids, base model). `alias` moves to the version when the verdict promotes it,
+    `challenger_alias` otherwise.
+
+    Logs into the active run, or else into a new "<run_name>/register" run of `experiment`.
+    Returns {name, version, promoted, previous_version, alias, reason, summary}.
+    """
+    model_dir = check_reward_model_dir(model_dir)
+    check_tracking_server()
+    import mlflow
+
+    run_context = (contextlib.nullcontext() if mlflow.active_run() is not None else
+                   stage_run(experiment, "register", run_name,
+                             {"registered_model": registered_model, "gate_metric": verdict.metric}))
+    with run_context, mlflow_errors(f"registering '{registered_model}'"):
+        mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
+        model_info = mlflow.transformers.log_model(
+            transformers_model=load_reward_model(model_dir), name=MODEL_ARTIFACT_NAME,
+            task="text-classification", registered_model_name=registered_model,
+            pip_requirements=pip_requirements())
+        version = str(model_info.registered_model_version)
+    client = mlflow.MlflowClient()
+    with mlflow_errors(f"tagging '{registered_model}' version {version}"):
+        holder = client.get_registered_model(registered_model).aliases.get(alias)
+        tags = {**(lineage or {}), RUN_TAG: run_name, **verdict.tags()}
+        promoted = verdict.promoted
+        if promoted and holder != verdict.champion_version:
+            # Another version took the alias while this one was scored against the previous holder.
+            promoted = False
+            moved = f"'{alias}' moved to version {holder} during the gate; "
+            tags.update({f"{TAG_PREFIX}verdict": challenger_alias, f"{TAG_PREFIX}reason": "champion_changed",
+                         f"{TAG_PREFIX}summary": moved + verdict.summary})
+        for key, value in tags.items():
+            client.set_model_version_tag(registered_model, version, key, str(value))
+        given = alias if promoted else challenger_alias
+        if given:
+            client.set_registered_model_alias(registered_model, given, version)
+    return {"name": registered_model, "version": version, "promoted": promoted, "previous_version": holder,
+            "alias": given or None, "reason": tags[f"{TAG_PREFIX}reason"], "summary": tags[f"{TAG_PREFIX}summary"]}
+
+
+def register_pmp(cfg: Any, run_name: str, job_id: str, model_dir: str | Path, results_path: str | Path,
+                 data_dir: str | Path = "") -> dict[str, Any]:
+    """The register stage: the gate's verdict on the PMP model at `model_dir` (its differences to the control from
+    the evaluate stage's `results_path`, the champion re-scored on `data_dir`), then the version registered with
+    the run's metrics, its lineage (pipeline run and job, base model, sha256 of each reasoning table) and the
+    verdict's tags. Returns the stage's result: version, alias, gate reason and intervals."""
+    check_gate_metric(cfg.evaluate.gate_metric)
+    results = json.loads(Path(results_path).read_text())
+    metrics = results.get("metrics", {}).get("pmp")
+    if not metrics:
+        raise InputError(f"{results_path} holds no metrics of a 'pmp' model (run the evaluate stage first)")
+    if "differences" not in results:
+        raise InputError(f"{results_path} holds no PMP - control differences (rerun the evaluate stage)")
+    verdict = gate_verdict(cfg, model_dir, data_dir, results["differences"])
+    lineage = {"codepmp.pipeline_run": run_name, "codepmp.pipeline_job": job_id or "none",
+               "codepmp.base_model": cfg.base_model}
+    stats_file = Path(data_dir) / "stats.json" if data_dir else None
+    if stats_file and stats_file.is_file():
+        lineage.update({f"{DATA_TAG_PREFIX}{table}": digest
+                        for table, digest in json.loads(stats_file.read_text()).get("sha256", {}).items()})
+    # The whole evaluation, differences included, goes on the run; the version gets only the gate and lineage.
+    run_metrics = {**metrics, **{f"diff.{key}": value for key, value in results["differences"].items()}}
+    outcome = register_reward_model(model_dir, cfg.promote.registered_model, run_metrics, verdict,
+                                    alias=cfg.promote.alias, run_name=run_name, lineage=lineage)
+    print(f"[register] version {outcome['version']}: {outcome['summary']}", flush=True)
+    gate = {f"gate_{c.against}_{field}": getattr(c, field) for c in (verdict.control, verdict.champion) if c
+            for field in ("mean", "low", "high")}
+    return {"registered_model": outcome["name"], "version": int(outcome["version"]),
+            "promoted": int(bool(outcome["promoted"])), "alias": outcome["alias"] or "", "gate_metric": verdict.metric,
+            "gate_reason": outcome["reason"], "gate_summary": outcome["summary"],
+            "gate_champion_version": verdict.champion_version or "none", **gate}

@@ -6,8 +6,7 @@ import os
 import urllib.parse
 from pathlib import Path
 
-STAGE_ORDER = ["crawl", "crawl_merge", "synthesize", "synthesize_merge", "base_model", "reasoning_data", "pretrain",
-               "finetune", "sample_efficiency", "evaluate", "register"]
+from codepmp.stages import STAGES
 
 
 def redact_uri(uri: str) -> str:
@@ -37,7 +36,8 @@ def stage_runs(experiment: str, run_name: str) -> list[dict]:
              "subset": int(r.data.tags.get("codepmp.subset", "0")), "seed": r.data.tags.get("codepmp.seed", ""),
              "metrics": r.data.metrics, "tags": r.data.tags,
              "run_id": r.info.run_id} for r in runs]
-    return sorted(rows, key=lambda r: (STAGE_ORDER.index(r["stage"]) if r["stage"] in STAGE_ORDER else 99,
+    order = list(STAGES)
+    return sorted(rows, key=lambda r: (order.index(r["stage"]) if r["stage"] in order else len(order),
                                        r["subset"], r["seed"], r["variant"]))
 
 

@@ -24,14 +24,12 @@ recorded in its stack.json wins over arguments and environment: `down()` first t
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import shlex
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -42,16 +40,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from codepmp.env import (ACCESS_KEY_VAR, BUCKET_VAR, DEFAULT_BUCKET, ENDPOINT_VAR, PASSWORD_VAR, SECRET_KEY_VAR,
+                         TRACKING_URI_VAR, USERNAME_VAR)
 from codepmp.errors import ServiceError
+from codepmp.processes import (LOOPBACK, Startup, command_mentions, port_accepts_connections, port_is_free,
+                               stop_process_groups, wait_for_startup)
 from codepmp.storage import ObjectStore
 from codepmp.tracking import AUTH_PROBE, http_status
 
-HOST = "127.0.0.1"
+HOST = LOOPBACK
 DEFAULT_STATE_DIR = Path("~/.codepmp/stack")
 DEFAULT_ACCESS_KEY = "codepmp"
 DEFAULT_SECRET_KEY = "codepmp-secret"
 DEFAULT_MLFLOW_USER = "codepmp"
-DEFAULT_BUCKET = "codepmp"
 ARTIFACT_BUCKET = "mlflow-artifacts"
 SEAWEEDFS = "seaweedfs"
 MINIO = "minio"
@@ -164,106 +165,6 @@ def choose_s3_server(requested: str | None = None) -> str:
     return choice
 
 
-def port_is_free(port: int) -> bool:
-    """True when nothing listens on 127.0.0.1:`port` (TIME_WAIT leftovers do not count)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
-def reap(pid: int) -> None:
-    """Collect `pid`'s exit status if it is an exited child of this process, so it stops being a zombie."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-
-
-def port_accepts_connections(port: int) -> bool:
-    """True when something accepts TCP connections on 127.0.0.1:`port`."""
-    try:
-        with socket.create_connection((HOST, port), timeout=1.0):
-            return True
-    except OSError:
-        return False
-
-
-def command_line(pid: int) -> str | None:
-    """The command line of a live, non-zombie process, or None."""
-    reap(pid)
-    proc = Path(f"/proc/{pid}/cmdline")
-    if Path("/proc/self").exists():
-        try:
-            return proc.read_bytes().replace(b"\0", b" ").decode(errors="replace").strip() or None
-        except OSError:
-            return None
-    result = subprocess.run(["ps", "-o", "stat=,command=", "-p", str(pid)],
-                            capture_output=True, text=True, check=False)
-    stat, _, command = result.stdout.strip().partition(" ")
-    return None if result.returncode or stat.startswith("Z") else command.strip()
-
-
-def _process_group_states() -> dict[int, list[str]] | None:
-    """Process states by process group, read from /proc; None where /proc is missing."""
-    proc = Path("/proc")
-    if not (proc / "self").exists():
-        return None
-    groups: dict[int, list[str]] = {}
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        state, _ppid, pgrp = stat[stat.rindex(")") + 2:].split()[:3]
-        groups.setdefault(int(pgrp), []).append(state)
-    return groups
-
-
-def group_alive(pgid: int) -> bool:
-    """True while a process of the group `pgid` exists that is not a zombie."""
-    reap(pgid)
-    groups = _process_group_states()
-    if groups is not None:
-        return any(state != "Z" for state in groups.get(pgid, []))
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def signal_group(pid: int, signum: int) -> None:
-    """Send `signum` to the process group led by `pid` (or to `pid` alone if it leads none)."""
-    try:
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, signum)
-        else:
-            os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
-
-
-def stop_process_groups(pgids: list[int], timeout_s: float) -> None:
-    """SIGTERM each group, wait up to `timeout_s` for all to exit, then SIGKILL what is left."""
-    for pgid in pgids:
-        signal_group(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while any(group_alive(pgid) for pgid in pgids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for pgid in pgids:
-        if group_alive(pgid):
-            signal_group(pgid, signal.SIGKILL)
-    deadline = time.monotonic() + 5.0
-    while any(group_alive(pgid) for pgid in pgids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
 def log_tail(path: Path, offset: int = 0, lines: int = LOG_TAIL_LINES) -> str:
     """The last `lines` lines written to `path` after byte `offset`."""
     try:
@@ -286,10 +187,10 @@ class Stack:
         self.state_dir = Path(raw_dir).expanduser().resolve()
         self.startup_timeout_s = startup_timeout_s
         self.ports = ports or StackPorts.from_env()
-        self.access_key = access_key or os.environ.get("AWS_ACCESS_KEY_ID") or DEFAULT_ACCESS_KEY
-        self.secret_key = secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY") or DEFAULT_SECRET_KEY
-        self.bucket = bucket or os.environ.get("CODEPMP_BUCKET") or DEFAULT_BUCKET
-        self.mlflow_user = mlflow_user or os.environ.get("MLFLOW_TRACKING_USERNAME") or DEFAULT_MLFLOW_USER
+        self.access_key = access_key or os.environ.get(ACCESS_KEY_VAR) or DEFAULT_ACCESS_KEY
+        self.secret_key = secret_key or os.environ.get(SECRET_KEY_VAR) or DEFAULT_SECRET_KEY
+        self.bucket = bucket or os.environ.get(BUCKET_VAR) or DEFAULT_BUCKET
+        self.mlflow_user = mlflow_user or os.environ.get(USERNAME_VAR) or DEFAULT_MLFLOW_USER
         self.s3_server = choose_s3_server(s3_server)
         self.pids: dict[str, int] = {}
         self._adopt_recorded_state()
@@ -316,13 +217,13 @@ class Stack:
     def client_env(self) -> dict[str, str]:
         """Exactly the variables clients read; the same names point at MinIO/MLflow on a cluster."""
         return {
-            "CODEPMP_S3_ENDPOINT": self.s3_endpoint,
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secret_key,
-            "CODEPMP_BUCKET": self.bucket,
-            "MLFLOW_TRACKING_URI": self.mlflow_uri,
-            "MLFLOW_TRACKING_USERNAME": self.mlflow_user,
-            "MLFLOW_TRACKING_PASSWORD": self.secret_key,
+            ENDPOINT_VAR: self.s3_endpoint,
+            ACCESS_KEY_VAR: self.access_key,
+            SECRET_KEY_VAR: self.secret_key,
+            BUCKET_VAR: self.bucket,
+            TRACKING_URI_VAR: self.mlflow_uri,
+            USERNAME_VAR: self.mlflow_user,
+            PASSWORD_VAR: self.secret_key,
         }
 
     def _adopt_recorded_state(self) -> None:
@@ -344,10 +245,7 @@ class Stack:
 
     def _owns(self, pid: int | None) -> bool:
         """True when `pid` is alive and is a server of this state dir (guards against PID reuse)."""
-        if not pid:
-            return False
-        command = command_line(pid)
-        return command is not None and f"{self.state_dir}{os.sep}" in command
+        return bool(pid) and command_mentions(pid, f"{self.state_dir}{os.sep}")
 
     def _write_state(self) -> None:
         state = {"pids": self.pids, "ports": dataclasses.asdict(self.ports), "s3_server": self.s3_server,
@@ -408,7 +306,7 @@ class Stack:
 
     def _check_ports_free(self, service: str) -> None:
         for name, port in self.ports.for_service(service, self.s3_server).items():
-            if not port_is_free(port):
+            if not port_is_free(port, HOST):
                 setting = "CODEPMP_PORT_ADMIN (admin gRPC is admin + 10000)" if name == "admin_grpc" \
                     else f"CODEPMP_PORT_{name.upper()}"
                 raise ServiceError(
@@ -418,15 +316,12 @@ class Stack:
 
     def _wait_healthy(self, service: str, alive: Callable[[], bool], healthy: Callable[[], bool],
                       log_offset: int) -> None:
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            if healthy():
-                return
-            if not alive():
-                raise ServiceError(self._failure_message(service, "exited during startup", log_offset))
-            time.sleep(0.25)
-        raise ServiceError(self._failure_message(
-            service, f"did not become healthy within {self.startup_timeout_s:g} s", log_offset))
+        outcome = wait_for_startup(healthy, alive, self.startup_timeout_s)
+        if outcome is Startup.EXITED:
+            raise ServiceError(self._failure_message(service, "exited during startup", log_offset))
+        if outcome is Startup.TIMED_OUT:
+            raise ServiceError(self._failure_message(
+                service, f"did not become healthy within {self.startup_timeout_s:g} s", log_offset))
 
     def _failure_message(self, service: str, what: str, log_offset: int) -> str:
         log_path = self.log_file(service)
@@ -443,9 +338,9 @@ class Stack:
         return process
 
     def _server_env(self) -> dict[str, str]:
-        env = {name: value for name, value in os.environ.items() if name != "MLFLOW_TRACKING_URI"}
+        env = {name: value for name, value in os.environ.items() if name != TRACKING_URI_VAR}
         no_proxy = ",".join(filter(None, [HOST, "localhost", env.get("NO_PROXY", "")]))
-        env.update({"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
+        env.update({ACCESS_KEY_VAR: self.access_key, SECRET_KEY_VAR: self.secret_key,
                     "NO_PROXY": no_proxy, "no_proxy": no_proxy, "DO_NOT_TRACK": "true"})
         return env
 
@@ -532,7 +427,7 @@ class Stack:
         return ObjectStore(self.s3_endpoint, self.access_key, self.secret_key, bucket, retry_s=0)
 
     def _s3_healthy(self) -> bool:
-        if not port_accepts_connections(self.ports.s3):
+        if not port_accepts_connections(self.ports.s3, HOST):
             return False
         try:
             self._object_store(self.bucket).bucket_exists()

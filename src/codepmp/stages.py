@@ -20,8 +20,33 @@ from codepmp.config import PipelineConfig, load_config
 from codepmp.errors import CodepmpError
 
 
-def stage(name: str) -> Callable:
-    """Decorate `fn(cfg, run_name, **kwargs) -> dict`; the wrapper takes (profile, overrides, run_name, **kwargs)."""
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+    """A stage as the CLI, the run summary and the pipeline read it from the registry (`STAGES`)."""
+
+    name: str
+    section: str = ""
+    """Config section whose values the stage's MLflow run records as params ("": the base model only)."""
+    gpu: bool = False
+    """Its pipeline tasks request a GPU on a cluster."""
+    cached: bool = False
+    """KFP may reuse an earlier result of a task with the same inputs: only for a pure function of the profile
+    and its inputs, not for stages whose work lives outside KFP's cache (object-store markers, checkpoints,
+    MLflow runs, the registry)."""
+    cli: tuple[str, ...] = ()
+    """The folder options of its `codepmp <name>` subcommand (none: no subcommand)."""
+    from_cli: Callable[[dict], dict] | None = None
+    """The stage's keyword arguments from the subcommand's options, where they are not those options as named."""
+
+
+STAGES: dict[str, StageSpec] = {}
+"""Every stage by name, in pipeline order (the order of the definitions below)."""
+
+
+def stage(name: str, **spec: Any) -> Callable:
+    """Register a stage (`StageSpec` fields as keywords) and decorate `fn(cfg, run_name, **kwargs) -> dict`;
+    the wrapper takes (profile, overrides, run_name, **kwargs)."""
+    STAGES[name] = StageSpec(name, **spec)
 
     def wrap(fn: Callable[..., dict]) -> Callable[..., dict]:
         @functools.wraps(fn)
@@ -30,7 +55,7 @@ def stage(name: str) -> Callable:
 
             try:
                 cfg = load_config(profile, overrides)
-                params = {"profile": profile, **_section_params(cfg, name)}
+                params = {"profile": profile, **_section_params(cfg, STAGES[name].section)}
                 with tracking.stage_run(cfg.experiment, name, run_name, params):
                     start = time.perf_counter()
                     result = fn(cfg, run_name, **kwargs)
@@ -57,11 +82,7 @@ def _log_result(result: dict) -> None:
     mlflow.set_tags({f"codepmp.{k}": v for k, v in result.items() if isinstance(v, str)})
 
 
-def _section_params(cfg: PipelineConfig, name: str) -> dict:
-    section = {"pretrain": "pretrain", "pretrain_trainjob": "pretrain", "finetune": "finetune", "crawl": "crawl",
-               "crawl_merge": "crawl", "synthesize": "synthesize", "synthesize_merge": "synthesize",
-               "reasoning_data": "reasoning", "evaluate": "evaluate", "register": "promote",
-               "sample_efficiency": "sweep"}.get(name)
+def _section_params(cfg: PipelineConfig, section: str) -> dict:
     params = {"base_model": cfg.base_model}
     if section:
         params.update(_flatten(dataclasses.asdict(getattr(cfg, section)), section))
@@ -87,7 +108,7 @@ def _mlflow_log(metrics: dict, step: int) -> None:
 
 def _run_location(stage_name: str, run_name: str) -> str:
     """s3://<bucket>/<stage>/<run name>: where a stage keeps work that a retried or rerun task resumes."""
-    from codepmp.storage import BUCKET_VAR, DEFAULT_BUCKET
+    from codepmp.env import BUCKET_VAR, DEFAULT_BUCKET
 
     return f"s3://{os.environ.get(BUCKET_VAR) or DEFAULT_BUCKET}/{stage_name}/{run_name}"
 
@@ -119,7 +140,8 @@ def _crawl_result(stats: dict) -> dict:
             "bytes_kept": stats["bytes_kept"], **{f"dropped_{k}": v for k, v in stats["dropped"].items()}}
 
 
-@stage("crawl")
+@stage("crawl", section="crawl", cli=("out_dir", "rank"),
+       from_cli=lambda o: {"location": o["out_dir"], "rank": o["rank"]})
 def crawl(cfg: PipelineConfig, run_name: str, rank: int = 0, location: str = "") -> dict:
     """One rank of the crawl into `location` (default: the object store, see `crawl_location`)."""
     from codepmp.crawl import run_crawl
@@ -129,7 +151,8 @@ def crawl(cfg: PipelineConfig, run_name: str, rank: int = 0, location: str = "")
     return {"rank": rank, **_crawl_result(stats)}
 
 
-@stage("crawl_merge")
+@stage("crawl_merge", section="crawl", cli=("out_dir",),
+       from_cli=lambda o: {"location": o["out_dir"], "out_dir": o["out_dir"]})
 def crawl_merge(cfg: PipelineConfig, run_name: str, out_dir: str, location: str = "") -> dict:
     """Merge the finished ranks; `out_dir` gets `manifest.json` (pointing at the shards) and `stats.json`."""
     from codepmp.atomic import write_json
@@ -155,7 +178,8 @@ def _synthesis_result(stats: dict) -> dict:
             **{f"truncated_{k}": v for k, v in stats["truncated_kept"].items()}}
 
 
-@stage("synthesize")
+@stage("synthesize", section="synthesize", gpu=True, cli=("crawl_dir", "out_dir"),
+       from_cli=lambda o: {**o, "location": str(Path(o["out_dir"]) / "cache")})
 def synthesize(cfg: PipelineConfig, run_name: str, crawl_dir: str, out_dir: str, rank: int | None = None,
                location: str = "") -> dict:
     """Shard `rank` of the synthesis into `out_dir` (a pipeline task), or with no rank every shard in turn
@@ -168,7 +192,7 @@ def synthesize(cfg: PipelineConfig, run_name: str, crawl_dir: str, out_dir: str,
     return _synthesis_result(synthesize_shard(cfg.synthesize, crawl_dir, where, out_dir, rank))
 
 
-@stage("synthesize_merge")
+@stage("synthesize_merge", section="synthesize")
 def synthesize_merge(cfg: PipelineConfig, run_name: str, shard_dirs: list[str], out_dir: str) -> dict:
     """Concatenate the shard tasks' outputs into one pairs.parquet with summed stats."""
     from codepmp.synthesize.run import merge_shards
@@ -178,7 +202,7 @@ def synthesize_merge(cfg: PipelineConfig, run_name: str, shard_dirs: list[str], 
     return {**_synthesis_result(stats), "tokens_per_s": round(tokens_per_s, 1)}
 
 
-@stage("base_model")
+@stage("base_model", cached=True)
 def base_model(cfg: PipelineConfig, run_name: str, out_dir: str) -> dict:
     """Copy the resolved base model into an artifact folder, so every later stage reads one exact copy."""
     from codepmp.models import resolve
@@ -194,7 +218,7 @@ def base_model(cfg: PipelineConfig, run_name: str, out_dir: str) -> dict:
     return {"base_model": cfg.base_model}
 
 
-@stage("reasoning_data")
+@stage("reasoning_data", section="reasoning", cached=True, cli=("out_dir",))
 def reasoning_data(cfg: PipelineConfig, run_name: str, out_dir: str) -> dict:
     from codepmp.reasoning.build import build_reasoning_data
     from codepmp.synthesize.run import make_backend
@@ -219,7 +243,7 @@ def _log_training_configs(train_cfg, model_dir: str) -> None:
         mlflow.log_dict(deepspeed_config(train_cfg, train_cfg.grad_accum), "deepspeed_config.json")
 
 
-@stage("pretrain")
+@stage("pretrain", section="pretrain", gpu=True, cli=("base_dir", "pairs_dir", "out_dir"))
 def pretrain(cfg: PipelineConfig, run_name: str, base_dir: str, pairs_dir: str, out_dir: str,
              job_id: str = "") -> dict:
     from codepmp.synthesize.run import read_pairs
@@ -239,52 +263,24 @@ def _pretrain_checkpoints(cfg: PipelineConfig, run_name: str, job_id: str):
     return Checkpoints(run_name, job_id, name, scaling="pretrain" if scaling else "")
 
 
-@stage("pretrain_trainjob")
+@stage("pretrain_trainjob", section="pretrain")
 def pretrain_trainjob(cfg: PipelineConfig, run_name: str, base_dir: str, pairs_dir: str, out_dir: str,
                       job_id: str, trainjob: dict) -> dict:
-    """`pretrain` on several nodes: stage the inputs in the object store, run a Kubeflow Trainer TrainJob
-    (settings: `train.trainjob.TrainJobSettings` fields), and copy its model back into `out_dir`."""
-    import dataclasses
-
+    """`pretrain` on several nodes through a Kubeflow Trainer TrainJob (settings: `train.trainjob.TrainJobSettings`
+    fields); its model is copied back into `out_dir`."""
     import mlflow
-    import pyarrow as pa
 
-    from codepmp.errors import ServiceError
-    from codepmp.storage import ObjectStore, StoreFolder
     from codepmp.synthesize.run import read_pairs
-    from codepmp.train.launch import TrainSpec, recorded_error
-    from codepmp.train.trainjob import TrainJobSettings, job_name, run_trainjob
+    from codepmp.train.trainjob import TrainJobSettings, pretrain_on_trainjob
 
     settings = TrainJobSettings.from_dict(trainjob)
     _log_training_configs(cfg.pretrain, base_dir)
-    store = ObjectStore.from_env()
-    store.ensure_bucket()
-    prefix = f"runs/{run_name}/{job_id or 'local'}/pretrain/trainjob"
-    if not store.is_done(f"{prefix}/init"):
-        store.upload_dir(base_dir, f"{prefix}/init")
-        store.mark_done(f"{prefix}/init")
-    StoreFolder(store, prefix).put_table(
-        "pairs.parquet", pa.Table.from_pylist([dataclasses.asdict(p) for p in read_pairs(pairs_dir)]))
-    train_cfg = dataclasses.replace(cfg.pretrain, processes=settings.gpus_per_node)
-    spec = TrainSpec(config=dataclasses.asdict(train_cfg), init_model=store.uri(f"{prefix}/init"),
-                     pairs=store.uri(f"{prefix}/pairs.parquet"), out_dir=store.uri(f"{prefix}/model"),
-                     summary=store.uri(f"{prefix}/summary.json"),
-                     checkpoints=dataclasses.asdict(_pretrain_checkpoints(cfg, run_name, job_id)),
-                     tracking_uri=mlflow.get_tracking_uri(), mlflow_run_id=mlflow.active_run().info.run_id)
-    store.put_json(f"{prefix}/spec.json", dataclasses.asdict(spec))
-    try:
-        run_trainjob(settings, job_name(run_name, job_id), store.uri(f"{prefix}/spec.json"))
-    except ServiceError:
-        if store.exists(f"{prefix}/error.json"):  # bad input or config, as rank 0 of the job reported it
-            raise recorded_error(store.get_json(f"{prefix}/error.json")) from None
-        raise
-    if not store.is_done(f"{prefix}/model"):
-        raise CodepmpError(f"the TrainJob finished but wrote no model to {store.uri(prefix + '/model')}")
-    store.download_dir(f"{prefix}/model", out_dir)
-    return {**store.get_json(f"{prefix}/summary.json"), "nodes": settings.nodes}
+    return pretrain_on_trainjob(cfg.pretrain, settings, base_dir, read_pairs(pairs_dir), out_dir,
+                                _pretrain_checkpoints(cfg, run_name, job_id), run_name, job_id,
+                                tracking=(mlflow.get_tracking_uri(), mlflow.active_run().info.run_id))
 
 
-@stage("finetune")
+@stage("finetune", section="finetune", gpu=True, cli=("init_dir", "data_dir", "out_dir", "variant"))
 def finetune(cfg: PipelineConfig, run_name: str, init_dir: str, data_dir: str, out_dir: str,
              variant: str, job_id: str = "", subset: int = 0, result_path: str = "", seed: int = -1) -> dict:
     """Finetune `init_dir` on the reasoning train pairs, or with `subset` > 0 on that many of them (a point of
@@ -293,13 +289,14 @@ def finetune(cfg: PipelineConfig, run_name: str, init_dir: str, data_dir: str, o
     picks which pairs (shuffle seed `sweep.seed` + seed); -1 keeps `finetune.seed`."""
     import mlflow
 
-    from codepmp.reasoning.build import read_pairs, read_table
+    from codepmp.evaluate.sweep import nested_subset, score_sweep_point
+    from codepmp.pairs import read_reasoning_pairs
     from codepmp.train.launch import Checkpoints, launch
 
     train_cfg = cfg.finetune if seed < 0 else dataclasses.replace(cfg.finetune, seed=int(seed))
     mlflow.set_tags({"codepmp.variant": variant, "codepmp.subset": str(subset), "codepmp.seed": str(train_cfg.seed)})
     _log_training_configs(train_cfg, init_dir)
-    pairs = read_pairs(data_dir, "train")
+    pairs = read_reasoning_pairs(data_dir, "train")
     if subset:
         pairs = nested_subset(pairs, subset, cfg.sweep.seed + train_cfg.seed)
     # Tasks that differ only in their seed must not resume each other's checkpoints.
@@ -311,32 +308,13 @@ def finetune(cfg: PipelineConfig, run_name: str, init_dir: str, data_dir: str, o
         written = {"variant": variant, "subset": subset, "seed": train_cfg.seed, "train_pairs": len(pairs)}
         # Only a sweep task scores its model here; the evaluate stage scores the full finetunes, with everything else.
         if subset:
-            from codepmp.evaluate.run import dev_clusters, dev_pairwise_correct
-
-            dev = read_table(data_dir, "dev")
-            correct = dev_pairwise_correct(cfg.evaluate, out_dir, dev)
-            result["dev_pairwise_accuracy"] = sum(correct) / len(correct)
-            # The sweep's intervals resample problems within domains, as the evaluate stage's do.
-            written.update(dev_pairs=len(dev), dev_pairwise_accuracy=result["dev_pairwise_accuracy"],
-                           dev_correct=correct, dev_clusters=dev_clusters(dev), dev_domains=[r["domain"] for r in dev])
+            written.update(score_sweep_point(cfg.evaluate, out_dir, data_dir))
+            result["dev_pairwise_accuracy"] = written["dev_pairwise_accuracy"]
         write_json(written, result_path)
     return result
 
 
-def nested_subset(pairs: list, size: int, seed: int) -> list:
-    """The first `size` pairs of one seeded shuffle: every smaller subset is part of every larger one."""
-    import random
-
-    from codepmp.errors import ConfigError
-
-    if not 0 < size <= len(pairs):
-        raise ConfigError(f"sweep size {size} must be between 1 and the {len(pairs)} training pairs")
-    order = list(range(len(pairs)))
-    random.Random(seed).shuffle(order)
-    return [pairs[i] for i in order[:size]]
-
-
-@stage("sample_efficiency")
+@stage("sample_efficiency", section="sweep")
 def sample_efficiency(cfg: PipelineConfig, run_name: str, result_paths: list[str], report_path: str,
                       table_path: str = "") -> dict:
     """Dev pairwise accuracy against finetuning pairs, PMP vs control, over the sweep's seeds, from the sweep
@@ -365,7 +343,7 @@ def sample_efficiency(cfg: PipelineConfig, run_name: str, result_paths: list[str
             **seed_metrics(rows)}
 
 
-@stage("evaluate")
+@stage("evaluate", section="evaluate")
 def evaluate(cfg: PipelineConfig, run_name: str, models: dict[str, str], data_dir: str, report_path: str,
              results_path: str, sweep_path: str = "") -> dict:
     """PMP vs control on every domain of the reasoning data, with confidence intervals; `report_path` gets the
@@ -403,39 +381,11 @@ def evaluate(cfg: PipelineConfig, run_name: str, models: dict[str, str], data_di
             **({"plumbing_check": plumbing} if plumbing else {})}
 
 
-@stage("register")
+@stage("register", section="promote")
 def register(cfg: PipelineConfig, run_name: str, model_dir: str, results_path: str, data_dir: str = "",
              job_id: str = "") -> dict:
     """Register the PMP model; it takes the champion alias only when it beats both its control and the current
     champion (re-scored on `data_dir`) on the gate metric with paired intervals above 0 (`codepmp.registry`)."""
-    import json
+    from codepmp.registry import register_pmp
 
-    from codepmp.errors import InputError
-    from codepmp.registry import check_gate_metric, gate_verdict
-    from codepmp.tracking import register_reward_model
-
-    check_gate_metric(cfg.evaluate.gate_metric)
-    results = json.loads(Path(results_path).read_text())
-    metrics = results.get("metrics", {}).get("pmp")
-    if not metrics:
-        raise InputError(f"{results_path} holds no metrics of a 'pmp' model (run the evaluate stage first)")
-    if "differences" not in results:
-        raise InputError(f"{results_path} holds no PMP - control differences (rerun the evaluate stage)")
-    verdict = gate_verdict(cfg, model_dir, data_dir, results["differences"])
-    lineage = {"codepmp.pipeline_run": run_name, "codepmp.pipeline_job": job_id or "none",
-               "codepmp.base_model": cfg.base_model}
-    stats_file = Path(data_dir) / "stats.json" if data_dir else None
-    if stats_file and stats_file.is_file():
-        lineage.update({f"codepmp.data_sha256.{table}": digest
-                        for table, digest in json.loads(stats_file.read_text()).get("sha256", {}).items()})
-    # The whole evaluation, differences included, goes on the run; the version gets only the gate and lineage.
-    run_metrics = {**metrics, **{f"diff.{key}": value for key, value in results["differences"].items()}}
-    outcome = register_reward_model(model_dir, cfg.promote.registered_model, run_metrics, verdict,
-                                    alias=cfg.promote.alias, run_name=run_name, lineage=lineage)
-    print(f"[register] version {outcome['version']}: {outcome['summary']}", flush=True)
-    gate = {f"gate_{c.against}_{field}": getattr(c, field) for c in (verdict.control, verdict.champion) if c
-            for field in ("mean", "low", "high")}
-    return {"registered_model": outcome["name"], "version": int(outcome["version"]),
-            "promoted": int(bool(outcome["promoted"])), "alias": outcome["alias"] or "", "gate_metric": verdict.metric,
-            "gate_reason": outcome["reason"], "gate_summary": outcome["summary"],
-            "gate_champion_version": verdict.champion_version or "none", **gate}
+    return register_pmp(cfg, run_name, job_id, model_dir, results_path, data_dir)

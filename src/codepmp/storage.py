@@ -33,23 +33,18 @@ import json
 import os
 import posixpath
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlparse
 
+from codepmp.env import ACCESS_KEY_VAR, BUCKET_VAR, DEFAULT_BUCKET, ENDPOINT_VAR, SECRET_KEY_VAR
 from codepmp.errors import InputError, ServiceError
-from codepmp.retry import delays, window_from_env
+from codepmp.retry import restart_policy, window_from_env
 
 T = TypeVar("T")
 
-ENDPOINT_VAR = "CODEPMP_S3_ENDPOINT"
-ACCESS_KEY_VAR = "AWS_ACCESS_KEY_ID"
-SECRET_KEY_VAR = "AWS_SECRET_ACCESS_KEY"
-BUCKET_VAR = "CODEPMP_BUCKET"
-DEFAULT_BUCKET = "codepmp"
 DONE_MARKER = "_SUCCESS"
 TMP_PREFIX = ".tmp-"
 CONNECT_TIMEOUT_S = 2.0
@@ -79,6 +74,11 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, ServerError):
         return exc.status_code >= 500
     return isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError))
+
+
+def _reason(exc: BaseException) -> object:
+    # urllib3's MaxRetryError wraps the connection error that says what went wrong in `reason`.
+    return getattr(exc, "reason", None) or exc
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -186,31 +186,25 @@ class ObjectStore:
             raise ServiceError(f"S3 request for {self.uri(key)} at {self.endpoint} failed: "
                                f"{exc.code}: {exc.message}") from exc
         except (MinioException, urllib3.exceptions.HTTPError, ConnectionError) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            raise ServiceError(f"S3 endpoint {self.endpoint} is unreachable or failed: {reason}") from exc
+            raise ServiceError(f"S3 endpoint {self.endpoint} is unreachable or failed: {_reason(exc)}") from exc
 
     def _retrying(self, what: str, key: str, attempt: Callable[[], T], window: float | None = None) -> T:
         """`attempt()`, repeated with exponential backoff while it fails with a retryable error, for up to
         `window` seconds (default `self.retry_s`); errors mapped as by `_errors`."""
         window = self.retry_s if window is None else window
-        schedule = delays(window)
+
+        def announce(exc: Exception, delay: float, failures: int) -> None:
+            print(f"codepmp: waiting for S3 endpoint {self.endpoint} (could not {what} {self.uri(key)}: "
+                  f"{_reason(exc)}); retrying in {delay:g} s, for up to {window:g} s in all ({RETRY_VAR})",
+                  file=sys.stderr, flush=True)
+
+        def unavailable(exc: Exception) -> ServiceError:
+            return ServiceError(f"S3 endpoint {self.endpoint} stayed unavailable for {window:g} s ({RETRY_VAR}) "
+                                f"while trying to {what} {self.uri(key)}: {_reason(exc)}")
+
         with self._errors(key):
-            while True:
-                try:
-                    return attempt()
-                except Exception as exc:
-                    if window <= 0 or not is_retryable(exc):
-                        raise
-                    reason = getattr(exc, "reason", None) or exc
-                    delay = next(schedule, None)
-                    if delay is None:
-                        raise ServiceError(
-                            f"S3 endpoint {self.endpoint} stayed unavailable for {window:g} s ({RETRY_VAR}) "
-                            f"while trying to {what} {self.uri(key)}: {reason}") from exc
-                    print(f"codepmp: waiting for S3 endpoint {self.endpoint} (could not {what} {self.uri(key)}: "
-                          f"{reason}); retrying in {delay:g} s, for up to {window:g} s in all ({RETRY_VAR})",
-                          file=sys.stderr, flush=True)
-                    time.sleep(delay)
+            return restart_policy(window).call(attempt, lambda exc: window > 0 and is_retryable(exc),
+                                               on_retry=announce, give_up=unavailable)
 
     def bucket_exists(self) -> bool:
         """True when the bucket exists; ServiceError when the endpoint is down or refuses the credentials."""

@@ -1,10 +1,9 @@
-"""MLflow helpers shared by every stage: one run per stage, reward-model registration (the gate that
-decides its alias is `codepmp.registry`).
+"""MLflow helpers shared by every stage: one run per stage, buffered step metrics, the server check
+(registration, the gate and promotion are `codepmp.registry`).
 
-    from codepmp.tracking import stage_run, register_reward_model
+    from codepmp.tracking import stage_run
     with stage_run("codepmp", "pretrain", "r1", cfg.to_dict()):
         mlflow.log_metric("loss", 0.7, step=1)
-    register_reward_model(rm_dir, "codepmp-reward-model", metrics, gate_verdict(cfg, rm_dir, data_dir, differences))
 
 Clients read only MLFLOW_TRACKING_URI (the embedded stack's server or a cluster's); artifacts go
 through the server's proxied artifact store, so no S3 settings are needed here. An unreachable
@@ -28,29 +27,21 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from codepmp.env import PASSWORD_VAR, TRACKING_URI_VAR, USERNAME_VAR
 from codepmp.errors import InputError, ServiceError
 from codepmp.report import redact_uri
-from codepmp.retry import delays, window_from_env
-
-if TYPE_CHECKING:
-    from codepmp.registry import GateVerdict
+from codepmp.retry import restart_policy, window_from_env
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-TRACKING_URI_VAR = "MLFLOW_TRACKING_URI"
-USERNAME_VAR = "MLFLOW_TRACKING_USERNAME"
-PASSWORD_VAR = "MLFLOW_TRACKING_PASSWORD"
-LOGIN_VARS = (USERNAME_VAR, PASSWORD_VAR)  # optional: only an MLflow server with auth needs them
 # A search any signed-in user may run: 200 with valid credentials, 401 without on a server with basic-auth.
 AUTH_PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"
 HEALTH_TIMEOUT_S = 3.0
 MAX_PARAM_CHARS = 6000
 RUN_TAG = "codepmp.run"
 STAGE_TAG = "codepmp.stage"
-MODEL_ARTIFACT_NAME = "reward_model"
 RETRY_VAR = "CODEPMP_MLFLOW_RETRY_S"
 DEFAULT_RETRY_S = 120.0
 BATCH_LIMIT = 1000
@@ -199,7 +190,7 @@ class MetricBuffer:
     def flush(self, wait_s: float) -> None:
         """Send everything pending, retrying with backoff (0.5 s doubling to 8 s) for up to `wait_s` seconds;
         ServiceError naming the server and how many metrics were not logged when it does not come back."""
-        schedule = delays(wait_s)
+        schedule = restart_policy(wait_s).delays()
         while not self.try_send():
             delay = next(schedule, None)
             if delay is None:
@@ -235,7 +226,7 @@ def flush_metrics(run_id: str, wait_s: float | None = None) -> None:
 
 
 @contextlib.contextmanager
-def _mlflow_errors(what: str) -> Iterator[None]:
+def mlflow_errors(what: str) -> Iterator[None]:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -277,7 +268,7 @@ def stage_run(experiment: str, stage: str, run_name: str,
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    with _mlflow_errors(f"MLflow experiment '{experiment}'"):
+    with mlflow_errors(f"MLflow experiment '{experiment}'"):
         experiment_id = _experiment_id(experiment)
         mlflow.set_experiment(experiment_id=experiment_id)
     nested = mlflow.active_run() is not None
@@ -294,90 +285,3 @@ def stage_run(experiment: str, stage: str, run_name: str,
             _buffers.pop(run.info.run_id, None)
             raise
         flush_metrics(run.info.run_id)
-
-
-def check_reward_model_dir(model_dir: str | Path) -> Path:
-    """InputError unless `model_dir` is an HF folder of a 1-label regression sequence classifier."""
-    model_dir = Path(model_dir)
-    config_path = model_dir / "config.json"
-    if not config_path.is_file():
-        raise InputError(f"{model_dir} is not a Hugging Face model folder (no config.json)")
-    config = json.loads(config_path.read_text())
-    num_labels = len(config.get("id2label") or {}) or config.get("num_labels", 2)
-    if num_labels != 1 or config.get("problem_type") != "regression":
-        raise InputError(f"{model_dir} must hold a reward model with num_labels=1 and "
-                         f"problem_type='regression' (got num_labels={num_labels}, "
-                         f"problem_type={config.get('problem_type')!r}); without 'regression' the "
-                         f"text-classification pipeline applies a sigmoid to the reward")
-    return model_dir.resolve()
-
-
-def load_reward_model(model_dir: Path) -> dict[str, Any]:
-    """{"model", "tokenizer"} as the transformers flavor takes them, loaded the way every stage loads them."""
-    from codepmp.models import load_reward_model as load
-
-    model, tokenizer = load(str(model_dir))
-    return {"model": model, "tokenizer": tokenizer}
-
-
-def pip_requirements() -> list[str]:
-    """Pinned requirements of a logged reward model (given explicitly, so MLflow does not infer them
-    by loading the model in a subprocess)."""
-    from importlib.metadata import version
-
-    return [f"{name}=={version(name).split('+')[0]}" for name in ("mlflow", "torch", "transformers",
-                                                                    "tokenizers", "accelerate")]
-
-
-def register_reward_model(model_dir: str | Path, registered_model: str, metrics: Mapping[str, float],
-                          verdict: GateVerdict, alias: str = "champion", run_name: str = "manual",
-                          experiment: str = "codepmp", challenger_alias: str = "challenger",
-                          lineage: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Log the HF reward-model folder with the transformers flavor and register a version. The full `metrics`
-    go on the MLflow run; the version's tags carry the gate `verdict` (see `codepmp.registry`) and `lineage`
-    (data hashes, pipeline run ids, base model). `alias` moves to the version when the verdict promotes it,
-    `challenger_alias` otherwise.
-
-    Logs into the active run, or else into a new "<run_name>/register" run of `experiment`.
-    Returns {name, version, promoted, previous_version, alias, reason, summary}.
-    """
-    model_dir = check_reward_model_dir(model_dir)
-    check_tracking_server()
-    import mlflow
-
-    from codepmp.registry import TAG_PREFIX as GATE
-
-    run_context = (contextlib.nullcontext() if mlflow.active_run() is not None else
-                   stage_run(experiment, "register", run_name,
-                             {"registered_model": registered_model, "gate_metric": verdict.metric}))
-    with run_context, _mlflow_errors(f"registering '{registered_model}'"):
-        mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
-        model_info = mlflow.transformers.log_model(
-            transformers_model=load_reward_model(model_dir), name=MODEL_ARTIFACT_NAME,
-            task="text-classification", registered_model_name=registered_model,
-            pip_requirements=pip_requirements())
-        version = str(model_info.registered_model_version)
-    client = mlflow.MlflowClient()
-    with _mlflow_errors(f"tagging '{registered_model}' version {version}"):
-        holder = client.get_registered_model(registered_model).aliases.get(alias)
-        tags = {**(lineage or {}), RUN_TAG: run_name, **verdict.tags()}
-        promoted = verdict.promoted
-        if promoted and holder != verdict.champion_version:
-            # Another version took the alias while this one was scored against the previous holder.
-            promoted = False
-            tags.update({f"{GATE}verdict": challenger_alias, f"{GATE}reason": "champion_changed",
-                         f"{GATE}summary": f"'{alias}' moved to version {holder} during the gate; " + verdict.summary})
-        for key, value in tags.items():
-            client.set_model_version_tag(registered_model, version, key, str(value))
-        given = alias if promoted else challenger_alias
-        if given:
-            client.set_registered_model_alias(registered_model, given, version)
-    return {"name": registered_model, "version": version, "promoted": promoted, "previous_version": holder,
-            "alias": given or None, "reason": tags[f"{GATE}reason"], "summary": tags[f"{GATE}summary"]}
-
-
-def promote(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """`codepmp.registry.promote`: the manual promotion behind `make promote`."""
-    from codepmp.registry import promote as promote_version
-
-    return promote_version(*args, **kwargs)

@@ -9,6 +9,9 @@ it with the Dockerfile's pip options into a fresh venv, and run the console scri
 so neither an editable install nor the working directory can supply a module the wheel lacks. Without
 network, the build uses --no-build-isolation, and the fresh venv sees the dependencies of the venv running
 pytest through a folder of links that leaves out that venv's own codepmp install.
+
+The repository's top-level components/ and pipelines/ folders install as codepmp_kfp.components and
+codepmp_kfp.pipelines (setup.py's package_dir), never as top-level packages of those names.
 """
 
 from __future__ import annotations
@@ -30,18 +33,21 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "images" / "cpu" / "Dockerfile"
 INSTALL_ROOT = "/tmp/codepmp"
-PACKAGE_ROOTS = {"src": "", "components": "components", "pipelines": "pipelines"}
-"""Source folder in the build copy -> where its files land in site-packages (pyproject's package-dir)."""
+PACKAGE_ROOTS = {"src": "", "components": "codepmp_kfp/components", "pipelines": "codepmp_kfp/pipelines"}
+"""Source folder in the build copy -> where its files land in site-packages (setup.py's package_dir)."""
 NOT_READ_AT_RUN_TIME = ("README.md", "test_*.py", "conftest.py")
 """Docs and the components' own tests may ship or not; every other file under the package roots must."""
 
 HAND_LIST_BEFORE_DISCOVERY = [
     "codepmp", "codepmp.crawl", "codepmp.synthesize", "codepmp.train", "codepmp.evaluate", "codepmp.reasoning",
-    "components", "components.crawl", "components.crawl_merge", "components.synthesize",
-    "components.synthesize_merge", "components.base_model", "components.reasoning_data", "components.pretrain",
-    "components.finetune", "components.evaluate", "components.register", "pipelines",
+    "codepmp_kfp", "codepmp_kfp.components", "codepmp_kfp.components.crawl", "codepmp_kfp.components.crawl_merge",
+    "codepmp_kfp.components.synthesize", "codepmp_kfp.components.synthesize_merge",
+    "codepmp_kfp.components.base_model", "codepmp_kfp.components.reasoning_data", "codepmp_kfp.components.pretrain",
+    "codepmp_kfp.components.finetune", "codepmp_kfp.components.evaluate", "codepmp_kfp.components.register",
+    "codepmp_kfp.pipelines",
 ]
-"""pyproject.toml's package list before it used discovery: the images it built could not compile the pipeline."""
+"""The package list pyproject.toml had before it used discovery, under today's names: the images it built could
+not compile the pipeline."""
 
 
 def dockerfile_copies() -> list[tuple[list[str], str]]:
@@ -117,7 +123,9 @@ def link_dependencies(farm: Path) -> None:
     farm.mkdir()
     for entry in Path(sysconfig.get_path("purelib")).iterdir():
         name = entry.name
-        if (name.endswith(".pth") or name.startswith("__editable__") or name in ("codepmp", "components", "pipelines")
+        # components and pipelines: the top-level packages that installs from before codepmp_kfp left behind.
+        if (name.endswith(".pth") or name.startswith("__editable__")
+                or name in ("codepmp", "codepmp_kfp", "components", "pipelines")
                 or re.match(r"codepmp-[^-]+\.(dist|egg)-info$", name)):
             continue
         (farm / name).symlink_to(entry)
@@ -155,11 +163,22 @@ def installed_site(venv: Path) -> Path:
 
 def test_imports_come_from_the_installed_wheel(image_venv, tmp_path):
     """What the later tests run is the wheel, not the checkout or the editable install of the test's venv."""
-    probe = ("import codepmp, components, pipelines, components.pretrain_trainjob, components.sample_efficiency\n"
+    probe = ("import codepmp, codepmp_kfp.components.pretrain_trainjob, codepmp_kfp.components.sample_efficiency\n"
+             "import codepmp_kfp.pipelines.pipeline\n"
+             "from codepmp_kfp import components, pipelines\n"
              "for m in (codepmp, components, pipelines): print(m.__file__)")
     out = run([str(image_venv / "bin" / "python"), "-c", probe], cwd=tmp_path, env=clean_env()).stdout.split()
     site = installed_site(image_venv).resolve()
     assert len(out) == 3 and all(Path(f).resolve().is_relative_to(site) for f in out), out
+
+
+def test_no_top_level_components_or_pipelines(image_venv, tmp_path):
+    """Installed under codepmp_kfp only: a top-level `components` or `pipelines` would shadow, or be shadowed by,
+    any other distribution's package of that name."""
+    probe = "import importlib.util\nprint([n for n in ('components', 'pipelines') if importlib.util.find_spec(n)])"
+    out = run([str(image_venv / "bin" / "python"), "-c", probe], cwd=tmp_path, env=clean_env()).stdout.strip()
+    assert out == "[]"
+    assert not {"components", "pipelines"} & {p.name for p in installed_site(image_venv).iterdir()}
 
 
 def test_wheel_carries_every_module_and_data_file(image_venv, image_sources):
@@ -196,15 +215,16 @@ def build_wheel(sources: Path, out: Path) -> set[str]:
 
 
 def test_the_old_hand_list_fails_the_file_check(image_sources, tmp_path):
-    """The check above catches what broke the images: built from the old list, the wheel lacks two packages."""
+    """The check above catches what broke the images: built from the old list, the wheel lacks the two component
+    packages (and every package added since, such as codepmp.generate: a hand list misses each new one)."""
     sources = tmp_path / "codepmp"
     shutil.copytree(image_sources, sources, ignore=shutil.ignore_patterns("build", "*.egg-info"))
-    pyproject = (sources / "pyproject.toml").read_text()
-    discovery = re.search(r"\[tool\.setuptools\.packages\.find\]\n(?:[^\[\n].*\n|\n)*", pyproject)
-    assert discovery and "[tool.setuptools]\n" in pyproject, "pyproject.toml's layout changed: update this test"
-    hand_list = f"[tool.setuptools]\npackages = {HAND_LIST_BEFORE_DISCOVERY!r}\n".replace("'", '"')
-    pyproject = pyproject.replace(discovery.group(0), "").replace("[tool.setuptools]\n", hand_list)
-    (sources / "pyproject.toml").write_text(pyproject)
+    setup_py = sources / "setup.py"
+    assert "setup(packages=discovered_packages()" in setup_py.read_text(), "setup.py's layout changed: update this test"
+    package_dir = {prefix.replace("/", "."): root for root, prefix in PACKAGE_ROOTS.items()}
+    setup_py.write_text("from setuptools import setup\n\n"
+                        f"setup(packages={HAND_LIST_BEFORE_DISCOVERY!r}, package_dir={package_dir!r})\n")
     (tmp_path / "dist").mkdir()
     missing = expected_installed_files(sources) - build_wheel(sources, tmp_path / "dist")
-    assert {str(Path(p).parent) for p in missing} == {"components/pretrain_trainjob", "components/sample_efficiency"}
+    missing_folders = {str(Path(p).parent) for p in missing}
+    assert {"codepmp_kfp/components/pretrain_trainjob", "codepmp_kfp/components/sample_efficiency"} <= missing_folders

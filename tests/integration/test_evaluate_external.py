@@ -102,7 +102,7 @@ def test_bad_input_is_one_clear_line(stack_env, models, tmp_path, args, message)
 
 def test_registry_uris_resolve_to_the_registered_weights(stack_env, models, tmp_path):
     from codepmp.models import load_reward_model
-    from codepmp.tracking import pip_requirements
+    from codepmp.registry import pip_requirements
 
     name = f"external-{uuid.uuid4().hex[:8]}"
     with mlflow.start_run():

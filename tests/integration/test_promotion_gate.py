@@ -48,8 +48,8 @@ def _train_on_dev(path: Path, data_dir: Path, seed: int = 0, steps: int = 3) -> 
     import torch
 
     from codepmp.models import load_reward_model
-    from codepmp.reasoning.build import read_table
-    from codepmp.train.data import encode
+    from codepmp.pairs import read_reasoning_table
+    from codepmp.encoding import encode
 
     write_tiny_model(path, reward=True, seed=seed)
     model, tokenizer = load_reward_model(str(path))
@@ -60,7 +60,7 @@ def _train_on_dev(path: Path, data_dir: Path, seed: int = 0, steps: int = 3) -> 
         return model.score(model.model(input_ids=ids).last_hidden_state[:, -1]).squeeze()
 
     for _ in range(steps):
-        for row in read_table(data_dir, "dev"):
+        for row in read_reasoning_table(data_dir, "dev"):
             loss = -torch.nn.functional.logsigmoid(reward(row["prompt"], row["chosen"])
                                                    - reward(row["prompt"], row["rejected"]))
             optimizer.zero_grad()

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from codepmp.errors import ServiceError
-from codepmp.stack import HOST, Stack, StackPorts, group_alive
+from codepmp.processes import group_alive
+from codepmp.stack import HOST, Stack, StackPorts
 
 pytestmark = pytest.mark.integration
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from codepmp.errors import InputError, ServiceError
+from codepmp.registry import Comparison, GateVerdict, promote, register_reward_model
 from codepmp.storage import ObjectStore
 from codepmp.testing import write_tiny_model
-from codepmp.registry import Comparison, GateVerdict
-from codepmp.tracking import promote, register_reward_model, stage_run
+from codepmp.tracking import stage_run
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from codepmp.config import TrainConfig
 from codepmp.storage import ObjectStore
 from codepmp.testing import write_tiny_model
 from codepmp.train.checkpoint import StoreCheckpointer
-from codepmp.train.data import Pair
+from codepmp.pairs import Pair
 from codepmp.train.loop import train
 
 PAIRS = [Pair(f"Q{i}:", f" good answer {i}", f" bad {i}") for i in range(8)]

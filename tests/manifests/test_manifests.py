@@ -155,14 +155,14 @@ def env_file(path: Path) -> dict[str, str]:
 
 def pipeline_env_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The ConfigMap and Secret keys the compiled pipeline hands its pods (pipelines/cluster.py)."""
-    from pipelines.cluster import CLIENT_ENV, SECRET_ENV
+    from codepmp.env import CONFIG_MAP_VARS, SECRET_VARS
 
-    return CLIENT_ENV, SECRET_ENV
+    return CONFIG_MAP_VARS, SECRET_VARS
 
 
 def cluster_spec(path: Path):
     """Load a ClusterSpec YAML exactly as `compile_pipeline` does; an unknown key raises."""
-    from pipelines.cluster import ClusterSpec
+    from codepmp_kfp.pipelines.cluster import ClusterSpec
 
     return ClusterSpec(**(yaml.safe_load(path.read_text()) or {}))
 

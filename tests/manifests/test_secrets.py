@@ -272,7 +272,7 @@ def test_bootstrap_creates_every_missing_secret_with_strong_random_values(tmp_pa
     assert_values_hidden(cluster, proc)
 
     # The pipeline reads exactly these keys from codepmp-s3 (pipelines/cluster.py, codepmp.tracking).
-    from codepmp.tracking import LOGIN_VARS
+    from codepmp.env import LOGIN_VARS
 
     _, secret_env = pipeline_env_names()
     assert SERVICE_SECRETS["codepmp-s3"] == {*secret_env, *LOGIN_VARS}

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from codepmp.errors import ConfigError
-from pipelines.run import compile_pipeline
+from codepmp_kfp.pipelines.run import compile_pipeline
 
 
 def _compile(tmp_path, spec: dict):
@@ -75,12 +75,22 @@ def test_bad_cluster_specs_are_rejected_with_the_field_named(tmp_path, spec, mes
     assert message in str(error.value)
 
 
+def _function_of(spec: dict, task: dict) -> str:
+    """The Python function a compiled task runs (a component reused in the DAG gets a suffixed name)."""
+    executor = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+    args = spec["deploymentSpec"]["executors"][executor]["container"]["args"]
+    return args[args.index("--function_to_execute") + 1]
+
+
 def test_every_task_has_an_explicit_caching_choice(tmp_path):
-    from pipelines.pipeline import CACHING
+    from codepmp_kfp.pipelines.pipeline import task_caching
 
     spec, _ = _compile(tmp_path, {})
     tasks = {name: task for name, task in _all_tasks(spec).items() if not name.startswith("for-loop")}
-    assert set(tasks) == set(CACHING)
+    caching = {name: task_caching(_function_of(spec, task)) for name, task in tasks.items()}
     for name, task in tasks.items():
-        assert task.get("cachingOptions", {}).get("enableCache", False) is CACHING[name], name
-    assert CACHING["register"] is False and CACHING["crawl_ranks"] is True
+        assert task.get("cachingOptions", {}).get("enableCache", False) is caching[name], name
+    assert caching["register"] is False and caching["crawl_ranks"] is True
+    assert caching["base_model"] is True and caching["finetune-pmp"] is False and caching["sweep-control"] is False
+    with pytest.raises(AssertionError, match="neither a registered stage nor a helper"):
+        task_caching("unregistered-step")

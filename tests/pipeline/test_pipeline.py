@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from codepmp.report import stage_runs, summary_text
-from pipelines.run import compile_pipeline
+from codepmp_kfp.pipelines.run import compile_pipeline
 
 STAGES = ["crawl-ranks", "for-loop-1", "crawl-merge", "synthesize-shards", "for-loop-2", "synthesize-merge", "base-model",
           "reasoning-data", "pretrain", "finetune", "finetune-2", "sweep-points", "for-loop-3", "sample-efficiency",
@@ -24,7 +24,7 @@ STAGES = ["crawl-ranks", "for-loop-1", "crawl-merge", "synthesize-shards", "for-
 def test_local_fan_outs_run_one_task_at_a_time_and_cluster_ones_all_at_once(tmp_path):
     from kfp import compiler
 
-    from pipelines.pipeline import build
+    from codepmp_kfp.pipelines.pipeline import build
 
     def loop_limits(spec: dict) -> dict:
         tasks = spec["root"]["dag"]["tasks"]

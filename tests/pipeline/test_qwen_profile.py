@@ -26,7 +26,7 @@ def test_qwen_profile_runs_end_to_end(stack_env, tmp_path):
     missing = [a for a in (QWEN_SMALL, QWEN_LARGE) if not (cache_dir() / a / "config.json").exists()]
     if missing:
         pytest.skip(f"{missing} not provisioned: make models-qwen")
-    from pipelines.run import run_local
+    from codepmp_kfp.pipelines.run import run_local
 
     start = time.monotonic()
     run_local("qwen", FEW, "qwen-test", str(tmp_path))

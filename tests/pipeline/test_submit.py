@@ -26,8 +26,8 @@ import yaml
 from kfp_fake import API, FakeKfp, serving
 
 from codepmp.errors import CodepmpError, ConfigError, ServiceError
-from pipelines.run import (MIN_BACKEND, KfpClient, RunFailed, compile_pipeline, run_parameters, submit,
-                           wait_for_run)
+from codepmp_kfp.pipelines.run import (MIN_BACKEND, KfpClient, RunFailed, compile_pipeline, run_parameters, submit,
+                                       wait_for_run)
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "s3cret-token"
@@ -216,7 +216,7 @@ def test_interrupted_wait_says_the_run_goes_on(kfp, kfp_env, package, monkeypatc
     def interrupt(seconds):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("pipelines.run.time.sleep", interrupt)
+    monkeypatch.setattr("codepmp_kfp.pipelines.run.time.sleep", interrupt)
     with pytest.raises(CodepmpError, match=f"^stopped following run {run.run_id}; it goes on running: {re.escape(run.url)}$"):
         wait_for_run(client, run.run_id, poll_s=5)
 

@@ -20,8 +20,8 @@ from codepmp.errors import ConfigError, ServiceError
 from codepmp.train import trainjob
 from codepmp.train.trainjob import (NON_ROOT, POD_SERVICE_ACCOUNT_VAR, TRAINER_APIS, TrainJobSettings, manifest,
                                     run_trainjob)
-from pipelines.cluster import ClusterSpec
-from pipelines.run import compile_pipeline
+from codepmp_kfp.pipelines.cluster import ClusterSpec
+from codepmp_kfp.pipelines.run import compile_pipeline
 from tests.trainer_upstream import FakeKubeApi, node_pod_template, schema_problems, trainjob_schema
 
 REPO = Path(__file__).resolve().parents[2]

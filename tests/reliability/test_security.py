@@ -156,15 +156,9 @@ def test_the_scanner_finds_a_planted_credential(needles, stack, tmp_path, record
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(request, stack_env, tmp_path_factory) -> tuple[dict, bytes | None]:
-    """The session's tiny pipeline run, with what it printed when this module is the first to ask for it
-    (kfp.local prints every stage's output through this process's sys.stdout); None when an earlier test
-    already ran it and its output went to that test's capture."""
-    sink_path = tmp_path_factory.mktemp("run-output") / "output.txt"
-    with sink_path.open("w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        run = request.getfixturevalue("tiny_pipeline_run")
-    output = sink_path.read_bytes()
-    return run, output or None
+def pipeline_run(tiny_pipeline_run) -> tuple[dict, bytes]:
+    """The session's tiny pipeline run and what its stages printed (the root conftest keeps it in a file)."""
+    return tiny_pipeline_run, tiny_pipeline_run["output"].read_bytes()
 
 
 @pytest.mark.integration
@@ -182,12 +176,10 @@ def test_no_credential_in_the_run_outputs_logs_or_report(pipeline_run, needles, 
     log_hits, files = needles.scan_tree(stack.state_dir / "logs", "stack logs")
     found += log_hits
     scanned += files
-    if output is not None:
-        found += needles.scan_text(output.decode(errors="replace"), "pipeline stdout/stderr")
+    found += needles.scan_text(output.decode(errors="replace"), "pipeline stdout/stderr")
     ok = not found
     record("security", "no credential in pipeline root, stage output, stack logs, HTML report", ok=ok,
-           detail=f"{scanned} files" + ("" if output is not None else "; run output captured by an earlier test")
-           + ("; " + "; ".join(found) if found else ""))
+           detail=f"{scanned} files" + ("; " + "; ".join(found) if found else ""))
     assert ok, "credentials found:\n" + "\n".join(found)
 
 
@@ -218,8 +210,6 @@ def test_the_run_output_was_captured_and_is_clean(pipeline_run, needles, record)
     """What the stages printed (kfp.local relays their stdout and stderr): only checkable when this module
     started the run; in the full suite the pipeline test starts it first."""
     _, output = pipeline_run
-    if output is None:
-        pytest.skip("the tiny pipeline ran earlier in this session; its output went to that test's capture")
     assert b"[evaluate] done" in output  # the capture really holds the stages' output
     found = needles.scan_text(output.decode(errors="replace"), "pipeline stdout/stderr")
     record("security", "no credential in stage stdout/stderr", ok=not found, detail="; ".join(found))
@@ -276,7 +266,7 @@ def test_no_credential_in_mlflow(pipeline_run, needles, stack, tmp_path, record)
 def test_no_credential_in_the_compiled_pipeline(stack_env, needles, tmp_path, record):
     """Compiled with the credentials in this process's environment and a ClusterSpec naming the Secret:
     the YAML must name the Secret and never hold its values."""
-    from pipelines.run import compile_pipeline
+    from codepmp_kfp.pipelines.run import compile_pipeline
 
     spec = tmp_path / "cluster.yaml"
     spec.write_text(yaml.safe_dump({"secret": "security-test-s3", "gpus": 1}))
@@ -543,7 +533,7 @@ class _MarkerModel:
         self.spec, self.markers = spec, markers
 
     def complete(self, prompts, sampling, desc="generate"):
-        from codepmp.synthesize.backend import Completion
+        from codepmp.generate.backend import Completion
 
         if self.spec == "summarizer":
             return [Completion("Steps through values and scales them.") for _ in prompts]
@@ -561,7 +551,7 @@ def test_crawled_and_synthesized_code_is_never_executed(tmp_path, record):
 
     from codepmp.config import CrawlConfig, DecontamConfig, SynthesizeConfig
     from codepmp.crawl import read_shards, run_crawl
-    from codepmp.synthesize.backend import Backend
+    from codepmp.generate.backend import Backend
     from codepmp.synthesize.run import run_synthesis
 
     markers = tmp_path / "markers"
@@ -595,8 +585,6 @@ def test_crawled_and_synthesized_code_is_never_executed(tmp_path, record):
 # Every call in the package that runs a program or code, with why it is safe. A new one fails the test until it
 # is added here with its reason; an entry no longer found fails too, so the list stays true.
 EXECUTION_ALLOWLIST = {
-    ("src/codepmp/stack.py", "command_line", "subprocess.run"):
-        "`ps` for a PID's command line where /proc is missing; fixed argv, the PID is an int",
     ("src/codepmp/stack.py", "Stack._spawn", "subprocess.Popen"):
         "starts the stack's own servers (weed/minio, `python -m mlflow server`); argv lists, no shell",
     ("src/codepmp/models.py", "_smollm2_gguf", "subprocess.run"):
@@ -648,7 +636,7 @@ def execution_calls(path: Path, rel: str) -> set[tuple[str, str, str]]:
 
 def test_every_code_execution_in_the_package_is_allowlisted(tmp_path, record):
     found: set[tuple[str, str, str]] = set()
-    for root in (REPO / "src" / "codepmp", REPO / "pipelines", REPO / "components"):
+    for root in (REPO / "src" / "codepmp", REPO / "src" / "codepmp_kfp", REPO / "pipelines", REPO / "components"):
         for path in sorted(root.rglob("*.py")) if root.is_dir() else []:
             if not path.name.startswith("test_") and path.name != "conftest.py":  # tests are not stages
                 found |= execution_calls(path, str(path.relative_to(REPO)))

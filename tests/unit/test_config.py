@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from codepmp.config import PROFILES, load_config, parse_set
@@ -83,3 +85,35 @@ def test_local_and_qwen_profiles_evaluate_on_the_shipped_policy_samples():
     assert qwen.base_model == "qwen2.5-coder-0.5b-instruct" and qwen.reasoning.policy_model.endswith("1.5b-instruct")
     assert (qwen.synthesize.strong_model, qwen.synthesize.weak_model) == ("qwen2.5-coder-1.5b-instruct",
                                                                          "qwen2.5-coder-0.5b-instruct")
+
+
+def _declared_nonnegative(obj, where=""):
+    """(key path, current value) of every field declared `nonnegative`, nested sections included."""
+    import dataclasses
+
+    for f in dataclasses.fields(obj):
+        value, path = getattr(obj, f.name), f"{where}.{f.name}" if where else f.name
+        if dataclasses.is_dataclass(value):
+            yield from _declared_nonnegative(value, path)
+        elif f.metadata.get("nonnegative"):
+            yield path, value
+
+
+def _nested(path: str, value) -> dict:
+    *sections, key = path.split(".")
+    out = {key: value}
+    for section in reversed(sections):
+        out = {section: out}
+    return out
+
+
+def test_every_field_declared_nonnegative_refuses_a_negative_value_and_takes_zero():
+    from codepmp.config import PipelineConfig
+
+    declared = list(_declared_nonnegative(PipelineConfig()))
+    assert len(declared) >= 40  # counts and sizes of every section
+    for path, value in declared:
+        negative, zero = ([-1], [0]) if isinstance(value, list) else (-1, 0)
+        with pytest.raises(ConfigError, match=f"'{re.escape(path)}' must not be negative"):
+            load_config("local", _nested(path, negative))
+        assert load_config("local", _nested(path, zero)) is not None

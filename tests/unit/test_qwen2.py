@@ -9,7 +9,9 @@ from codepmp.config import TrainConfig
 from codepmp.evaluate.run import Scorer
 from codepmp.models import load_reward_model
 from codepmp.testing import QWEN_EOS, write_tiny_model
-from codepmp.train.data import Pair, collate, encode, encode_pairs
+from codepmp.encoding import encode
+from codepmp.pairs import Pair
+from codepmp.train.data import collate, encode_pairs
 from codepmp.train.loop import train
 from codepmp.train.model import PreferenceModel
 

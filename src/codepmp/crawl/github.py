@@ -56,15 +56,18 @@ import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import requests
 
 from codepmp.config import GitHubConfig
 from codepmp.crawl.sources import Entry, iter_tar_stream
 from codepmp.errors import ConfigError, InputError, ServiceError
+from codepmp.retry import RetryLater, RetryPolicy, rate_limit_reset_s, retry_after_s
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 GITHUB_LANGUAGES: dict[str, str] = {
     "python": "Python",
@@ -150,6 +153,8 @@ class GitHubSource:
         """Repositories left out since this source was made, by reason (license, not_found, empty, ...)."""
         self._sleep = sleep
         self._clock = clock
+        self._retry = RetryPolicy(first_delay_s=BACKOFF_BASE_S, max_delay_s=BACKOFF_MAX_S,
+                                  attempts=max(1, cfg.max_retries), sleep=sleep)
         self._api = cfg.api_url.rstrip("/")
         self._token = (os.environ if environ is None else environ).get(cfg.token_env, "")
         self._session = session or requests.Session()
@@ -314,10 +319,8 @@ class GitHubSource:
 
     def _download(self, repo: str, url: str, dest: IO[bytes]) -> None:
         """Stream `url` into `dest`, refusing more than `max_archive_bytes`; a cut-off transfer starts over."""
-        failures = 0
-        while True:
-            resp = self._request(url, stream=True)
-            with resp:
+        def attempt() -> None:
+            with self._request(url, stream=True) as resp:
                 if resp.status_code in REPO_UNAVAILABLE:
                     raise RepoUnavailable(repo, resp.status_code)
                 self._raise_for_status(resp, url)
@@ -325,10 +328,10 @@ class GitHubSource:
                 dest.truncate()
                 try:
                     self._copy_capped(resp, dest, url)
-                    return
                 except _TRANSIENT as e:
-                    failures += 1
-                    self._backoff(url, failures, self._describe(e))
+                    raise RetryLater(self._describe(e)) from e
+
+        self._retrying(url, attempt)
 
     def _copy_capped(self, resp: requests.Response, dest: IO[bytes], url: str) -> None:
         length = resp.headers.get("Content-Length", "")
@@ -348,52 +351,56 @@ class GitHubSource:
 
         Raises ServiceError when retries or the rate-limit wait are exhausted, and on 401.
         """
-        failures = 0
         rate_limited = 0
-        while True:
-            try:
-                resp = self._session.get(url, params=params, stream=stream, timeout=self.cfg.timeout_s)
-            except _TRANSIENT as e:
-                failures += 1
-                self._backoff(url, failures, self._describe(e))
-                continue
-            if resp.status_code == 401:
-                resp.close()
-                raise ServiceError(self._unauthorized_message(url))
-            wait = self._rate_limit_wait(resp)
-            if wait is not None:
+
+        def attempt() -> requests.Response:
+            nonlocal rate_limited
+            # A rate limit is waited out here, on top of the retry policy: the wait is the server's, and it
+            # does not use up an attempt.
+            while True:
+                try:
+                    resp = self._session.get(url, params=params, stream=stream, timeout=self.cfg.timeout_s)
+                except _TRANSIENT as e:
+                    raise RetryLater(self._describe(e)) from e
+                if resp.status_code == 401:
+                    resp.close()
+                    raise ServiceError(self._unauthorized_message(url))
+                wait = self._rate_limit_wait(resp)
+                if wait is None:
+                    break
                 resp.close()
                 rate_limited += 1
                 self._wait_rate_limit(url, wait, rate_limited)
-                continue
             if resp.status_code >= 500:
                 resp.close()
-                failures += 1
-                self._backoff(url, failures, f"HTTP {resp.status_code}")
-                continue
+                raise RetryLater(f"HTTP {resp.status_code}")
             return resp
 
-    def _backoff(self, url: str, failures: int, reason: str) -> None:
-        """Sleep before attempt `failures + 1`, or raise ServiceError once `max_retries` attempts have failed."""
-        if failures >= self.cfg.max_retries:
-            raise ServiceError(f"GitHub request {url} failed after {failures} attempts; last error: {reason}")
-        delay = min(BACKOFF_BASE_S * 2 ** (failures - 1), BACKOFF_MAX_S)
-        log.warning("github: %s failed (%s); retrying in %.0f s", url, reason, delay)
-        self._sleep(delay)
+        return self._retrying(url, attempt)
+
+    def _retrying(self, url: str, attempt: Callable[[], T]) -> T:
+        """`attempt()` under the retry policy; ServiceError once `max_retries` attempts have failed."""
+        def announce(error: Exception, delay: float, failures: int) -> None:
+            log.warning("github: %s failed (%s); retrying in %.0f s", url, error, delay)
+
+        def exhausted(error: Exception) -> ServiceError:
+            return ServiceError(f"GitHub request {url} failed after {self._retry.attempts} attempts; "
+                                f"last error: {error}")
+
+        return self._retry.call(attempt, on_retry=announce, give_up=exhausted)
 
     def _rate_limit_wait(self, resp: requests.Response) -> float | None:
         """Seconds to wait when `resp` is a primary or secondary rate limit, else None."""
         if resp.status_code not in (403, 429):
             return None
-        retry_after = resp.headers.get("Retry-After", "")
-        if _is_number(retry_after):
-            return max(float(retry_after), 0.0)
-        if resp.headers.get("X-RateLimit-Remaining") == "0":
-            reset = resp.headers.get("X-RateLimit-Reset", "")
-            if _is_number(reset):
-                return max(float(reset) - self._clock(), 0.0) + 1.0
-            return SECONDARY_RATE_LIMIT_WAIT_S
-        if resp.status_code == 429 or "rate limit" in _message(resp).lower():
+        now = self._clock()
+        wait = retry_after_s(resp.headers, now)
+        if wait is None:
+            wait = rate_limit_reset_s(resp.headers, now)
+        if wait is not None:
+            return wait
+        if (resp.headers.get("X-RateLimit-Remaining") == "0" or resp.status_code == 429
+                or "rate limit" in _message(resp).lower()):
             return SECONDARY_RATE_LIMIT_WAIT_S
         return None
 
@@ -436,13 +443,6 @@ class GitHubSource:
         """`text` without the token or signed-URL tokens (a redirect to codeload can carry one in its query)."""
         text = _TOKEN_IN_URL.sub(r"\1***", text)
         return text.replace(self._token, "***") if self._token else text
-
-
-def _is_number(text: str) -> bool:
-    try:
-        return math.isfinite(float(text))
-    except ValueError:
-        return False
 
 
 def _message(resp: requests.Response) -> str:

@@ -33,41 +33,34 @@ The `results` dict (plain JSON; every section but "domains" is optional, and a d
       "loss_curves": {<run label>: [[step, loss], ...]},
     }
 
+`codepmp.evaluate.report_schema` declares this structure (pydantic models); `check_results` validates against it.
 `metric_entry`, `best_of_n_entry` and `build_results` make these parts from per-item values and from
-`codepmp.evaluate.metrics.best_of_n_compare` output. Figures are drawn on matplotlib's Agg canvas directly
-(no pyplot), so rendering needs no display and leaves the process's matplotlib backend alone.
+`codepmp.evaluate.metrics.best_of_n_compare` output. The page is a Jinja template (templates/report.html.j2) with
+autoescape on, so text from the data is escaped wherever it is written. Figures are drawn on matplotlib's Agg
+canvas directly (no pyplot), so rendering needs no display and leaves the process's matplotlib backend alone.
 """
 
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Hashable, Sequence
 
+import jinja2
+from pydantic import ValidationError
+
 from codepmp.atomic import atomic_path
 from codepmp.evaluate.metrics import bootstrap_ci, cluster_layout, paired_difference_ci
+from codepmp.evaluate.report_schema import DEFAULT_TITLE, Results, first_problem
 
 BASELINES = ("majority", "random", "oracle")
 COLORS = {"majority": "#2ca02c", "random": "#7f7f7f", "oracle": "#000000"}
 MODEL_COLORS = ("#1f77b4", "#d62728", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
-STYLE = """
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em auto;max-width:70em;color:#222;
-padding:0 1em;line-height:1.4}
-h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.8em}
-h3{font-size:1.05em}
-table{border-collapse:collapse;margin:.6em 0 1em}
-th,td{border:1px solid #ddd;padding:.25em .6em;text-align:right;font-variant-numeric:tabular-nums}
-th:first-child,td:first-child{text-align:left}th{background:#f4f4f4}
-td.sig{font-weight:600}
-dl.meta{display:grid;grid-template-columns:max-content auto;gap:.1em 1em}dl.meta dt{color:#666}dl.meta dd{margin:0}
-img{max-width:100%;height:auto}p.note{color:#666;font-size:.9em}
-p.warn{background:#fff3cd;border:1px solid #d4a400;padding:.5em .8em;font-weight:600}
-span.tag{color:#9a6700;font-size:.85em;font-weight:600}
-"""
-PLUMBING_TAG = " (plumbing check)"
+TEMPLATE = "report.html.j2"
 
 
 def metric_entry(per_item: dict[str, list[float]], n_resamples: int = 1000, seed: int = 0, level: float = 0.95,
@@ -133,58 +126,14 @@ def build_results(domains: dict[str, dict], sample_efficiency: list[dict] | None
     return results
 
 
-def _require(condition: bool, where: str, what: str) -> None:
-    if not condition:
-        raise ValueError(f"results{where}: {what}")
-
-
-def _check_interval(value: Any, where: str) -> None:
-    _require(isinstance(value, dict) and all(k in value for k in ("mean", "low", "high")), where,
-             "needs mean, low and high")
-
-
 def check_results(results: dict) -> None:
-    """Raise ValueError naming the first part of `results` that does not follow the module's schema, so a
-    malformed input fails before any file is written rather than as a KeyError deep in the rendering."""
-    _require(isinstance(results, dict) and isinstance(results.get("domains", {}), dict), "",
-             "must be a dict whose 'domains' is a dict")
-    for domain, part in results.get("domains", {}).items():
-        where = f"['domains'][{domain!r}]"
-        _require(isinstance(part, dict), where, "must be a dict")
-        for metric, entry in part.get("metrics", {}).items():
-            at = f"{where}['metrics'][{metric!r}]"
-            _require(isinstance(entry, dict) and isinstance(entry.get("models"), dict) and entry["models"], at,
-                     "needs a non-empty 'models' dict")
-            for model, value in entry["models"].items():
-                _check_interval(value, f"{at}['models'][{model!r}]")
-            if "difference" in entry:
-                _check_interval(entry["difference"], f"{at}['difference']")
-        if "best_of_n" in part:
-            bon, at = part["best_of_n"], f"{where}['best_of_n']"
-            _require(isinstance(bon, dict) and isinstance(bon.get("n"), list) and isinstance(bon.get("curves"), dict),
-                     at, "needs an 'n' list and a 'curves' dict")
-            for label, curve in bon["curves"].items():
-                lengths = {len(curve.get(k, bon["n"])) for k in ("mean", "low", "high")}
-                _require("mean" in curve and lengths == {len(bon["n"])}, f"{at}['curves'][{label!r}]",
-                         "mean (and low/high, if given) must have one value per N")
-            if "difference" in bon:
-                diff = bon["difference"]
-                _require(isinstance(diff, dict) and all(len(diff.get(k) or []) == len(bon["n"])
-                                                        for k in ("mean", "low", "high")),
-                         f"{at}['difference']", "needs mean, low and high with one value per N")
-    for number, row in enumerate(results.get("sample_efficiency") or []):
-        _require(isinstance(row, dict) and "pairs" in row, f"['sample_efficiency'][{number}]", "needs 'pairs'")
-        for key, entry in row.items():
-            if isinstance(entry, dict) and "over_seeds" in entry:
-                spread, needed = entry["over_seeds"], ("seeds", "values", "mean", "min", "max")
-                _require(isinstance(spread, dict) and all(k in spread for k in needed),
-                         f"['sample_efficiency'][{number}][{key!r}]['over_seeds']", f"needs {', '.join(needed)}")
-    for label, points in (results.get("loss_curves") or {}).items():
-        _require(all(len(p) == 2 for p in points), f"['loss_curves'][{label!r}]", "needs [step, loss] points")
-
-
-def _esc(text: Any) -> str:
-    return html.escape(str(text), quote=True)
+    """Raise ValueError naming the first part of `results` that does not follow the module's schema
+    (`codepmp.evaluate.report_schema.Results`), with its path (`results['domains']['gsm8k']...: needs mean, low
+    and high`), so a malformed input fails before any file is written rather than deep in the rendering."""
+    try:
+        Results.model_validate(results)
+    except ValidationError as error:
+        raise ValueError(first_problem(error, results)) from None
 
 
 def _plot_text(text: Any) -> str:
@@ -192,7 +141,7 @@ def _plot_text(text: Any) -> str:
     return str(text).replace("$", r"\$")
 
 
-def _num(value: float) -> str:
+def _num(value: float | None) -> str:
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
@@ -207,60 +156,103 @@ def _excludes_zero(entry: dict) -> bool:
     return entry["low"] > 0 or entry["high"] < 0
 
 
-def _items(entry: dict) -> str:
+def _item_count(entry: dict) -> str:
     items, clusters = entry.get("items", "—"), entry.get("clusters")
     return f"{items} ({clusters} clusters)" if clusters and clusters != items else f"{items}"
 
 
-def _tag(part: dict) -> str:
-    return f'<span class="tag">{_esc(PLUMBING_TAG)}</span>' if part.get("plumbing_check") else ""
+def _percent(level: float) -> int:
+    return round(100 * level)
 
 
-def _metric_table(metrics: dict[str, dict]) -> str:
-    """Rows of metrics, one column per model and one for the paired difference."""
-    first = next(iter(metrics.values()))
-    models = list(first["models"])
-    level = round(100 * first.get("level", 0.95))
-    diff = first.get("difference")
-    diff_label = f"{diff['a']} − {diff['b']} (paired)" if diff else "difference"
-    head = "".join(f"<th>{_esc(m)} [{level}% CI]</th>" for m in models)
-    rows = [f"<tr><th>metric</th><th>items</th>{head}<th>{_esc(diff_label)} [{level}% CI]</th></tr>"]
-    for metric, entry in metrics.items():
-        cells = "".join(f"<td>{_esc(_interval(entry['models'].get(m)))}</td>" for m in models)
-        difference = entry.get("difference")
-        mark = ' class="sig"' if difference and _excludes_zero(difference) else ""
-        name = metric.replace("_", " ")
-        strata = [str(stratum) for stratum in entry.get("strata") or []]
-        if len(strata) > 1:
-            name += f" (mean of {len(strata)} domains: {', '.join(strata)})"
-        elif strata:
-            name += f" ({strata[0]} only)"
-        rows.append(f"<tr><td>{_esc(name)}{_tag(entry)}</td><td>{_esc(_items(entry))}</td>"
-                    f"{cells}<td{mark}>{_esc(_interval(difference, signed=True))}</td></tr>")
-    return "<table>" + "".join(rows) + "</table>"
+def _metric_label(metric: str, entry: dict) -> str:
+    """The metric's name, and for a pooled metric the domains it averages."""
+    name = metric.replace("_", " ")
+    strata = [str(stratum) for stratum in entry.get("strata") or []]
+    if len(strata) > 1:
+        return f"{name} (mean of {len(strata)} domains: {', '.join(strata)})"
+    return f"{name} ({strata[0]} only)" if strata else name
 
 
-def _bon_table(bon: dict) -> str:
-    """Strategies by N (reward models with their interval), and the paired rm difference where there is one."""
-    head = "".join(f"<th>N={_esc(n)}</th>" for n in bon["n"])
-    rows = [f"<tr><th>strategy</th>{head}</tr>"]
-    for label, curve in bon["curves"].items():
-        if "low" in curve and "high" in curve:
-            cells = [_interval({"mean": m, "low": lo, "high": hi})
-                     for m, lo, hi in zip(curve["mean"], curve["low"], curve["high"])]
-        else:
-            cells = [_num(v) for v in curve["mean"]]
-        rows.append(f"<tr><td>{_esc(label)}</td>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
-    diff = bon.get("difference")
-    if diff:
-        cells = []
-        for point in zip(diff["mean"], diff["low"], diff["high"]):
-            entry = dict(zip(("mean", "low", "high"), point))
-            mark = ' class="sig"' if _excludes_zero(entry) else ""
-            cells.append(f"<td{mark}>{_esc(_interval(entry, signed=True))}</td>")
-        rows.append(f"<tr><td>{_esc(diff.get('a', 'a'))} − {_esc(diff.get('b', 'b'))} rm (paired)</td>"
-                    + "".join(cells) + "</tr>")
-    return "<table>" + "".join(rows) + "</table>"
+def _curve_cells(curve: dict) -> list[str]:
+    """A best-of-N curve's cells by N: the interval where the curve carries one, else the mean."""
+    if "low" in curve and "high" in curve:
+        return [_interval({"mean": m, "low": lo, "high": hi})
+                for m, lo, hi in zip(curve["mean"], curve["low"], curve["high"])]
+    return [_num(value) for value in curve["mean"]]
+
+
+def _points(difference: dict) -> list[dict]:
+    """A per-N difference ({"mean": [...], "low": [...], "high": [...]}) as one interval per N."""
+    return [dict(zip(("mean", "low", "high"), point))
+            for point in zip(difference["mean"], difference["low"], difference["high"])]
+
+
+def _accuracy(value: Any) -> str:
+    """A sweep cell: an entry with its interval, or a bare accuracy."""
+    return _interval(value) if isinstance(value, dict) else _num(value)
+
+
+def _mean_difference(row: dict, a: str, b: str) -> str:
+    """Model a minus model b in a sweep row that carries no difference entry of its own."""
+    mean_a, mean_b = _mean(row.get(a)), _mean(row.get(b))
+    return "—" if mean_a is None or mean_b is None else f"{mean_a - mean_b:+.3f}"
+
+
+def _spread(entry: Any, signed: bool = False) -> str:
+    """Spread over seeds: "mean [min, max]", with the sample sd when there are two or more seeds."""
+    spread = entry.get("over_seeds") if isinstance(entry, dict) else None
+    if not spread:
+        return "—"
+    sign = "+" if signed else ""
+    text = f"{spread['mean']:{sign}.3f} [{spread['min']:{sign}.3f}, {spread['max']:{sign}.3f}]"
+    return text + (f" sd {spread['std']:.3f}" if spread.get("std") is not None else "")
+
+
+@dataclass(frozen=True)
+class _SweepTable:
+    """What the sample-efficiency table shows: rows by size, the models (compared pair first) and, with two or
+    more seeds, the spread columns of the pair and its difference."""
+
+    rows: list[dict]
+    models: list[str]
+    seeds: int
+    spread_models: list[str]
+    spread_labels: list[str]
+    note: str
+
+
+def _sweep_table(rows: list[dict]) -> _SweepTable:
+    rows = sorted(rows, key=lambda r: r["pairs"])
+    models = _se_models(rows)
+    seeds = _seed_count(rows)
+    # With one seed the spread is that seed's value again: the columns appear only when there is a spread to show.
+    spread_models = models[:2] if seeds >= 2 else []
+    spread_labels = [*spread_models, *([f"{models[0]} − {models[1]}"] if spread_models and len(models) >= 2 else [])]
+    if seeds >= 2:
+        note = (f"Accuracies are means over {seeds} finetuning seeds; intervals: 95% bootstrap over dev pairs "
+                "(paired for the difference); the spread over seeds shows how much a result moves with the seed "
+                "alone.")
+    elif seeds:
+        note = ("Intervals: 95% bootstrap over dev pairs (paired for the difference), from one finetuning seed "
+                "per size: they do not cover the training's randomness (`sweep.seeds`).")
+    else:
+        note = ""
+    return _SweepTable(rows, models, seeds, spread_models, spread_labels, note)
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    """The templates next to this module, escaping every value written into the page."""
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("codepmp.evaluate", "templates"),
+        autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    environment.filters.update(interval=_interval, num=_num, item_count=_item_count, percent=_percent,
+                               metric_label=_metric_label, curve_cells=_curve_cells, points=_points,
+                               accuracy=_accuracy, mean_difference=_mean_difference, spread=_spread)
+    environment.tests["excludes_zero"] = _excludes_zero
+    return environment
 
 
 def _new_figure(panels: int, height: float = 3.4):
@@ -293,11 +285,9 @@ def _log2_axis(ax, values: list) -> None:
     ax.set_xticklabels([f"{t:g}" for t in ticks])
 
 
-def _bon_figure(domains: dict[str, dict]):
-    """Accuracy against N on a log2 axis, one panel per domain; bands where a curve carries an interval."""
-    parts = {name: part["best_of_n"] for name, part in domains.items() if part.get("best_of_n", {}).get("n")}
-    if not parts:
-        return None
+def _bon_figure(parts: dict[str, dict]):
+    """Accuracy against N on a log2 axis, one panel per domain's best-of-N part; bands where a curve carries an
+    interval."""
     fig, axes = _new_figure(len(parts))
     for ax, (domain, bon) in zip(axes, parts.items()):
         model_index = 0
@@ -366,49 +356,6 @@ def _seed_count(rows: list[dict]) -> int:
                 if isinstance(entry, dict) and "over_seeds" in entry), default=0)
 
 
-def _spread(entry: Any, signed: bool = False) -> str:
-    """Spread over seeds: "mean [min, max]", with the sample sd when there are two or more seeds."""
-    spread = entry.get("over_seeds") if isinstance(entry, dict) else None
-    if not spread:
-        return "—"
-    sign = "+" if signed else ""
-    text = f"{spread['mean']:{sign}.3f} [{spread['min']:{sign}.3f}, {spread['max']:{sign}.3f}]"
-    return text + (f" sd {spread['std']:.3f}" if "std" in spread else "")
-
-
-def _sample_efficiency_table(rows: list[dict]) -> str:
-    rows = sorted(rows, key=lambda r: r["pairs"])
-    models = _se_models(rows)
-    diff = len(models) >= 2
-    # With one seed the spread is that seed's value again: the columns appear only when there is a spread to show.
-    seeds = _seed_count(rows)
-    spread_models = models[:2] if seeds >= 2 else []
-    head = "".join(f"<th>{_esc(m)}</th>" for m in models)
-    diff_head = f"<th>{_esc(models[0])} − {_esc(models[1])}</th>" if diff else ""
-    spread_labels = [*spread_models, *([f"{models[0]} − {models[1]}"] if spread_models and diff else [])]
-    spread_head = "".join(f"<th>{_esc(label)}<br>over {seeds} seeds: mean [min, max]</th>" for label in spread_labels)
-    out = [f"<tr><th>finetuning pairs</th>{head}{diff_head}{spread_head}</tr>"]
-    for row in rows:
-        cells = "".join(f"<td>{_interval(v) if isinstance(v := row.get(m), dict) else _num(v)}</td>" for m in models)
-        if diff and isinstance(row.get("difference"), dict):
-            cells += f'<td{" class=sig" if _excludes_zero(row["difference"]) else ""}>' \
-                     f'{_interval(row["difference"], signed=True)}</td>'
-        elif diff:
-            a, b = _mean(row.get(models[0])), _mean(row.get(models[1]))
-            cells += f"<td>{'—' if a is None or b is None else f'{a - b:+.3f}'}</td>"
-        cells += "".join(f"<td>{_spread(row.get(m))}</td>" for m in spread_models)
-        if spread_models and diff:
-            cells += f"<td>{_spread(row.get('difference'), signed=True)}</td>"
-        out.append(f"<tr><td>{_esc(row['pairs'])}</td>{cells}</tr>")
-    if not seeds:
-        return "<table>" + "".join(out) + "</table>"
-    seeds_note = (f"Accuracies are means over {seeds} finetuning seeds; intervals: 95% bootstrap over dev pairs "
-                  "(paired for the difference); the spread over seeds shows how much a result moves with the seed "
-                  "alone." if seeds >= 2 else "Intervals: 95% bootstrap over dev pairs (paired for the difference), "
-                  "from one finetuning seed per size: they do not cover the training's randomness (`sweep.seeds`).")
-    return f'<p class="note">{_esc(seeds_note)}</p><table>' + "".join(out) + "</table>"
-
-
 def _loss_figure(curves: dict[str, list]):
     fig, (ax,) = _new_figure(1)
     for index, (label, points) in enumerate(curves.items()):
@@ -418,74 +365,28 @@ def _loss_figure(curves: dict[str, list]):
     return fig
 
 
-def _img(png: bytes, alt: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return f'<p><img alt="{_esc(alt)}" src="data:image/png;base64,{data}"></p>'
-
-
-def _meta_block(meta: dict) -> str:
-    items = [(k, v) for k, v in meta.items() if k not in ("title", "plumbing_check")]
-    if not items:
-        return ""
-    return '<dl class="meta">' + "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in items) + "</dl>"
-
-
 def render_report(results: dict, out_html: str | Path, figures_dir: str | Path | None = None) -> list[Path]:
     """Write the report page to `out_html` and return the PNG figures written to `figures_dir` (none without
     one), so the same images can be logged to MLflow beside the page."""
     check_results(results)
     meta = results.get("meta") or {}
     domains = results.get("domains") or {}
-    title = meta.get("title", "codepmp evaluation: PMP vs control")
+    bon_parts = {name: part["best_of_n"] for name, part in domains.items()
+                 if (part.get("best_of_n") or {}).get("n")}
+    sample, losses = results.get("sample_efficiency"), results.get("loss_curves")
     figures: dict[str, bytes] = {}
-    body = [f"<h1>{_esc(title)}</h1>"]
-    if meta.get("plumbing_check"):
-        body.append(f'<p class="warn" id="plumbing-check">{_esc(meta["plumbing_check"])}</p>')
-    body.append(_meta_block(meta))
-
-    body.append("<h2>PMP vs control</h2>")
-    if not domains:
-        body.append('<p class="note">No evaluation domains in these results.</p>')
-    for domain, part in domains.items():
-        body.append(f"<h3>{_esc(domain)}</h3>")
-        if part.get("metrics"):
-            body.append(_metric_table(part["metrics"]))
-        else:
-            body.append('<p class="note">No pairwise or option metrics for this domain.</p>')
-    body.append('<p class="note">Intervals are percentile cluster bootstraps: each resample draws whole clusters '
-                '(a math problem, a logic item: the pairs sharing a prompt) rather than rows; the difference '
-                'resamples the same clusters for both models (paired). A pooled metric ("all") is the mean over '
-                'its domains, each weighing the same, with clusters resampled within each domain (stratified). '
-                'Bold: the interval excludes 0.</p>')
-
-    bon_figure = _bon_figure(domains)
-    if bon_figure is not None:
-        figures["best_of_n.png"] = _png(bon_figure)
-        body += ["<h2>Best-of-N</h2>", _img(figures["best_of_n.png"], "best-of-N accuracy against N")]
-        for domain, part in domains.items():
-            bon = part.get("best_of_n")
-            if bon and bon.get("n"):
-                body += [f"<h3>{_esc(domain)}{_tag(bon)}</h3>",
-                         f'<p class="note">{_esc(bon.get("problems", "?"))} problems, {_esc(bon.get("trials", "?"))} '
-                         f'seeded draws per problem and N, the same draws for every model; intervals and bands: '
-                         f'{round(100 * bon.get("level", 0.95))}% bootstrap over problems, paired for the '
-                         'difference. Majority vote breaks ties by a seeded draw and reads no reward model.</p>',
-                         _bon_table(bon)]
-
-    sample = results.get("sample_efficiency")
+    if bon_parts:
+        figures["best_of_n.png"] = _png(_bon_figure(bon_parts))
     if sample:
         figures["sample_efficiency.png"] = _png(_sample_efficiency_figure(sample))
-        body += ["<h2>Sample efficiency</h2>", _img(figures["sample_efficiency.png"], "dev pairwise accuracy "
-                 "against finetuning pairs"), _sample_efficiency_table(sample)]
-
-    losses = results.get("loss_curves")
     if losses:
         figures["loss_curves.png"] = _png(_loss_figure(losses))
-        body += ["<h2>Training loss</h2>", _img(figures["loss_curves.png"], "training loss against step")]
 
-    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{_esc(title)}</title><style>{STYLE}</style></head><body>\n"
-            + "\n".join(b for b in body if b) + "\n</body></html>\n")
+    page = _environment().get_template(TEMPLATE).render(
+        title=meta.get("title", DEFAULT_TITLE), warning=meta.get("plumbing_check"),
+        meta_items=[(k, v) for k, v in meta.items() if k not in ("title", "plumbing_check")],
+        domains=domains, bon_parts=bon_parts, sweep=_sweep_table(sample) if sample else None,
+        images={name: base64.b64encode(png).decode("ascii") for name, png in figures.items()})
     out_html = Path(out_html)
     out_html.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_html) as tmp:
@@ -498,4 +399,3 @@ def render_report(results: dict, out_html: str | Path, figures_dir: str | Path |
             (folder / name).write_bytes(png)
             written.append(folder / name)
     return written
-

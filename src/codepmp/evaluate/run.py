@@ -23,8 +23,8 @@ from codepmp.evaluate.html import best_of_n_entry, metric_entry
 from codepmp.evaluate.metrics import best_of_n_compare, option_correct, pairwise_correct
 from codepmp.models import load_reward_model
 from codepmp.progress import progress
-from codepmp.reasoning.build import MATH_DOMAINS, read_table
-from codepmp.train.data import encode, pad_right, shared_prefix_length
+from codepmp.encoding import encode, pad_right, shared_prefix_length
+from codepmp.pairs import MATH_DOMAINS, read_reasoning_table
 
 ALL = "all"
 """The pseudo-domain of every dev pair together: what the promotion gate reads by default. Its metric is the
@@ -242,7 +242,7 @@ def evaluate_models(cfg: EvaluateConfig, models: dict[str, str], data_dir: str |
       resampled for both), and `<domain>.bon<N>_rm` the rm strategy's difference on identical draws.
     """
     seed = cfg.seed if seed is None else seed
-    dev, pool, logic = (read_table(data_dir, name) for name in ("dev", "pool", "logic"))
+    dev, pool, logic = (read_reasoning_table(data_dir, name) for name in ("dev", "pool", "logic"))
     sources = data_sources(data_dir)
     # Only math dev pairs and pools can be corrupted copies; logic pairs are the dataset's own options.
     dev_plumbing = sources["dev_pairs"] == "corrupted" and any(r["domain"] in MATH_DOMAINS for r in dev)

@@ -16,14 +16,37 @@ Each sweep task (one size, one seed, one variant) writes a result JSON with its 
 
 from __future__ import annotations
 
+import random
 import statistics
 from typing import Any
 
-from codepmp.errors import InputError
+from codepmp.config import EvaluateConfig
+from codepmp.errors import ConfigError, InputError
 from codepmp.evaluate.metrics import bootstrap_ci, paired_difference_ci
 
 VARIANTS = ("pmp", "control")
 _RESULT_KEYS = ("variant", "subset", "seed", "dev_correct")
+
+
+def nested_subset(pairs: list, size: int, seed: int) -> list:
+    """The first `size` pairs of one seeded shuffle: every smaller subset is part of every larger one."""
+    if not 0 < size <= len(pairs):
+        raise ConfigError(f"sweep size {size} must be between 1 and the {len(pairs)} training pairs")
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    return [pairs[i] for i in order[:size]]
+
+
+def score_sweep_point(cfg: EvaluateConfig, model_dir: str, data_dir: str) -> dict[str, Any]:
+    """A sweep task's dev results: its model's 1/0 outcome on every dev pair, their accuracy, and each pair's
+    problem and domain, so the table's intervals resample problems within domains as the evaluate stage's do."""
+    from codepmp.evaluate.run import dev_clusters, dev_pairwise_correct
+    from codepmp.pairs import read_reasoning_table
+
+    dev = read_reasoning_table(data_dir, "dev")
+    correct = dev_pairwise_correct(cfg, model_dir, dev)
+    return {"dev_pairs": len(dev), "dev_pairwise_accuracy": sum(correct) / len(correct), "dev_correct": correct,
+            "dev_clusters": dev_clusters(dev), "dev_domains": [r["domain"] for r in dev]}
 
 
 def spread_over_seeds(values_by_seed: dict[int, float]) -> dict[str, Any]:

@@ -31,7 +31,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from codepmp.atomic import write_json, write_table
 from codepmp.config import ReasoningConfig
@@ -41,12 +40,9 @@ from codepmp.reasoning import math as math_source
 from codepmp.reasoning.leakage import HeldOut, drop_held_out
 from codepmp.reasoning.policy_samples import SHIPPED_DIR, shipped_domain, shipped_file
 from codepmp.reasoning.tasks import Task, gsm8k_tasks
-from codepmp.synthesize.backend import Backend, Sampling
-from codepmp.train.data import Pair, read_text_rows
+from codepmp.generate.backend import Backend, Sampling
+from codepmp.pairs import LOGIC_DOMAINS, MATH_DOMAINS, REASONING_FILES, Pair
 
-FILES = {"train": "train_pairs.parquet", "dev": "dev_pairs.parquet", "pool": "bon_pool.parquet",
-         "logic": "logic_dev.parquet"}
-MATH_DOMAINS, LOGIC_DOMAINS = ("gsm8k", "math"), ("logiqa2", "reclor")
 POOL_COLUMNS = ["problem_id", "candidate", "prompt", "response", "answer", "gold", "correct", "domain"]
 
 
@@ -93,7 +89,7 @@ def evaluation_files(cfg: ReasoningConfig) -> list[str]:
         if name == "gsm8k" and not cfg.data_dir:
             files.append(str(gsm8k.packaged_path("dev")))
             continue
-        files += [str(Path(cfg.data_dir) / relative) for relative in DEV_FILES[name]]
+        files += [str(Path(cfg.data_dir) / relative) for relative in DEV_REASONING_FILES[name]]
     if cfg.pool == "import":
         files += [path for _, path in sorted(_pool_files(cfg).items())]
     for path in files:
@@ -377,7 +373,7 @@ def write_tables(tables: dict[str, list[dict]], out: Path, stats: dict) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     stats["sha256"] = {}
     for name, rows in tables.items():
-        path = out / FILES[name]
+        path = out / REASONING_FILES[name]
         write_table(pa.Table.from_pylist(rows, schema=SCHEMAS[name]), path)
         stats["sha256"][name] = hashlib.sha256(path.read_bytes()).hexdigest()
         stats[name] = len(rows)
@@ -386,15 +382,3 @@ def write_tables(tables: dict[str, list[dict]], out: Path, stats: dict) -> dict:
     write_json(stats, out / "stats.json")
     return {k: v for k, v in stats.items() if isinstance(v, (int, float))}
 
-
-def read_table(data_dir: str | Path, name: str) -> list[dict]:
-    path = Path(data_dir) / FILES[name]
-    if not path.exists():
-        raise InputError(f"no {FILES[name]} in '{data_dir}' (run the reasoning data stage first)")
-    return pq.read_table(path).to_pylist()
-
-
-def read_pairs(data_dir: str | Path, name: str) -> list[Pair]:
-    rows = read_text_rows(Path(data_dir) / FILES[name], ["prompt", "chosen", "rejected"],
-                          "run the reasoning data stage first")
-    return [Pair(r["prompt"], r["chosen"], r["rejected"]) for r in rows]

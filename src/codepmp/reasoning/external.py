@@ -22,7 +22,8 @@ import dataclasses
 from pathlib import Path
 
 from codepmp.errors import InputError
-from codepmp.reasoning.build import MATH_DOMAINS, write_tables
+from codepmp.pairs import MATH_DOMAINS
+from codepmp.reasoning.build import write_tables
 from codepmp.reasoning.generic import read_preference_pairs
 from codepmp.reasoning.pools import imported_pool
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from codepmp.reasoning.jsonl import read_jsonl
-from codepmp.train.data import Pair
+from codepmp.pairs import Pair
 
 
 def read_preference_pairs(path: str | Path) -> list[Pair]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from codepmp.errors import InputError
 from codepmp.reasoning.jsonl import Record, read_jsonl
-from codepmp.train.data import Pair
+from codepmp.pairs import Pair
 
 PROMPT = "Instruction:{question}\n\nResponse:"
 CALC = re.compile(r"<<[^>]*>>")

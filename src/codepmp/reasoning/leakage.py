@@ -16,7 +16,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
-from codepmp.train.data import Pair
+from codepmp.pairs import Pair
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 ANCHOR_TOKENS = 8

@@ -30,7 +30,7 @@ from codepmp.reasoning.answers import option_letter
 from codepmp.reasoning.gsm8k import prompt
 from codepmp.reasoning.jsonl import Record, read_json_array, read_jsonl
 from codepmp.reasoning.tasks import Task
-from codepmp.train.data import Pair
+from codepmp.pairs import Pair
 
 MAX_OPTIONS = 26
 

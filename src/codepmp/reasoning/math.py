@@ -25,7 +25,7 @@ from codepmp.reasoning.answers import boxed_span, last_boxed, math_equal
 from codepmp.reasoning.gsm8k import prompt
 from codepmp.reasoning.jsonl import read_jsonl
 from codepmp.reasoning.tasks import Task, response
-from codepmp.train.data import Pair
+from codepmp.pairs import Pair
 
 MAX_WRONG_TRIES = 8
 """Wrong answers tried (each one checked by math-verify) before a problem is left without a corruption."""

@@ -10,7 +10,7 @@ import random
 from collections.abc import Sequence
 
 from codepmp.reasoning.tasks import response
-from codepmp.train.data import Pair
+from codepmp.pairs import Pair
 
 
 def _distinct(texts: Sequence[str]) -> list[str]:

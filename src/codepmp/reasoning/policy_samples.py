@@ -36,7 +36,7 @@ from codepmp.reasoning import math as math_source
 from codepmp.reasoning.jsonl import read_jsonl
 from codepmp.reasoning.sampled import label_solutions
 from codepmp.reasoning.tasks import Task, gsm8k_tasks
-from codepmp.synthesize.backend import Backend, Sampling
+from codepmp.generate.backend import Backend, Sampling
 
 SHIPPED_DIR = Path(__file__).parent / "data" / "policy"
 PROVENANCE = "provenance.json"
@@ -300,11 +300,11 @@ def main(argv: list[str] | None = None) -> None:
                                          ", dequantized to fp32 (codepmp.models), transformers on CPU"),
              "license": "Apache-2.0", "engine": args.backend}
     if args.backend == "llamacpp":
-        from codepmp.synthesize.llamacpp_backend import LlamaCppBackend
+        from codepmp.generate.llamacpp_backend import LlamaCppBackend
 
         backend: Backend = LlamaCppBackend(args.model)
     else:
-        from codepmp.synthesize.backend import TransformersBackend
+        from codepmp.generate.backend import TransformersBackend
 
         backend = TransformersBackend(args.model, batch_size=args.batch_size)
     plan = [p for p in PLAN if not args.parts or p.name in args.parts.split(",")]

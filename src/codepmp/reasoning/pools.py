@@ -22,7 +22,7 @@ from codepmp.reasoning.answers import DOMAINS, extract_answer
 from codepmp.reasoning.jsonl import Record, read_jsonl
 from codepmp.reasoning.sampled import label_solutions, sample_solutions
 from codepmp.reasoning.tasks import Task, response
-from codepmp.synthesize.backend import Backend, Sampling
+from codepmp.generate.backend import Backend, Sampling
 
 DEFAULT_OPTIONS = 4
 """Options assumed for an imported logic problem that no task describes (LogiQA and ReClor have 4)."""

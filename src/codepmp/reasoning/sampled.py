@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 
 from codepmp.reasoning.pairing import pair_up
 from codepmp.reasoning.tasks import Task
-from codepmp.synthesize.backend import Backend, Sampling
-from codepmp.train.data import Pair
+from codepmp.generate.backend import Backend, Sampling
+from codepmp.pairs import Pair
 
 
 @dataclass

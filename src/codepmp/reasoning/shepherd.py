@@ -22,7 +22,7 @@ from pathlib import Path
 from codepmp.reasoning.gsm8k import CALC, prompt
 from codepmp.reasoning.jsonl import Record, read_jsonl
 from codepmp.reasoning.pairing import pair_up
-from codepmp.train.data import Pair
+from codepmp.pairs import Pair
 
 STEP_TAG = "ки"
 FIRST_STEP = "Step 1:"

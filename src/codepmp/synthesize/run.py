@@ -35,14 +35,14 @@ import pyarrow.parquet as pq
 
 from codepmp.atomic import atomic_path, write_json, write_table
 from codepmp.config import SynthesizeConfig
-from codepmp.crawl import read_shards
+from codepmp.shards import read_shards
 from codepmp.errors import ConfigError, InputError
 from codepmp.progress import progress
 from codepmp.storage import open_folder
-from codepmp.synthesize.backend import Backend, Completion, Sampling, TransformersBackend
+from codepmp.generate.backend import Backend, Completion, Sampling, TransformersBackend
 from codepmp.synthesize.prompts import description_prompt, pair_prompt
 from codepmp.synthesize.quality import signals
-from codepmp.train.data import Pair, read_text_rows
+from codepmp.pairs import Pair, read_text_rows
 
 PAIRS_FILE = "pairs.parquet"
 DONE = "_SUCCESS"
@@ -65,11 +65,11 @@ def make_backend(cfg: SynthesizeConfig, spec: str) -> Backend:
     if cfg.backend == "transformers":
         return TransformersBackend(spec, cfg.batch_size)
     if cfg.backend == "vllm":
-        from codepmp.synthesize.vllm_backend import VLLMBackend
+        from codepmp.generate.vllm_backend import VLLMBackend
 
         return VLLMBackend(spec, tensor_parallel_size=cfg.tensor_parallel_size)
     if cfg.backend == "openai":
-        from codepmp.synthesize.http_backend import OpenAIBackend
+        from codepmp.generate.http_backend import OpenAIBackend
 
         if not cfg.endpoint:
             raise ConfigError("synthesize.backend is 'openai' but synthesize.endpoint is empty")

@@ -5,79 +5,11 @@ the tokens both sides share run once."""
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from codepmp.errors import InputError
-
-
-@dataclass
-class Pair:
-    prompt: str
-    chosen: str
-    rejected: str
-
-
-def read_text_rows(path: str | Path, columns: list[str], hint: str) -> list[dict]:
-    """The `columns` of a Parquet file of preference data, each required to be a string column. A missing or
-    unreadable file, a missing column or one of another type is an InputError naming the file and column;
-    `hint` says which stage writes the file."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"no {path.name} in '{path.parent}' ({hint})")
-    try:
-        schema = pq.read_schema(path)
-    except (OSError, pa.ArrowException) as exc:
-        raise InputError(f"{path} is not a readable Parquet file: {exc}") from None
-    for column in columns:
-        if column not in schema.names:
-            raise InputError(f"{path} has no column '{column}' (columns: {', '.join(schema.names)})")
-        if not (pa.types.is_string(schema.field(column).type) or pa.types.is_large_string(schema.field(column).type)):
-            raise InputError(f"{path}: column '{column}' must hold strings, not {schema.field(column).type}")
-    rows = pq.read_table(path, columns=columns).to_pylist()
-    for number, row in enumerate(rows):
-        if any(row[c] is None for c in columns):
-            raise InputError(f"{path}: row {number} has a null in {[c for c in columns if row[c] is None]}")
-    return rows
-
-
-@dataclass
-class Encoded:
-    ids: list[int]
-    response_start: int
-    """Index of the first response token; earlier tokens are prompt and get no LM loss."""
-
-
-class PromptTooLong(InputError):
-    """A prompt that leaves no room for one response token within `max_length`."""
-
-
-def encode(tokenizer, prompt: str, response: str, max_length: int) -> Encoded:
-    """Tokenize prompt+response as one text (as inference does) and locate the response boundary by offsets.
-
-    Too long a text keeps its whole prompt and loses the end of its response (trailing special tokens such as
-    an EOS are kept): a candidate scored without its question would be judged on nothing it was asked. The
-    reward is read at the last token, so a cut response is judged on its first part only: a long MATH solution
-    loses its final answer, and two responses that differ only after the cut become the same tokens
-    (`screen_pairs` drops such pairs; raise `max_length` where answers are long). A prompt that leaves no room
-    for a response token raises PromptTooLong, naming its length: training skips and counts those pairs
-    (`screen_pairs`); a scorer cannot rank what it cannot see, so it reports the error."""
-    enc = tokenizer(prompt + response, return_offsets_mapping=True)
-    ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
-    start = next((i for i, (lo, hi) in enumerate(offsets) if hi > lo and lo >= len(prompt)), len(ids))
-    if len(ids) > max_length:
-        tail = next((n for n, (lo, hi) in enumerate(reversed(offsets)) if hi > lo), 0)
-        keep = max_length - tail
-        if start >= keep:
-            raise PromptTooLong(f"a prompt of {start} tokens leaves no room for its response within max_length "
-                                f"{max_length} (prompt starts {prompt[:60]!r})")
-        ids = ids[:keep] + ids[len(ids) - tail:]
-    return Encoded(ids, start)
+from codepmp.encoding import Encoded, PromptTooLong, encode, pad_right, shared_prefix_length
+from codepmp.pairs import Pair
 
 
 def encode_pairs(tokenizer, pairs: list[Pair], max_length: int) -> list[tuple[Encoded, Encoded]]:
@@ -117,17 +49,6 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> li
     return batches
 
 
-def pad_right(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[N, L] input ids padded on the right, and the attention mask."""
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    for i, seq in enumerate(sequences):
-        input_ids[i, : len(seq)] = torch.tensor(seq)
-        attention_mask[i, : len(seq)] = 1
-    return input_ids, attention_mask
-
-
 def collate(encoded: list[tuple[Encoded, Encoded]], pad_token_id: int) -> dict[str, torch.Tensor]:
     """[2B, L] tensors: rows 0..B-1 chosen, B..2B-1 rejected; labels mark chosen response tokens only."""
     rows = [c for c, _ in encoded] + [r for _, r in encoded]
@@ -154,13 +75,6 @@ def collate_packed(encoded: list[tuple[Encoded, Encoded]]) -> dict[str, torch.Te
         lo, hi = int(start) + max(chosen.response_start, 1), int(start) + len(chosen.ids)
         labels[0, lo:hi] = input_ids[0, lo:hi]
     return {"input_ids": input_ids, "position_ids": position_ids, "last": ends - 1, "labels": labels}
-
-
-def shared_prefix_length(a: list[int], b: list[int]) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
 
 
 def collate_pair_trees(encoded: list[tuple[Encoded, Encoded]], pad_token_id: int) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from codepmp.config import TrainConfig
 from codepmp import errors
 from codepmp.errors import CodepmpError, ConfigError, ServiceError
-from codepmp.train.data import Pair
+from codepmp.pairs import Pair
 
 LAUNCHED_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                  "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
@@ -134,7 +134,7 @@ def run_spec(spec: TrainSpec) -> dict:
     """One torchrun process: train on the spec's pairs; rank 0 logs, saves the model and writes the summary.
     `pairs`, `out_dir` and `summary` may be s3:// (a TrainJob's nodes share no disk with the pipeline)."""
     from codepmp.tracking import MetricBuffer, retry_window
-    from codepmp.train.data import read_text_rows
+    from codepmp.pairs import read_text_rows
     from codepmp.train.loop import train
 
     rank = int(os.environ.get("RANK", "0"))

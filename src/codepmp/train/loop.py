@@ -14,7 +14,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -24,8 +24,9 @@ from codepmp.atomic import atomic_dir
 from codepmp.config import TrainConfig
 from codepmp.errors import ConfigError, InputError
 from codepmp.progress import progress as progress_bar
-from codepmp.train.data import (Pair, collate, collate_packed, collate_pair_trees, length_grouped_batches,
-                                screen_pairs, shared_prefix_length)
+from codepmp.encoding import shared_prefix_length
+from codepmp.pairs import Pair
+from codepmp.train.data import collate, collate_packed, collate_pair_trees, length_grouped_batches, screen_pairs
 from codepmp.train.losses import pmp_loss
 from codepmp.train.model import PreferenceModel
 from codepmp.train.schedule import SCHEDULES, decay_steps, lr_factor, scaling_steps
@@ -85,32 +86,27 @@ def _deepspeed_engine(model, optimizer, scheduler, cfg: TrainConfig, grad_accum:
     return engine
 
 
-def train(cfg: TrainConfig, init_model: str, pairs: list[Pair], out_dir: str | Path, *,
-          checkpointer=None, scaling=None, log: Callable[[dict, int], None] = lambda m, s: None,
-          progress: bool = True) -> dict:
-    """Train a preference model from `init_model` on `pairs`; save the reward model folder to `out_dir`.
+@dataclass
+class StepPlan:
+    """What the optimizer steps will run: the usable encoded pairs (and the others counted by reason), the
+    micro-batches of every epoch, how many each step takes per process, and the learning-rate schedule."""
 
-    `checkpointer` keeps the run resumable; `scaling` receives the scaling-curve checkpoints
-    (`cfg.scaling_ratio`) and, with `cfg.decay_from_step`, is where the checkpoint to decay comes from."""
-    if not pairs:
-        raise InputError("training got 0 preference pairs")
-    if cfg.schedule not in SCHEDULES:
-        raise ConfigError(f"unknown schedule '{cfg.schedule}' in the training config (known: {', '.join(SCHEDULES)})")
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and cfg.deepspeed_stage < 0:
-        raise ConfigError(f"{world} processes were launched but deepspeed_stage is {cfg.deepspeed_stage}: "
-                          "data-parallel training runs through DeepSpeed (set deepspeed_stage to 0-3)")
-    torch.manual_seed(cfg.seed)
-    device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu")
-    model = PreferenceModel.load(init_model, with_lm_head=cfg.lm_coef > 0,
-                                 attn_implementation=cfg.attn_implementation).to(device)
-    if cfg.grad_checkpointing:
-        model.reward_model.gradient_checkpointing_enable()
-    if cfg.compile:
-        _compile_layers(model)
-    pad_id = model.reward_model.config.pad_token_id
-    layout, row_length = _batch_layout(cfg, model)
-    encoded, skipped = screen_pairs(model.tokenizer, pairs, cfg.max_length)
+    encoded: list
+    skipped: dict
+    micro: list[list[int]]
+    grad_accum: int
+    per_step: int
+    """Micro-batches one optimizer step takes over all processes."""
+    total_steps: int
+    schedule: Callable[[int], float]
+    save_scaling_at: set[int]
+
+
+def plan_steps(cfg: TrainConfig, tokenizer, pairs: list[Pair], row_length: Callable[[list, list], int], world: int,
+               scaling) -> StepPlan:
+    """Screen and encode `pairs`, group them into micro-batches by `row_length` (what a pair takes in the batch
+    layout) and cut those into optimizer steps over `world` processes."""
+    encoded, skipped = screen_pairs(tokenizer, pairs, cfg.max_length)
     if not encoded:
         raise InputError(f"none of the {len(pairs)} training pairs is usable at max_length {cfg.max_length}: "
                          + ", ".join(f"{k} {v}" for k, v in skipped.items() if v))
@@ -132,10 +128,70 @@ def train(cfg: TrainConfig, init_model: str, pairs: list[Pair], out_dir: str | P
                           if cfg.schedule == "wsd" and not cfg.decay_from_step else [])
     if cfg.decay_from_step:
         total_steps, schedule = _decay_plan(cfg, total_steps, scaling)
+    return StepPlan(encoded, skipped, micro, grad_accum, per_step, total_steps, schedule, save_scaling_at)
+
+
+def _load_model(cfg: TrainConfig, init_model: str, device: torch.device) -> PreferenceModel:
+    model = PreferenceModel.load(init_model, with_lm_head=cfg.lm_coef > 0,
+                                 attn_implementation=cfg.attn_implementation).to(device)
+    if cfg.grad_checkpointing:
+        model.reward_model.gradient_checkpointing_enable()
+    if cfg.compile:
+        _compile_layers(model)
+    return model
+
+
+def _accumulate(cfg: TrainConfig, forward, engine, batches: list[list], layout, pad_id: int,
+                device: torch.device) -> tuple[list[dict], int, int]:
+    """Forward and backward over one process's micro-batches of an optimizer step (the engine also steps on
+    each, as DeepSpeed counts accumulation itself); returns each micro-batch's loss parts, tokens and pairs."""
+    step_parts, tokens, samples = [], 0, 0
+    for pairs_in_batch in batches:
+        batch = {k: v.to(device) for k, v in layout(pairs_in_batch, pad_id).items()}
+        n = len(pairs_in_batch)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            rewards, lm_logits, lm_targets = forward(batch["input_ids"], batch.get("attention_mask"),
+                                                   lm_labels=batch["labels"] if cfg.lm_coef else None,
+                                                   position_ids=batch.get("position_ids"),
+                                                   last=batch.get("last"), tree_mask=batch.get("tree_mask"))
+            loss, parts = pmp_loss(rewards[:n], rewards[n:], lm_logits, lm_targets, cfg.rm_coef, cfg.lm_coef)
+        if engine is not None:
+            engine.backward(loss)
+            engine.step()
+        else:
+            (loss / len(batches)).backward()
+        tokens += sum(len(c.ids) + len(r.ids) for c, r in pairs_in_batch)
+        samples += n
+        step_parts.append(parts)
+    return step_parts, tokens, samples
+
+
+def train(cfg: TrainConfig, init_model: str, pairs: list[Pair], out_dir: str | Path, *,
+          checkpointer=None, scaling=None, log: Callable[[dict, int], None] = lambda m, s: None,
+          progress: bool = True) -> dict:
+    """Train a preference model from `init_model` on `pairs`; save the reward model folder to `out_dir`.
+
+    `checkpointer` keeps the run resumable; `scaling` receives the scaling-curve checkpoints
+    (`cfg.scaling_ratio`) and, with `cfg.decay_from_step`, is where the checkpoint to decay comes from."""
+    if not pairs:
+        raise InputError("training got 0 preference pairs")
+    if cfg.schedule not in SCHEDULES:
+        raise ConfigError(f"unknown schedule '{cfg.schedule}' in the training config (known: {', '.join(SCHEDULES)})")
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and cfg.deepspeed_stage < 0:
+        raise ConfigError(f"{world} processes were launched but deepspeed_stage is {cfg.deepspeed_stage}: "
+                          "data-parallel training runs through DeepSpeed (set deepspeed_stage to 0-3)")
+    torch.manual_seed(cfg.seed)
+    device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu")
+    model = _load_model(cfg, init_model, device)
+    pad_id = model.reward_model.config.pad_token_id
+    layout, row_length = _batch_layout(cfg, model)
+    plan = plan_steps(cfg, model.tokenizer, pairs, row_length, world, scaling)
+    encoded, micro, total_steps, schedule = plan.encoded, plan.micro, plan.total_steps, plan.schedule
 
     optimizer = _optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(min(s, total_steps - 1)))
-    engine = _deepspeed_engine(model, optimizer, scheduler, cfg, grad_accum) if cfg.deepspeed_stage >= 0 else None
+    engine = _deepspeed_engine(model, optimizer, scheduler, cfg, plan.grad_accum) if cfg.deepspeed_stage >= 0 else None
 
     start = 0
     if checkpointer is not None and (last := checkpointer.latest()) is not None:
@@ -153,27 +209,10 @@ def train(cfg: TrainConfig, init_model: str, pairs: list[Pair], out_dir: str | P
     bar = progress_bar(range(start, total_steps), desc=f"train ({total_steps} steps)", disable=not progress,
                        initial=start, total=total_steps, unit="step")
     for step in bar:
-        step_parts: list[dict] = []
-        first = step * per_step + rank * grad_accum
-        for batch_idx in micro[first:first + grad_accum]:
-            pairs_in_batch = [encoded[i] for i in batch_idx]
-            batch = layout(pairs_in_batch, pad_id)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            n = len(batch_idx)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                rewards, lm_logits, lm_targets = forward(batch["input_ids"], batch.get("attention_mask"),
-                                                       lm_labels=batch["labels"] if cfg.lm_coef else None,
-                                                       position_ids=batch.get("position_ids"),
-                                                       last=batch.get("last"), tree_mask=batch.get("tree_mask"))
-                loss, parts = pmp_loss(rewards[:n], rewards[n:], lm_logits, lm_targets, cfg.rm_coef, cfg.lm_coef)
-            if engine is not None:
-                engine.backward(loss)
-                engine.step()
-            else:
-                (loss / grad_accum).backward()
-            tokens += sum(len(c.ids) + len(r.ids) for c, r in pairs_in_batch)
-            samples += n
-            step_parts.append(parts)
+        first = step * plan.per_step + rank * plan.grad_accum
+        batches = [[encoded[i] for i in batch_idx] for batch_idx in micro[first:first + plan.grad_accum]]
+        step_parts, step_tokens, step_samples = _accumulate(cfg, forward, engine, batches, layout, pad_id, device)
+        tokens, samples = tokens + step_tokens, samples + step_samples
         if engine is None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -195,7 +234,7 @@ def train(cfg: TrainConfig, init_model: str, pairs: list[Pair], out_dir: str | P
         if checkpointer is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
                 and step + 1 < total_steps:
             _save(checkpointer, step + 1, model, optimizer, scheduler, engine, cfg)
-        if scaling is not None and step + 1 in save_scaling_at:
+        if scaling is not None and step + 1 in plan.save_scaling_at:
             _save(scaling, step + 1, model, optimizer, scheduler, engine, cfg)
 
     # No checkpoint at the end: the saved model is the stage's output, and optimizer state for a run
@@ -206,8 +245,8 @@ def train(cfg: TrainConfig, init_model: str, pairs: list[Pair], out_dir: str | P
                 model.save(tmp)
     final = history[-1] if history else {}
     return {"steps": total_steps, "resumed_from": start, "pairs": len(encoded),
-            **{f"skipped_{k}": v for k, v in skipped.items()},
-            "micro_batches_dropped": len(micro) - total_steps * per_step, "processes": world,
+            **{f"skipped_{k}": v for k, v in plan.skipped.items()},
+            "micro_batches_dropped": len(micro) - total_steps * plan.per_step, "processes": world,
             "final_loss": final.get("loss", math.nan), "final_accuracy": final.get("accuracy", math.nan),
             "tokens_per_s": final.get("tokens_per_s", math.nan), "samples_per_s": final.get("samples_per_s", math.nan),
             "train_s": round(time.perf_counter() - t0, 3)}

@@ -3,6 +3,12 @@
 - "wsd", warmup-stable-decay (CodePMP: 3 % linear warmup, flat, the last 10 % decays linearly to 0). The
   stable phase is what scaling-curve checkpoints are taken from: any of them can be decayed separately.
 - "cosine": the same linear warmup, then a half cosine from 1 to 0 over the remaining steps.
+
+Against transformers' `get_wsd_schedule(decay_type="linear")` and `get_cosine_schedule_with_warmup`: the same
+curves one optimizer step earlier (step s here is their step s + 1; tests/unit/train/test_schedule.py checks
+it). Theirs runs its first step at lr 0 and ours its last; ours stays because the scaling-curve checkpoints and
+the decay of a stable-phase checkpoint (`scaling_steps`, `decay_steps`, the loop's decay plan) are defined on
+these factors, and the golden-loss test pins them.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 
 from codepmp.errors import ConfigError, ServiceError
-from codepmp.tracking import LOGIN_VARS
+from codepmp.env import CONFIG_MAP_VARS, LOGIN_VARS, SECRET_VARS
 
 GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
 API_VAR = "CODEPMP_KUBE_API"
@@ -170,11 +170,11 @@ def manifest(settings: TrainJobSettings, name: str, spec_uri: str, labels: dict[
     if trainer_api == AUTO:
         raise ConfigError("manifest() needs a concrete trainer_api; run_trainjob resolves 'auto' on the cluster")
     secret_env = [{"name": key, "valueFrom": {"secretKeyRef": {"name": settings.secret, "key": key}}}
-                  for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
+                  for key in SECRET_VARS]
     secret_env += [{"name": key, "valueFrom": {"secretKeyRef": {"name": settings.secret, "key": key, "optional": True}}}
                    for key in LOGIN_VARS]
     config_env = [{"name": key, "valueFrom": {"configMapKeyRef": {"name": settings.config_map, "key": key}}}
-                  for key in ("CODEPMP_S3_ENDPOINT", "CODEPMP_BUCKET", "MLFLOW_TRACKING_URI")]
+                  for key in CONFIG_MAP_VARS]
     resources = {"cpu": settings.cpu, "memory": settings.memory, settings.accelerator: str(settings.gpus_per_node)}
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -348,3 +348,39 @@ def _read(api, namespace: str, name: str, where: str) -> dict | None:
         raise ServiceError(f"could not read {where}: HTTP {exc.status} {exc.reason}") from None
     except (OSError, urllib3.exceptions.HTTPError) as exc:
         raise ServiceError(f"could not reach the Kubernetes API to read {where}: {exc}") from None
+
+
+def pretrain_on_trainjob(train_cfg, settings: TrainJobSettings, base_dir: str, pairs: list, out_dir: str,
+                         checkpoints, run_name: str, job_id: str, tracking: tuple[str, str]) -> dict:
+    """Train on several nodes: stage the base model (once), the pairs and a `TrainSpec` in the object store, run
+    the TrainJob (its rank 0 logs into the MLflow run `tracking` = (URI, run id)), and copy its model back into
+    `out_dir`. A bad input or config that the job's rank 0 recorded is raised here as that error. Returns the
+    job's training summary with its node count."""
+    import pyarrow as pa
+
+    from codepmp.errors import CodepmpError
+    from codepmp.storage import ObjectStore, StoreFolder
+    from codepmp.train.launch import TrainSpec, recorded_error
+
+    store = ObjectStore.from_env()
+    store.ensure_bucket()
+    prefix = f"runs/{run_name}/{job_id or 'local'}/pretrain/trainjob"
+    if not store.is_done(f"{prefix}/init"):
+        store.upload_dir(base_dir, f"{prefix}/init")
+        store.mark_done(f"{prefix}/init")
+    StoreFolder(store, prefix).put_table("pairs.parquet", pa.Table.from_pylist([dataclasses.asdict(p) for p in pairs]))
+    spec = TrainSpec(config=dataclasses.asdict(dataclasses.replace(train_cfg, processes=settings.gpus_per_node)),
+                     init_model=store.uri(f"{prefix}/init"), pairs=store.uri(f"{prefix}/pairs.parquet"),
+                     out_dir=store.uri(f"{prefix}/model"), summary=store.uri(f"{prefix}/summary.json"),
+                     checkpoints=dataclasses.asdict(checkpoints), tracking_uri=tracking[0], mlflow_run_id=tracking[1])
+    store.put_json(f"{prefix}/spec.json", dataclasses.asdict(spec))
+    try:
+        run_trainjob(settings, job_name(run_name, job_id), store.uri(f"{prefix}/spec.json"))
+    except ServiceError:
+        if store.exists(f"{prefix}/error.json"):  # bad input or config, as rank 0 of the job reported it
+            raise recorded_error(store.get_json(f"{prefix}/error.json")) from None
+        raise
+    if not store.is_done(f"{prefix}/model"):
+        raise CodepmpError(f"the TrainJob finished but wrote no model to {store.uri(prefix + '/model')}")
+    store.download_dir(f"{prefix}/model", out_dir)
+    return {**store.get_json(f"{prefix}/summary.json"), "nodes": settings.nodes}
