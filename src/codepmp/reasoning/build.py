@@ -89,7 +89,7 @@ def evaluation_files(cfg: ReasoningConfig) -> list[str]:
         if name == "gsm8k" and not cfg.data_dir:
             files.append(str(gsm8k.packaged_path("dev")))
             continue
-        files += [str(Path(cfg.data_dir) / relative) for relative in DEV_REASONING_FILES[name]]
+        files += [str(Path(cfg.data_dir) / relative) for relative in DEV_FILES[name]]
     if cfg.pool == "import":
         files += [path for _, path in sorted(_pool_files(cfg).items())]
     for path in files:
@@ -226,7 +226,7 @@ def build_reasoning_data(cfg: ReasoningConfig, out_dir: str | Path,
         return backend
 
     sampling = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed)
-    tables: dict[str, list[dict]] = {name: [] for name in FILES}
+    tables: dict[str, list[dict]] = {name: [] for name in REASONING_FILES}
     # A shipped pool makes the math dev pairs, whatever makes the train pairs.
     dev_source = "shipped" if cfg.pool == "shipped" else cfg.pairs
     stats: dict = {"sources": {"train_pairs": cfg.pairs, "dev_pairs": dev_source, "pool": cfg.pool},
@@ -369,7 +369,7 @@ SCHEMAS = {"train": PAIR_SCHEMA, "dev": PAIR_SCHEMA,
 
 
 def write_tables(tables: dict[str, list[dict]], out: Path, stats: dict) -> dict:
-    """Every table (keys of FILES) and stats.json, each written atomically; returns the numeric stats."""
+    """Every table (keys of REASONING_FILES) and stats.json, each written atomically; returns the numeric stats."""
     out.mkdir(parents=True, exist_ok=True)
     stats["sha256"] = {}
     for name, rows in tables.items():
