@@ -3,21 +3,10 @@
 from __future__ import annotations
 
 import os
-import urllib.parse
 from pathlib import Path
 
 from codepmp.stages import STAGES
-
-
-def redact_uri(uri: str) -> str:
-    """`uri` without a user:password part (an MLflow URI may carry basic-auth credentials), for printing."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    netloc = f"***@{netloc}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+from codepmp.tracking import redact_uri
 
 
 def headline_metrics(evaluation: dict[str, float]) -> list[str]:

@@ -25,13 +25,13 @@ import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from codepmp.env import PASSWORD_VAR, TRACKING_URI_VAR, USERNAME_VAR
 from codepmp.errors import InputError, ServiceError
-from codepmp.report import redact_uri
 from codepmp.retry import restart_policy, window_from_env
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -46,6 +46,17 @@ RETRY_VAR = "CODEPMP_MLFLOW_RETRY_S"
 DEFAULT_RETRY_S = 120.0
 BATCH_LIMIT = 1000
 """MLflow's log_batch takes at most 1000 metrics per call."""
+
+
+def redact_uri(uri: str) -> str:
+    """`uri` without a user:password part (an MLflow URI may carry basic-auth credentials), for printing."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    netloc = f"***@{netloc}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

@@ -280,7 +280,7 @@ def test_no_credential_in_the_compiled_pipeline(stack_env, needles, tmp_path, re
 
 def test_the_run_summary_never_prints_credentials_in_the_tracking_uri(record):
     """The end-of-run summary prints MLFLOW_TRACKING_URI; a remote one may carry user:password."""
-    from codepmp.report import redact_uri
+    from codepmp.tracking import redact_uri
 
     uri = "https://alice:hunter2-secret@mlflow.example.org:8443/mlflow"
     shown = redact_uri(uri)

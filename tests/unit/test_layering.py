@@ -8,7 +8,8 @@ import codepmp
 
 PACKAGE = Path(codepmp.__file__).parent
 STAGES = ("crawl", "synthesize", "train", "reasoning", "evaluate")
-SHARED = ("pairs", "encoding", "shards", "generate", "models", "storage", "atomic", "errors", "progress", "config")
+SHARED = ("pairs", "encoding", "shards", "generate", "models", "storage", "atomic", "errors", "progress", "config",
+          "env", "retry", "tracking", "processes")
 
 
 def imported_packages(path: Path) -> set[str]:
