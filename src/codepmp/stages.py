@@ -348,37 +348,22 @@ def evaluate(cfg: PipelineConfig, run_name: str, models: dict[str, str], data_di
              results_path: str, sweep_path: str = "") -> dict:
     """PMP vs control on every domain of the reasoning data, with confidence intervals; `report_path` gets the
     HTML report (figures also go to MLflow), `results_path` the results and flat metrics as JSON."""
-    import json
     import tempfile
 
     import mlflow
 
-    from codepmp.atomic import write_json
-    from codepmp.evaluate.html import build_results, render_report
-    from codepmp.evaluate.run import evaluate_models
+    from codepmp.evaluate.run import evaluate_models, write_evaluation
     from codepmp.report import loss_curves
 
     evaluation = evaluate_models(cfg.evaluate, models, data_dir)
-    sweep = json.loads(Path(sweep_path).read_text()) if sweep_path and Path(sweep_path).is_file() else None
-    scoring = evaluation["scoring"]
-    results = build_results(evaluation["domains"], sample_efficiency=sweep,
-                            loss_curves=loss_curves(cfg.experiment, run_name),
-                            meta={"title": f"codepmp evaluation: {run_name}", "profile": cfg.profile,
-                                  "models": ", ".join(models), "texts scored": scoring["texts"],
-                                  "scoring seconds": scoring["seconds"], "texts per second": scoring["texts_per_s"],
-                                  **evaluation["meta"]})
+    meta = {"title": f"codepmp evaluation: {run_name}", "profile": cfg.profile, "models": ", ".join(models)}
     with tempfile.TemporaryDirectory(prefix="codepmp-figures-") as figures:
-        for figure in render_report(results, report_path, figures):
+        metrics, figure_files = write_evaluation(evaluation, meta, report_path, results_path, figures, sweep_path,
+                                                 loss_curves(cfg.experiment, run_name))
+        for figure in figure_files:
             mlflow.log_artifact(str(figure), "figures")
     mlflow.log_artifact(report_path)
-    # The register stage's gate reads the PMP - control differences (paired intervals) from this file.
-    write_json({"results": results, "metrics": evaluation["metrics"], "differences": evaluation["differences"],
-                "scoring": scoring}, results_path)
-    flat = {f"{name}.{key}": value for name, metrics in evaluation["metrics"].items() for key, value in metrics.items()}
-    flat.update({f"diff.{key}": value for key, value in evaluation["differences"].items()})
-    plumbing = evaluation["meta"].get("plumbing_check") or ""  # the run summary prints it beside the metrics
-    return {**flat, "scoring_s": scoring["seconds"], "scored_texts_per_s": scoring["texts_per_s"],
-            **({"plumbing_check": plumbing} if plumbing else {})}
+    return metrics
 
 
 @stage("register", section="promote")

@@ -303,3 +303,28 @@ def evaluate_models(cfg: EvaluateConfig, models: dict[str, str], data_dir: str |
         meta["plumbing_check"] = warning
     return {"domains": domains, "metrics": flat, "differences": differences, "meta": meta, "sources": sources,
             "scoring": {"texts": texts, "seconds": round(seconds, 2), "texts_per_s": round(texts / seconds, 2)}}
+
+
+def write_evaluation(evaluation: dict, meta: dict, report_path: str | Path, results_path: str | Path,
+                     figures_dir: str | Path, sweep_path: str | Path = "",
+                     loss_curves: dict | None = None) -> tuple[dict, list[Path]]:
+    """The HTML report of `evaluate_models`' output at `report_path` (its figures as PNG in `figures_dir`, beside
+    the sample-efficiency table at `sweep_path` when there is one, and the training `loss_curves`) and the results
+    JSON at `results_path`, from which the register stage's gate reads the PMP - control differences with their
+    paired intervals. `meta` heads the page. Returns the stage's flat metrics and the figure files."""
+    from codepmp.atomic import write_json
+    from codepmp.evaluate.html import build_results, render_report
+
+    sweep = json.loads(Path(sweep_path).read_text()) if sweep_path and Path(sweep_path).is_file() else None
+    scoring = evaluation["scoring"]
+    results = build_results(evaluation["domains"], sample_efficiency=sweep, loss_curves=loss_curves,
+                            meta={**meta, "texts scored": scoring["texts"], "scoring seconds": scoring["seconds"],
+                                  "texts per second": scoring["texts_per_s"], **evaluation["meta"]})
+    figures = render_report(results, report_path, figures_dir)
+    write_json({"results": results, "metrics": evaluation["metrics"], "differences": evaluation["differences"],
+                "scoring": scoring}, results_path)
+    flat = {f"{name}.{key}": value for name, metrics in evaluation["metrics"].items() for key, value in metrics.items()}
+    flat.update({f"diff.{key}": value for key, value in evaluation["differences"].items()})
+    plumbing = evaluation["meta"].get("plumbing_check") or ""  # the run summary prints it beside the metrics
+    return {**flat, "scoring_s": scoring["seconds"], "scored_texts_per_s": scoring["texts_per_s"],
+            **({"plumbing_check": plumbing} if plumbing else {})}, figures
