@@ -11,7 +11,7 @@ so the same DAG runs unchanged under kfp.local.
 
 from kfp import dsl
 
-from codepmp.stages import STAGES
+from codepmp.stages import STAGES, StageSpec
 from codepmp_kfp.components.base_model.component import base_model
 from codepmp_kfp.components.crawl.component import crawl, crawl_ranks
 from codepmp_kfp.components.crawl_merge.component import crawl_merge
@@ -32,14 +32,21 @@ HELPERS = {"crawl_ranks", "synthesize_shards", "sweep_points"}
 Every other task is a stage, and the registry (`codepmp.stages.STAGES`) says whether it is cached and on a GPU."""
 
 
-def task_caching(component: str) -> bool:
-    """Whether KFP may reuse an earlier result of a task of `component` (a component name, e.g. crawl-merge)."""
+def stage_of(component: str) -> StageSpec | None:
+    """The registered stage a component runs (a component name, e.g. crawl-merge), None for a helper; a
+    component that is neither fails the compile, as it would have no caching or GPU choice."""
     name = component.replace("-", "_")
     if name in HELPERS:
-        return True
+        return None
     if name not in STAGES:
         raise AssertionError(f"component {component} is neither a registered stage nor a helper: no caching choice")
-    return STAGES[name].cached
+    return STAGES[name]
+
+
+def task_caching(component: str) -> bool:
+    """Whether KFP may reuse an earlier result of a task of `component`: helpers always, stages as registered."""
+    spec = stage_of(component)
+    return spec is None or spec.cached
 
 
 def build(cluster: "ClusterSpec | None" = None):
@@ -100,11 +107,11 @@ def build(cluster: "ClusterSpec | None" = None):
             check_task_names(cluster, set(tasks))
         for name, task in tasks.items():
             task.set_display_name(name)
+            spec = stage_of(task.component_spec.name)
             if cluster is not None:
                 # A multi-node pretrain task only waits for its TrainJob; the job's pods take the GPUs.
                 trainjob = name == "pretrain" and multinode
-                spec = STAGES.get(task.component_spec.name.replace("-", "_"))
                 apply(task, name, cluster, gpu=bool(spec and spec.gpu), github=name == "crawl", trainjob=trainjob)
-            task.set_caching_options(task_caching(task.component_spec.name))
+            task.set_caching_options(spec is None or spec.cached)
 
     return codepmp
