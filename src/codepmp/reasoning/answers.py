@@ -20,13 +20,18 @@ from __future__ import annotations
 
 import functools
 import re
+import signal
 import threading
+from contextlib import contextmanager
 from decimal import Decimal, InvalidOperation
 
 DOMAINS = ("gsm8k", "math", "logic")
 
 MATH_TIMEOUT_S = 5
-"""Seconds math-verify may spend parsing one answer or comparing one pair before the answer counts as wrong."""
+"""CPU seconds math-verify may spend parsing one answer or comparing one answer pair before the answer counts
+as wrong. CPU time of this process, not wall time (math-verify's own alarm), so that a label does not depend
+on how busy the machine was: on a loaded machine a 0.3 s parse took over 5 s of wall time and its answer was
+marked wrong."""
 
 _NUMBER = re.compile(r"(?P<sign>[-\u2212]?)(?P<body>(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)")
 _ANSWER_IS = re.compile(r"(?:final\s+answer|answer)\s*(?:is|:|=)\s*:?", re.IGNORECASE)
@@ -121,10 +126,47 @@ def last_boxed(text: str) -> str | None:
 
 
 def _timeout() -> int | None:
-    """math-verify times out with SIGALRM, which only the main thread may use; elsewhere its documented
-    switch (None) turns the timeout off, and callers that check in threads accept that a pathological
-    expression can stall them."""
+    """The CPU budget in this thread: signals reach only the main thread, so elsewhere there is none (None), and
+    callers that check in threads accept that a pathological expression can stall them."""
     return MATH_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+
+
+class _OverBudget(BaseException):
+    """Raised by the profiling timer; a BaseException, so math-verify's own `except Exception` does not swallow it."""
+
+
+def _over_budget(signum, frame):
+    raise _OverBudget
+
+
+@functools.cache
+def _warm_math_verify() -> None:
+    # The first parse imports latex2sympy, sympy's printers and the ANTLR tables: seconds of CPU that would
+    # otherwise count against the first answer's budget.
+    from math_verify import parse, verify
+
+    verify(parse("$\\boxed{\\frac{1}{2}}$", parsing_timeout=None), parse("$0.5$", parsing_timeout=None),
+           timeout_seconds=None)
+
+
+@contextmanager
+def _cpu_budget(seconds: float | None):
+    """Raise _OverBudget once this process has spent `seconds` of CPU inside the block (none: no limit, or where
+    the signal is refused, e.g. in a sub-interpreter)."""
+    _warm_math_verify()
+    try:
+        previous = signal.signal(signal.SIGPROF, _over_budget) if seconds else None
+    except ValueError:
+        seconds = None
+    if not seconds:
+        yield
+        return
+    signal.setitimer(signal.ITIMER_PROF, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)
 
 
 def _parse(text: str, timeout: int | None) -> list:
@@ -132,13 +174,9 @@ def _parse(text: str, timeout: int | None) -> list:
     from math_verify.errors import TimeoutException
 
     try:
-        return parse(text, parsing_timeout=timeout)
-    except ValueError:
-        # The signal refused (e.g. the main thread of a sub-interpreter): parse once more without it.
-        if timeout is None:
-            return []
-        return _parse(text, None)
-    except (Exception, TimeoutException):
+        with _cpu_budget(timeout):
+            return parse(text, parsing_timeout=None)
+    except (Exception, TimeoutException, _OverBudget):
         return []
 
 
@@ -174,10 +212,9 @@ def _verify(gold: tuple, predicted: tuple, timeout: int | None) -> bool:
     from math_verify.errors import TimeoutException
 
     try:
-        return bool(verify(list(gold), list(predicted), timeout_seconds=timeout))
-    except ValueError:
-        return False if timeout is None else _verify(gold, predicted, None)
-    except (Exception, TimeoutException):
+        with _cpu_budget(timeout):
+            return bool(verify(list(gold), list(predicted), timeout_seconds=None))
+    except (Exception, TimeoutException, _OverBudget):
         return False
 
 
@@ -186,7 +223,7 @@ def math_equal(predicted: str, gold: str) -> bool:
     '\\frac{1}{2}' == '0.5' == '\\dfrac12', '2\\sqrt{3}' == '\\sqrt{12}', '(x+1)^2' == 'x^2+2x+1', intervals and
     sets by value. The predicted answer is the last box, else what math-verify finds ('the final answer is
     ...', the last expression). `gold` is a bare answer or a reference solution (its last box is used).
-    A parse failure or timeout is False."""
+    A parse failure or a parse or comparison over its CPU budget (MATH_TIMEOUT_S) is False."""
     timeout = _timeout()
     gold_answer = last_boxed(gold)
     parsed_gold = _parse_answer(gold_answer if gold_answer is not None else gold.strip(), timeout)

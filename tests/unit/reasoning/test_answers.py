@@ -1,4 +1,5 @@
 import threading
+import time
 
 import math_verify
 import pytest
@@ -139,23 +140,47 @@ def test_math_equal_outside_the_main_thread_runs_without_signals():
     assert results == [(True, False)]
 
 
-def test_math_refused_signal_falls_back_to_no_timeout(monkeypatch):
-    real_parse, real_verify = math_verify.parse, math_verify.verify
-
-    def parse(text, parsing_timeout=5, **kwargs):
-        if parsing_timeout is not None:
-            raise ValueError("signal only works in main thread of the main interpreter")
-        return real_parse(text, parsing_timeout=None, **kwargs)
-
-    def verify(gold, target, timeout_seconds=5, **kwargs):
-        if timeout_seconds is not None:
-            raise ValueError("signal only works in main thread of the main interpreter")
-        return real_verify(gold, target, timeout_seconds=None, **kwargs)
+def test_math_equal_runs_without_a_budget_where_signals_are_refused(monkeypatch):
+    def refuse(*args):
+        raise ValueError("signal only works in main thread of the main interpreter")
 
     answers._parse_answer.cache_clear()
-    monkeypatch.setattr(math_verify, "parse", parse)
-    monkeypatch.setattr(math_verify, "verify", verify)
+    monkeypatch.setattr(answers.signal, "signal", refuse)
     assert math_equal("0.5", r"\frac{1}{2}") is True
+    assert math_equal("0.5", "2") is False
+    answers._parse_answer.cache_clear()
+
+
+def _slowed_parse(monkeypatch, wait):
+    """math-verify's parse, after `wait()`; with a 0.3 s CPU budget."""
+    real_parse = math_verify.parse
+    answers._warm_math_verify()
+    answers._parse_answer.cache_clear()
+    monkeypatch.setattr(answers, "MATH_TIMEOUT_S", 0.3)
+
+    def parse(*args, **kwargs):
+        wait()
+        return real_parse(*args, **kwargs)
+
+    monkeypatch.setattr(math_verify, "parse", parse)
+
+
+def test_math_budget_is_cpu_time_so_a_busy_machine_does_not_change_the_label(monkeypatch):
+    _slowed_parse(monkeypatch, lambda: time.sleep(0.6))  # wall time passes, as on a loaded machine; no CPU spent
+    assert math_equal("0.5", r"\frac{1}{2}") is True
+    answers._parse_answer.cache_clear()
+
+
+def test_math_parse_over_its_cpu_budget_is_stopped_and_counts_as_not_equal(monkeypatch):
+    def spin():
+        end = time.process_time() + 3.0
+        while time.process_time() < end:
+            pass
+
+    _slowed_parse(monkeypatch, spin)
+    start = time.process_time()
+    assert math_equal("0.5", r"\frac{1}{2}") is False
+    assert time.process_time() - start < 2.0  # each parse was stopped at its 0.3 s budget, not run for 3 s
     answers._parse_answer.cache_clear()
 
 
