@@ -3,6 +3,7 @@ each labelled by the project's answer checkers. Dev files are best-of-N pools; t
 
     python -m codepmp.reasoning.policy_samples --data ../shared/data --model qwen2.5-coder-0.5b-instruct \\
         --minutes 60        # resumable: each run adds whole chunks until the plan or the time is done
+    python -m codepmp.reasoning.policy_samples --relabel     # after a fix to the answer checkers
 
 Files (in `SHIPPED_DIR`, one per domain and split, e.g. gsm8k_dev.jsonl): the pool import format of
 `pools.imported_pool`, one problem a line: {problem_id, prompt, gold, chunk, candidates: [{text, is_correct,
@@ -229,6 +230,33 @@ def generate(data_dir: str, backend: Backend, model: dict, plan=PLAN, folder: Pa
     return provenance
 
 
+def relabel(folder: Path = SHIPPED_DIR, command: str = "") -> dict[str, int]:
+    """Label every shipped sample again with the current answer checkers (after a checker fix), rewrite the files
+    whose labels changed, and record the relabelling in the provenance. Returns the changed labels per file."""
+    provenance = _provenance(folder)
+    changed = {}
+    for name, entry in provenance["files"].items():
+        domain, split = name.rsplit("_", 1)
+        records = read_shipped(domain, split, entry["problems"], folder, provenance)
+        path = shipped_file(domain, split, folder)
+        texts = [[c["text"] for c in r["candidates"]] for r in records]
+        tasks = [Task(r["problem_id"], r["prompt"], r["gold"], domain) for r in records]
+        changed[name] = 0
+        for record, labels in zip(records, label_solutions(tasks, texts), strict=True):
+            for candidate, label in zip(record["candidates"], labels, strict=True):
+                changed[name] += candidate["is_correct"] != label
+                candidate["is_correct"] = label
+        entry.setdefault("relabels", []).append({"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+                                                 "command": command, "changed_labels": changed[name]})
+        if changed[name]:
+            _write_records(records, path)
+            _refresh(entry, records, path)
+        print(f"[policy-samples] {name}: {changed[name]} of {entry['samples']} labels changed, "
+              f"pass@1 {entry['pass_at_1']:.3f}, mixed {entry['mixed_share']:.3f}", file=sys.stderr, flush=True)
+    write_json(provenance, folder / PROVENANCE)
+    return changed
+
+
 def _record_run(entry: dict, command: str, decoding: str) -> None:
     # The decoding loop draws random numbers its own way, so a chunk's samples depend on it as well as its seed.
     today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
@@ -279,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     from codepmp.models import PACKAGED, SplitGGUF, gguf_file
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="folder in the layout of shared/data (gsm8k/, math/)")
+    parser.add_argument("--data", help="folder in the layout of shared/data (gsm8k/, math/)")
     parser.add_argument("--model", default="qwen2.5-coder-0.5b-instruct",
                         help="qwen2.5-coder-1.5b-instruct is the qwen profile's policy; slower on CPU (README, Data)")
     parser.add_argument("--backend", choices=["transformers", "llamacpp"], default="transformers",
@@ -290,7 +318,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parts", default="", help="comma-separated part names (gsm8k_dev,...); default all")
     parser.add_argument("--upto", type=int, default=0, help="stop each part at this many problems for now")
     parser.add_argument("--out", default=str(SHIPPED_DIR))
+    parser.add_argument("--relabel", action="store_true",
+                        help="generate nothing: label the samples in --out again with the current answer checkers")
     args = parser.parse_args(argv)
+    command = "python -m codepmp.reasoning.policy_samples " + shlex.join(argv if argv is not None else sys.argv[1:])
+    if args.relabel:
+        relabel(Path(args.out), command)
+        return
+    if not args.data:
+        parser.error("--data is required to generate samples")
     source = PACKAGED.get(args.model)
     if not isinstance(source, SplitGGUF):
         raise SystemExit(f"--model must be a packaged GGUF alias: {[a for a, s in PACKAGED.items() if isinstance(s, SplitGGUF)]}")
@@ -308,7 +344,6 @@ def main(argv: list[str] | None = None) -> None:
 
         backend = TransformersBackend(args.model, batch_size=args.batch_size)
     plan = [p for p in PLAN if not args.parts or p.name in args.parts.split(",")]
-    command = "python -m codepmp.reasoning.policy_samples " + shlex.join(argv if argv is not None else sys.argv[1:])
     generate(args.data, backend, model, plan, Path(args.out), args.minutes, command, upto=args.upto)
 
 

@@ -109,6 +109,25 @@ def test_shipped_tables_pair_only_problems_with_both_kinds(planted):
         ps.shipped_domain("gsm8k", 0, 5, 3, 1, 1, seed=0, folder=planted)
 
 
+def test_relabel_restores_the_checkers_labels_and_records_itself(planted, whole, tmp_path):
+    shutil.copytree(planted, tmp_path / "samples")
+    changed = ps.relabel(tmp_path / "samples", command="relabel-test")
+    assert changed == {"gsm8k_dev": 1, "gsm8k_train": 1}  # the planted labels, which the checker does not give
+    provenance = json.loads((tmp_path / "samples" / ps.PROVENANCE).read_text())
+    original = json.loads((whole / ps.PROVENANCE).read_text())
+    for part in PLAN:
+        # back to what generation wrote, byte for byte, and the hash and accuracy follow
+        assert (tmp_path / "samples" / f"{part.name}.jsonl").read_bytes() == (whole / f"{part.name}.jsonl").read_bytes()
+        entry = provenance["files"][part.name]
+        assert entry["sha256"] == original["files"][part.name]["sha256"]
+        assert entry["pass_at_1"] == original["files"][part.name]["pass_at_1"]
+        assert entry["relabels"][-1]["changed_labels"] == 1 and entry["relabels"][-1]["command"] == "relabel-test"
+    assert ps.relabel(tmp_path / "samples") == {"gsm8k_dev": 0, "gsm8k_train": 0}
+    (tmp_path / "samples" / "gsm8k_dev.jsonl").write_text("{}\n")
+    with pytest.raises(InputError, match="changed after generation"):
+        ps.relabel(tmp_path / "samples")
+
+
 SHIPPED = Path(ps.SHIPPED_DIR)
 
 
