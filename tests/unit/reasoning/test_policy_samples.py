@@ -134,7 +134,7 @@ SHIPPED = Path(ps.SHIPPED_DIR)
 
 LABELS_CHECKED = {"gsm8k": 0, "math": 20}
 """Problems per shipped file whose labels make test checks again (0: all; else a seeded sample).
-`policy_samples --relabel` took 25 s for the 1,600 GSM8K and 560 MATH dev samples (2026-12-03), most of it in
+`policy_samples --relabel` took 25 s for the 1,600 GSM8K and 560 MATH dev samples (2026-12-03); MATH goes through
 math-verify, so make test checks 20 problems of MATH and the slow test all of them."""
 
 
