@@ -80,6 +80,13 @@ def _deepspeed_engine(model, optimizer, scheduler, cfg: TrainConfig, grad_accum:
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511"}.items():
         os.environ.setdefault(key, value)
+    if not torch.cuda.is_available():
+        # On CPU DeepSpeed's backend JIT-compiles a shared-memory allreduce kernel at its first init (40-90 s
+        # on 2 cores, again whenever the venv's path changes). CPU runs here are tests and debugging at small
+        # sizes, where gloo's allreduce is enough; GPU runs never use that kernel.
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                       config=deepspeed_config(cfg, grad_accum))
