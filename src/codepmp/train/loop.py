@@ -81,7 +81,7 @@ def _deepspeed_engine(model, optimizer, scheduler, cfg: TrainConfig, grad_accum:
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511"}.items():
         os.environ.setdefault(key, value)
     if not torch.cuda.is_available():
-        # On CPU DeepSpeed's backend JIT-compiles a shared-memory allreduce kernel at its first init (40-90 s
+        # On CPU DeepSpeed's backend JIT-compiles a shared-memory allreduce kernel at its first init (30-90 s
         # on 2 cores, again whenever the venv's path changes). CPU runs here are tests and debugging at small
         # sizes, where gloo's allreduce is enough; GPU runs never use that kernel.
         import deepspeed.ops
