@@ -311,7 +311,8 @@ class ReasoningConfig:
     """Corrupted pairs per problem ("corrupted"), or at most this many pairs per problem ("sampled")."""
     samples_per_problem: int = nonnegative(4)
     """Solutions sampled per train (and, without a sampled pool, dev) problem for "sampled" pairs (k, at least
-    2): a problem gives pairs only when its samples are both right and wrong, so more samples pair more problems."""
+    2): a problem gives pairs only when its samples are both right and wrong, so more samples pair more problems.
+    For "shipped" pairs: how many of each train problem's shipped samples to pair (4 ship)."""
     dev_pairs_per_problem: int = nonnegative(1)
     """Held-out pairs per dev problem (at most, for "sampled"); few per problem keep the pairs independent."""
     extra_pairs: list[str] = field(default_factory=list)

@@ -238,7 +238,8 @@ def build_reasoning_data(cfg: ReasoningConfig, out_dir: str | Path,
         if _shipped(cfg, name):
             shipped = shipped_domain(name, cfg.train_problems if cfg.pairs == "shipped" else 0, cfg.dev_problems,
                                      cfg.candidates_per_problem, cfg.rejected_per_problem, cfg.dev_pairs_per_problem,
-                                     seed, Path(cfg.samples_dir) if cfg.samples_dir else SHIPPED_DIR)
+                                     seed, Path(cfg.samples_dir) if cfg.samples_dir else SHIPPED_DIR,
+                                     train_samples=cfg.samples_per_problem)
             for table in ("train", "dev", "pool"):
                 tables[table] += shipped[table]
             held_out += shipped["held_out"]

@@ -135,9 +135,9 @@ def question_of(prompt: str) -> str:
 
 
 def shipped_domain(domain: str, train_problems: int, dev_problems: int, candidates: int, max_pairs_per_problem: int,
-                   dev_pairs_per_problem: int, seed: int, folder: Path = SHIPPED_DIR) -> dict:
-    """One math domain's reasoning tables from the shipped samples: train pairs (correct against incorrect samples
-    of a train problem, seeded by `seed`), the best-of-N pool (`candidates` per dev problem, labels as shipped),
+                   dev_pairs_per_problem: int, seed: int, folder: Path = SHIPPED_DIR, *, train_samples: int) -> dict:
+    """One math domain's reasoning tables from the shipped samples: train pairs (correct against incorrect ones
+    among the first `train_samples` samples of a train problem, seeded by `seed`), the best-of-N pool (`candidates` per dev problem, labels as shipped),
     dev pairs from the pool's candidates (seed + 1), stats, and the dev questions ("held_out")."""
     from codepmp.reasoning.pools import labelled_pool
     from codepmp.reasoning.sampled import pair_solutions
@@ -155,7 +155,7 @@ def shipped_domain(domain: str, train_problems: int, dev_problems: int, candidat
     train_pairs = []
     if train_problems:
         train = read_shipped(domain, "train", train_problems, folder, provenance)
-        train_pairs, train_stats = pair_solutions(*_tasks_and_samples(domain, train, 2, f"{domain}_train"),
+        train_pairs, train_stats = pair_solutions(*_tasks_and_samples(domain, train, train_samples, f"{domain}_train"),
                                                   max_pairs_per_problem, seed)
         stats["shipped"]["train_sha256"] = provenance["files"][f"{domain}_train"]["sha256"]
         stats["sampling"] = train_stats.as_dict()

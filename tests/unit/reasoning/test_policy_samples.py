@@ -99,15 +99,15 @@ def planted(whole, tmp_path_factory):
 
 def test_shipped_tables_pair_only_problems_with_both_kinds(planted):
     records = ps.read_shipped("gsm8k", "dev", 4, planted)
-    tables = ps.shipped_domain("gsm8k", 0, 4, 3, 1, 2, seed=0, folder=planted)
+    tables = ps.shipped_domain("gsm8k", 0, 4, 3, 1, 2, seed=0, folder=planted, train_samples=2)
     assert len(tables["pool"]) == 12 and sum(r["correct"] for r in tables["pool"]) == 1
     assert tables["train"] == [] and len(tables["dev"]) == 2
     assert {p["prompt"] for p in tables["dev"]} == {records[0]["prompt"]}
     assert tables["stats"]["dev_sampling"]["paired"] == 1 and tables["held_out"][0] in records[0]["prompt"]
     with pytest.raises(InputError, match="has 3 samples, 4 asked for"):
-        ps.shipped_domain("gsm8k", 0, 4, 4, 1, 1, seed=0, folder=planted)
+        ps.shipped_domain("gsm8k", 0, 4, 4, 1, 1, seed=0, folder=planted, train_samples=2)
     with pytest.raises(InputError, match="asked for 5 gsm8k dev problems but"):
-        ps.shipped_domain("gsm8k", 0, 5, 3, 1, 1, seed=0, folder=planted)
+        ps.shipped_domain("gsm8k", 0, 5, 3, 1, 1, seed=0, folder=planted, train_samples=2)
 
 
 def test_relabel_restores_the_checkers_labels_and_records_itself(planted, whole, tmp_path):
@@ -183,7 +183,9 @@ def test_the_reasoning_stage_builds_its_tables_from_shipped_samples(planted, tmp
     from codepmp.reasoning.build import build_reasoning_data, evaluation_files
 
     cfg = ReasoningConfig(pairs="shipped", pool="shipped", samples_dir=str(planted), train_problems=2,
-                          dev_problems=4, candidates_per_problem=3)
+                          dev_problems=4, candidates_per_problem=3, samples_per_problem=2)
+    with pytest.raises(InputError, match="has 2 samples, 3 asked for"):
+        build_reasoning_data(dataclasses.replace(cfg, samples_per_problem=3), tmp_path / "more")
     stats = build_reasoning_data(cfg, tmp_path)
     pool = read_reasoning_table(tmp_path, "pool")
     assert len(pool) == 12 and {r["domain"] for r in pool} == {"gsm8k"}
@@ -205,3 +207,28 @@ def test_the_reasoning_stage_builds_its_tables_from_shipped_samples(planted, tmp
     from codepmp.evaluate.run import data_sources
     assert data_sources(tmp_path / "mixed") == {"dev_pairs": "shipped", "pool": "shipped"}  # no plumbing-check label
     assert evaluation_files(mixed) == [str(planted / "gsm8k_dev.jsonl"), str(packaged_path("dev"))]
+
+
+@needs_shipped
+def test_the_shipped_train_samples_make_checked_pairs_disjoint_from_the_dev_pool(tmp_path):
+    """`make run ARGS="--set reasoning.pairs=shipped"`: the local profile finetunes on pairs of the shipped GSM8K
+    train samples; each pairs a sample the answer checker accepts with one it rejects, and no train question is
+    a dev question."""
+    from codepmp.config import load_config
+    from codepmp.pairs import read_reasoning_table
+    from codepmp.reasoning.build import build_reasoning_data
+
+    provenance = json.loads((SHIPPED / ps.PROVENANCE).read_text())
+    if "gsm8k_train" not in provenance["files"]:
+        pytest.skip("gsm8k_train not generated yet")
+    shipped = provenance["files"]["gsm8k_train"]["problems"]
+    cfg = load_config("local", {"reasoning": {"pairs": "shipped", "train_problems": min(48, shipped)}}).reasoning
+    stats = build_reasoning_data(cfg, tmp_path)
+    gold = {r["prompt"]: r["gold"] for r in ps.read_shipped("gsm8k", "train", cfg.train_problems)}
+    train = read_reasoning_table(tmp_path, "train")
+    assert train and stats["data"].startswith(f"gsm8k: {len(train)} train pairs shipped")
+    for pair in train:
+        task = Task("train", pair["prompt"], gold[pair["prompt"]], "gsm8k")
+        assert task.check(pair["chosen"]) and not task.check(pair["rejected"])
+    dev_prompts = {r["prompt"] for r in read_reasoning_table(tmp_path, "pool")}
+    assert dev_prompts and not dev_prompts & set(gold)
