@@ -29,8 +29,9 @@ from codepmp.stack import DEFAULT_STATE_DIR, Stack, StackPorts
 CLIENT_VARIABLES = CONFIG_MAP_VARS + LOGIN_VARS + SECRET_VARS
 """What the user's env.sh exports: with them set, a test would talk to the user's servers."""
 SERVER_NAMES = ("weed", "minio", "mlflow")
-SERVER_EXIT_WAIT_S = 20.0
-"""Servers stop slowly on SIGTERM (weed in particular): how long the check waits before calling one left."""
+SERVER_EXIT_WAIT_S = float(os.environ.get("CODEPMP_TEST_SERVER_EXIT_WAIT_S", "20"))
+"""Servers stop slowly on SIGTERM (weed in particular): how long the check waits before calling one left.
+The guard's own test plants a server that never stops, so it sets a short wait to see the kill sooner."""
 
 
 def fingerprint(state_dir: Path) -> dict[str, str] | None:

@@ -25,7 +25,7 @@ def _inner_session(tmp_path: Path, body: str) -> tuple[subprocess.CompletedProce
     test.parent.mkdir()
     test.write_text(textwrap.dedent(body))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CODEPMP_STACK_DIR", "CODEPMP_PORT_"))}
-    env.update(HOME=str(home), PYTHONPATH=str(REPO))
+    env.update(HOME=str(home), PYTHONPATH=str(REPO), CODEPMP_TEST_SERVER_EXIT_WAIT_S="1")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "tests.isolation", "-p", "no:cacheprovider",
                            str(test)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     return proc, home
