@@ -137,8 +137,9 @@ def question_of(prompt: str) -> str:
 def shipped_domain(domain: str, train_problems: int, dev_problems: int, candidates: int, max_pairs_per_problem: int,
                    dev_pairs_per_problem: int, seed: int, folder: Path = SHIPPED_DIR, *, train_samples: int) -> dict:
     """One math domain's reasoning tables from the shipped samples: train pairs (correct against incorrect ones
-    among the first `train_samples` samples of a train problem, seeded by `seed`), the best-of-N pool (`candidates` per dev problem, labels as shipped),
-    dev pairs from the pool's candidates (seed + 1), stats, and the dev questions ("held_out")."""
+    among the first `train_samples` samples of a train problem, seeded by `seed`), the best-of-N pool
+    (`candidates` per dev problem, labels as shipped), dev pairs from the pool's candidates (seed + 1), stats, and
+    the dev questions ("held_out")."""
     from codepmp.reasoning.pools import labelled_pool
     from codepmp.reasoning.sampled import pair_solutions
 
