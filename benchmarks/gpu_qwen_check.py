@@ -52,12 +52,9 @@ def model_dir(args, root: Path) -> str:
 
         return str(write_tiny_model(root / "tiny", arch="qwen2"))
     if args.random_weights:
-        from transformers import AutoConfig, AutoTokenizer, Qwen2ForCausalLM
+        from codepmp.testing import write_random_model
 
-        torch.manual_seed(0)
-        Qwen2ForCausalLM(AutoConfig.from_pretrained(args.random_weights)).save_pretrained(root / "random")
-        AutoTokenizer.from_pretrained(args.random_weights).save_pretrained(root / "random")
-        return str(root / "random")
+        return str(write_random_model(args.random_weights, root / "random"))
     from codepmp.models import resolve
 
     return resolve(load_config("qwen").base_model)

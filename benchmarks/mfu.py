@@ -88,10 +88,13 @@ def random_batch(config: Qwen2Config, pairs: int, seq_len: int) -> dict[str, tor
     return collate([(side(), side()) for _ in range(pairs)], config.pad_token_id)
 
 
-def step_flops(model: PreferenceModel, config: Qwen2Config, batch: dict) -> tuple[int, int, int]:
-    """(model FLOPs, gradient-checkpointing recompute FLOPs, LM-head positions) of one step on `batch`."""
-    backbone = model.backbone
-    n_params = sum(p.numel() for p in backbone.parameters()) - backbone.get_input_embeddings().weight.numel()
+def non_embedding_params(backbone) -> int:
+    return sum(p.numel() for p in backbone.parameters()) - backbone.get_input_embeddings().weight.numel()
+
+
+def step_flops(n_params: int, config: Qwen2Config, batch: dict) -> tuple[int, int, int]:
+    """(model FLOPs, gradient-checkpointing recompute FLOPs, LM-head positions) of one step on `batch`, for a
+    backbone of `n_params` non-embedding parameters."""
     rows, seq_len = batch["input_ids"].shape
     tokens = rows * seq_len
     d_model, layers = config.hidden_size, config.num_hidden_layers
@@ -118,7 +121,7 @@ def measure(args, config: Qwen2Config, device: torch.device, grad_ckpt: bool, pe
             layer.compile()
     optimizer = torch.optim.AdamW(_param_groups(model, 0.1), lr=1e-5, fused=device.type == "cuda")
     batch = {k: v.to(device) for k, v in random_batch(config, args.batch_pairs, args.seq_len).items()}
-    flops, recompute, lm_positions = step_flops(model, config, batch)
+    flops, recompute, lm_positions = step_flops(non_embedding_params(model.backbone), config, batch)
     n = args.batch_pairs
     autocast = device.type == "cuda" and not args.debug
     model.train()

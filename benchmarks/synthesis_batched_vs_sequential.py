@@ -81,6 +81,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--max-chars", type=int, default=600)
     parser.add_argument("--vllm", action="store_true", help="vLLM backend vs batched transformers (GPU)")
+    parser.add_argument("--random-weights", default="",
+                        help="a folder with a config.json and tokenizer: that shape with random weights, bf16")
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="0 decodes greedily and checks the texts agree; above 0 samples (paper: 0.7)")
     add_flags(parser, "tiny random model, 4 prompts of 200 characters, batch 2, 8 new tokens, 1 repeat")
@@ -98,6 +100,12 @@ def main() -> None:
 
             args.model = str(write_tiny_model(Path(tmp) / "tiny-model"))
             return compare(args, "tiny random model (--smoke)")
+    if args.random_weights:
+        with tempfile.TemporaryDirectory(prefix="synthesis-bench-") as tmp:
+            from codepmp.testing import write_random_model
+
+            args.model = str(write_random_model(args.random_weights, Path(tmp) / "random", dtype=torch.bfloat16))
+            return compare(args, f"random weights of {args.random_weights}'s shape")
     compare(args, args.model)
 
 

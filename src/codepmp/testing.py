@@ -118,3 +118,18 @@ def write_tiny_model(path: str | Path, reward: bool = False, seed: int = 0, arch
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def write_random_model(config_dir: str | Path, path: str | Path, dtype=None, seed: int = 0) -> Path:
+    """Save a causal LM of `config_dir`'s config.json with random weights, plus that folder's tokenizer (and chat
+    template), to `path`: a real model's shape and tokenizer without its weights, for timing where the weights
+    cannot travel. Initialised on the GPU when there is one (a 1.5B model initialises slowly on the CPU)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(config_dir), dtype=dtype)
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(config_dir).save_pretrained(path)
+    return Path(path)

@@ -6,6 +6,7 @@ measure nothing, so only their shape and their sanity are checked.
 """
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -112,6 +113,16 @@ def test_mfu_debug_times_both_checkpointing_settings():
     record = _result(out)
     assert record["repeats"] == 1 and len(record["step_ms_repeats"]) == 1 and record["step_ms"] > 0
     assert record["peer"]["grad_checkpointing"] is True and record["ckpt_on_over_off_step_time"] > 0
+
+
+def test_trainer_mfu_debug_times_the_real_trainer_with_the_paper_settings():
+    out = _run("benchmarks/trainer_mfu.py", "--debug")
+    record = _result(out)
+    assert len(record["step_s"]) == 2 and min(record["step_s"]) > 0  # 3 steps, the first untimed
+    assert len(record["losses"]) == 3 and all(math.isfinite(x) for x in record["losses"])
+    assert record["settings"]["grad_checkpointing"] is True and record["settings"]["shared_prefix"] is False
+    assert record["model_flops_per_step"] > 0 and record["mfu_median"] is None
+    assert "no MFU" in out
 
 
 def test_gpu_train_check_debug_follows_fp32_in_bf16():
