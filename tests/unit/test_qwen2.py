@@ -72,3 +72,18 @@ def test_pretrain_then_finetune_then_score_a_qwen2_reward_model(tiny_qwen, tmp_p
     scores = shared(texts)
     assert scores == pytest.approx(alone(texts), abs=1e-5)
     assert len(set(round(s, 6) for s in scores)) == len(texts)  # the head reads each text, not a constant
+
+
+def test_a_random_model_takes_the_shape_and_tokenizer_of_a_config_folder(tiny_qwen, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from codepmp.testing import write_random_model
+
+    out = write_random_model(tiny_qwen, tmp_path / "random", dtype=torch.bfloat16, seed=1)
+    source, model = AutoModelForCausalLM.from_pretrained(tiny_qwen), AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.to_diff_dict() | {"dtype": None} == source.config.to_diff_dict() | {"dtype": None}
+    assert next(model.parameters()).dtype == torch.bfloat16
+    weight = model.get_input_embeddings().weight.float()
+    assert weight.shape == source.get_input_embeddings().weight.shape
+    assert not torch.allclose(weight, source.get_input_embeddings().weight.float())  # new weights, not a copy
+    assert AutoTokenizer.from_pretrained(out)("def f") == AutoTokenizer.from_pretrained(tiny_qwen)("def f")
