@@ -54,11 +54,13 @@ def write_model(path: Path, debug: bool) -> str:
     return str(path)
 
 
+CODE_WORDS = ["def", "return", "self", "value", "items", "for", "in", "range", "if", "else", "print", "x", "y", "+"]
+
+
 def make_pairs(n: int, seed: int, response_words: tuple[int, int] = (80, 400)) -> list[Pair]:
     """Code-like pairs of varied length (so batches have padding, and packing has something to save)."""
     rng = random.Random(seed)
-    words = ["def", "return", "self", "value", "items", "for", "in", "range", "if", "else", "print", "x", "y", "+"]
-    text = lambda k: " ".join(rng.choice(words) for _ in range(k))  # noqa: E731
+    text = lambda k: " ".join(rng.choice(CODE_WORDS) for _ in range(k))  # noqa: E731
     return [Pair(f"### Instruction: {text(rng.randint(10, 60))}\n### Response:\n",
                  text(rng.randint(*response_words)), text(rng.randint(*response_words))) for _ in range(n)]
 

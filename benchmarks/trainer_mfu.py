@@ -5,7 +5,7 @@ rows) on a model of Qwen2-1.5B's shape with random weights.
 
     .venv/bin/python benchmarks/trainer_mfu.py --tokenizer DIR        # one H100/H200; DIR holds a Qwen2 tokenizer
     .venv/bin/python benchmarks/trainer_mfu.py --debug                # tiny model on the CPU: checks the script only
-    .venv/bin/python benchmarks/trainer_mfu.py --override '{"grad_checkpointing": false}'   # one setting changed
+    .venv/bin/python benchmarks/trainer_mfu.py --set pretrain.grad_checkpointing=false   # a setting changed
 
 Every pair has the same prompt (its response starts at the same token) and responses long enough to be cut at
 max length, so every row is exactly `max_length` tokens with no padding, and the model FLOPs of a micro-batch
@@ -20,7 +20,6 @@ recomputed forward. The last line is `RESULT {json}`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import random
@@ -31,17 +30,19 @@ from pathlib import Path
 
 import torch
 
-from codepmp.config import load_config
+from codepmp.config import load_config, parse_set
+from codepmp.errors import ConfigError
 from codepmp.pairs import Pair
 from codepmp.train.data import collate, encode_pairs
 from codepmp.train.loop import train
+from gpu_train_check import CODE_WORDS
 from mfu import model_config, non_embedding_params, peak_tflops_of, step_flops
+from repeat import spread
 
 
 def make_pairs(n: int, prompt_words: int, response_words: int, seed: int = 0) -> list[Pair]:
     rng = random.Random(seed)
-    words = ["def", "return", "self", "value", "items", "for", "in", "range", "if", "else", "print", "x", "y", "+"]
-    text = lambda k: " ".join(rng.choice(words) for _ in range(k))  # noqa: E731
+    text = lambda k: " ".join(rng.choice(CODE_WORDS) for _ in range(k))  # noqa: E731
     prompt = f"### Instruction:\n{text(prompt_words)}\n### Response:\n"
     # Every response starts with the same word, so the prompt/response boundary is the same token everywhere.
     return [Pair(prompt, "def " + text(response_words), "def " + text(response_words)) for _ in range(n)]
@@ -68,19 +69,20 @@ def main() -> None:
                         "qwen2.5-coder-0.5b-instruct)")
     parser.add_argument("--steps", type=int, default=7, help="optimizer steps in all")
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the timing")
-    parser.add_argument("--override", default="{}", help="JSON of pretrain settings to change")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a setting of the paper profile, as the CLI does (pretrain.grad_checkpointing=false)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak (default: from the GPU)")
     parser.add_argument("--debug", action="store_true", help="tiny Qwen2, short rows, no compile/DeepSpeed, CPU")
     args = parser.parse_args()
-    cfg = dataclasses.replace(load_config("paper").pretrain, log_every=1, checkpoint_every=0)
+    settings = ["pretrain.log_every=1", "pretrain.checkpoint_every=0"]
     if args.debug:
         args.steps, args.warmup = 3, 1
-        cfg = dataclasses.replace(cfg, max_length=128, batch_size=2, grad_accum=2, compile=False, bf16=False,
-                                  deepspeed_stage=-1)
+        settings += ["pretrain.max_length=128", "pretrain.batch_size=2", "pretrain.grad_accum=2",
+                     "pretrain.compile=false", "pretrain.bf16=false", "pretrain.deepspeed_stage=-1"]
     try:
-        cfg = dataclasses.replace(cfg, **json.loads(args.override))
-    except (TypeError, json.JSONDecodeError) as exc:
-        parser.error(f"--override {args.override!r}: {exc}")
+        cfg = load_config("paper", parse_set(settings + args.set)).pretrain  # the user's --set last: it wins
+    except ConfigError as exc:
+        parser.error(str(exc))
     if args.warmup < 1 or args.steps <= args.warmup:
         parser.error("need --warmup >= 1 and --steps > --warmup")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -127,11 +129,10 @@ def main() -> None:
     mfu = [flops / s / 1e12 / peak for s in step_s] if peak else []
     hfu = [(flops + (recompute if cfg.grad_checkpointing else 0)) / s / 1e12 / peak for s in step_s] if peak else []
     tokens_per_s = [cfg.batch_size * cfg.grad_accum * 2 * cfg.max_length / s for s in step_s]
-    spread = lambda xs, f: f"{f(statistics.median(xs))} ({f(min(xs))}, {f(max(xs))})"  # noqa: E731
-    print(f"step s {spread(step_s, lambda x: f'{x:.2f}')}; tokens/s {spread(tokens_per_s, lambda x: f'{x:,.0f}')}")
+    print(f"step s {spread(step_s, '', 2)}; tokens/s {spread(tokens_per_s, '', 0)}")
     if mfu:
-        pct = lambda x: f"{100 * x:.1f} %"  # noqa: E731
-        print(f"MFU {spread(mfu, pct)}; HFU {spread(hfu, pct)} over {len(step_s)} timed steps")
+        percent = lambda xs: spread([100 * x for x in xs], " %", 1)  # noqa: E731
+        print(f"MFU {percent(mfu)}; HFU {percent(hfu)} over {len(step_s)} timed steps")
     else:
         print("no MFU: a CPU debug run checks the script; its numbers are not MFU figures")
     peak_gib = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
