@@ -1,7 +1,7 @@
 """MFU of codepmp's real trainer on one GPU in the `paper` profile's training setup: `codepmp.train.loop.train`
-with the profile's pretrain settings (DeepSpeed ZeRO-2, bf16 autocast over fp32 weights, compiled decoder
-layers, gradient checkpointing, max length 1024, 8 pairs per micro-batch, 16 micro-batches per step, padded
-rows) on a model of Qwen2-1.5B's shape with random weights.
+with the profile's pretrain settings (DeepSpeed ZeRO-2 in its bf16 mode: bf16 weights, fp32 master weights in
+the optimizer; compiled decoder layers, gradient checkpointing, max length 1024, 8 pairs per micro-batch, 16
+micro-batches per step, padded rows) on a model of Qwen2-1.5B's shape with random weights.
 
     .venv/bin/python benchmarks/trainer_mfu.py --tokenizer DIR        # one H100/H200; DIR holds a Qwen2 tokenizer
     .venv/bin/python benchmarks/trainer_mfu.py --debug                # tiny model on the CPU: checks the script only
@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=7, help="optimizer steps in all")
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the timing")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="change a setting of the paper profile, as the CLI does (pretrain.grad_checkpointing=false)")
+                        help="a paper-profile setting, as on the CLI (pretrain.grad_checkpointing=false)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak (default: from the GPU)")
     parser.add_argument("--debug", action="store_true", help="tiny Qwen2, short rows, no compile/DeepSpeed, CPU")
     args = parser.parse_args()
