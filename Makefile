@@ -90,8 +90,8 @@ llamacpp: install
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet --disable-pip-version-check -e '.[llamacpp]'
 
 # make policy-samples DATA=../shared/data [MINUTES=60] [ARGS=--model qwen2.5-coder-1.5b-instruct]: add chunks to
-# the shipped policy samples (src/codepmp/reasoning/data/policy/), resumable; commit the files it changes. The
-# default engine is transformers; ARGS=--backend llamacpp needs `make llamacpp` first.
+# the shipped policy samples (src/codepmp/reasoning/data/policy/), resumable; commit what it writes (a new part
+# is a new file: git add it). The default engine is transformers; ARGS=--backend llamacpp needs `make llamacpp` first.
 DATA ?= ../shared/data
 MINUTES ?= 0
 policy-samples: install
